@@ -1,0 +1,152 @@
+"""CharMLP: embedding table C plus a layer stack; the E01 and E02 builders; safe checkpoints."""
+
+import pickle
+import zipfile
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.atomic import atomic_path
+from core.errors import CheckpointError
+from core.layers import BatchNorm1d, Linear, Tanh, layer_from_spec
+
+VOCAB_SIZE = 27
+CONTEXT_LENGTH = 4
+EMB_SIZE = 10
+N_HIDDEN = 100
+TANH_GAIN = 5 / 3
+CHECKPOINT_FORMAT = "bnfold.charmlp/1"
+
+
+class CharMLP(nn.Module):
+    """logits = layers(C[X] flattened): X is int64 (B, context_length), logits (B, vocab_size)."""
+
+    def __init__(self, C: torch.Tensor, layers, context_length: int = CONTEXT_LENGTH, init_scheme: str | None = None):
+        super().__init__()
+        self.C = nn.Parameter(C)
+        self.layers = nn.Sequential(*layers)
+        self.context_length = context_length
+        self.init_scheme = init_scheme
+
+    @property
+    def vocab_size(self) -> int:
+        return self.C.shape[0]
+
+    @property
+    def emb_size(self) -> int:
+        return self.C.shape[1]
+
+    def forward(self, X):
+        return self.layers(F.embedding(X, self.C).view(X.shape[0], -1))
+
+    def loss(self, X, Y):
+        return F.cross_entropy(self(X), Y)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator, max_len: int = 50) -> list[str]:
+        """n names drawn character by character from the eval-mode model, each at most max_len long."""
+        from core.data import Vocab
+
+        vocab = Vocab()
+        was_training = self.training
+        self.eval()
+        try:
+            device = self.C.device
+            context = torch.zeros(n, self.context_length, dtype=torch.int64, device=device)
+            out = torch.zeros(n, max_len, dtype=torch.int64)
+            finished = torch.zeros(n, dtype=torch.bool)
+            for t in range(max_len):
+                probs = F.softmax(self(context).double(), dim=1).cpu()
+                ix = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                ix[finished] = 0
+                out[:, t] = ix
+                finished |= ix == 0
+                if finished.all():
+                    break
+                context = torch.cat([context[:, 1:], ix.to(device).unsqueeze(1)], dim=1)
+        finally:
+            self.train(was_training)
+        return [vocab.decode(row).split(".", 1)[0] for row in out.tolist()]
+
+    def config(self) -> dict:
+        return {
+            "vocab_size": self.vocab_size,
+            "emb_size": self.emb_size,
+            "context_length": self.context_length,
+            "init_scheme": self.init_scheme,
+            "layers": [layer.spec() for layer in self.layers],
+        }
+
+
+def _embedding(generator, vocab_size=VOCAB_SIZE, emb_size=EMB_SIZE):
+    return torch.randn(vocab_size, emb_size, generator=generator)
+
+
+def e01_mlp(generator: torch.Generator, init: str = "zeros", context_length=CONTEXT_LENGTH, emb_size=EMB_SIZE, n_hidden=N_HIDDEN) -> CharMLP:
+    """The seed's E01 net: Linear(40,100)+Tanh, three Linear(100,100)+Tanh, Linear(100,27), all with bias."""
+    from core.init import apply_init
+
+    C = _embedding(generator, emb_size=emb_size)
+    widths = [context_length * emb_size] + [n_hidden] * 4
+    layers = []
+    for fan_in, fan_out in zip(widths, widths[1:]):
+        layers += [Linear(fan_in, fan_out, generator=generator), Tanh()]
+    layers.append(Linear(n_hidden, VOCAB_SIZE, generator=generator))
+    model = CharMLP(C, layers, context_length)
+    return apply_init(model, init, generator=generator)
+
+
+def e02_mlp(generator: torch.Generator, context_length=CONTEXT_LENGTH, emb_size=EMB_SIZE, n_hidden=N_HIDDEN) -> CharMLP:
+    """The seed's E02 net: (Linear no bias, BatchNorm1d, Tanh) twice, then Linear no bias, BatchNorm1d.
+
+    Linear weights carry the tanh gain 5/3; the last BatchNorm's gamma is 0.1 so the first
+    softmax is nearly uniform.
+    """
+    C = _embedding(generator, emb_size=emb_size)
+    layers = [
+        Linear(context_length * emb_size, n_hidden, bias=False, generator=generator), BatchNorm1d(n_hidden), Tanh(),
+        Linear(n_hidden, n_hidden, bias=False, generator=generator), BatchNorm1d(n_hidden), Tanh(),
+        Linear(n_hidden, VOCAB_SIZE, bias=False, generator=generator), BatchNorm1d(VOCAB_SIZE),
+    ]
+    with torch.no_grad():
+        for layer in layers:
+            if isinstance(layer, Linear):
+                layer.weight *= TANH_GAIN
+        layers[-1].gamma *= 0.1
+    return CharMLP(C, layers, context_length, init_scheme="kaiming")
+
+
+def save(model: CharMLP, path) -> None:
+    """Write config + state_dict atomically: a crash leaves the old file or none, never half of one."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": model.config(),
+        "training": model.training,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load(path, map_location="cpu") -> CharMLP:
+    """Rebuild a CharMLP from a checkpoint, unpickling with weights_only=True: no code ever runs."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path}: no such checkpoint") from e
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable bnfold checkpoint (refused to load: {first}); re-create it with `bnfold train`") from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a bnfold checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    config, state = payload["config"], payload["state_dict"]
+    try:
+        C = torch.zeros(config["vocab_size"], config["emb_size"], dtype=state["C"].dtype)
+        layers = [layer_from_spec(spec, dtype=state["C"].dtype) for spec in config["layers"]]
+        model = CharMLP(C, layers, config["context_length"], config["init_scheme"])
+        model.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: the config does not match the stored tensors ({str(e).splitlines()[0]})") from e
+    model.train(bool(payload.get("training", False)))
+    return model
