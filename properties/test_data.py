@@ -1,0 +1,125 @@
+"""Laws of the data pipeline: windows, labels, round trip, the split, and line-exact errors."""
+
+import pytest
+import torch
+from hypothesis import example, given, note
+from hypothesis import strategies as st
+
+from core.data import DataError, Vocab, build_dataset, load_names, split_names, split_sizes
+from properties.strategies import name_lists, names_st
+
+contexts = st.integers(min_value=1, max_value=8)
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+def seed_prepare_data(names, context_length):
+    """The seed notebook's loop, written out as the oracle."""
+    stoi = Vocab().stoi
+    xs, ys = [], []
+    for name in names:
+        context = [0] * context_length
+        for ch in name + ".":
+            xs.append(context)
+            ys.append(stoi[ch])
+            context = context[1:] + [stoi[ch]]
+    return torch.tensor(xs, dtype=torch.int64), torch.tensor(ys, dtype=torch.int64)
+
+
+@given(name_lists, contexts)
+@example(["a"], 1)
+@example(["abcdefghijkl"], 3)
+def test_row_count(names, context_length):
+    """len(X) = len(Y) = Σ_names (len(name) + 1).
+
+    Every character of a name and the end marker '.' is a label exactly once.
+    """
+    X, Y = build_dataset(names, context_length)
+    assert X.shape == (sum(len(n) + 1 for n in names), context_length)
+    assert Y.shape == (X.shape[0],)
+    assert X.dtype == Y.dtype == torch.int64
+
+
+@given(name_lists, contexts)
+@example(["ab", "c"], 4)
+def test_rows_shift(names, context_length):
+    """X[i] = 0…0 at a name's first row, else X[i] = X[i-1][1:] ‖ Y[i-1].
+
+    A window slides one character per label and resets to all '.' when a new name starts.
+    """
+    X, Y = build_dataset(names, context_length)
+    starts = set(torch.cumsum(torch.tensor([0] + [len(n) + 1 for n in names[:-1]]), 0).tolist())
+    for i in range(X.shape[0]):
+        if i in starts:
+            assert torch.equal(X[i], torch.zeros(context_length, dtype=torch.int64)), i
+        else:
+            assert torch.equal(X[i], torch.cat([X[i - 1][1:], Y[i - 1 : i]])), i
+
+
+@given(name_lists, contexts)
+def test_round_trip(names, context_length):
+    """decode(Y) = Σ_names (name + '.'): splitting the decoded labels at '.' gives back every name.
+
+    Labels are exactly the characters of each name followed by its end marker.
+    """
+    _, Y = build_dataset(names, context_length)
+    assert Vocab().decode(Y.tolist()).split(".")[:-1] == names
+
+
+@given(name_lists, contexts)
+def test_matches_seed_loop(names, context_length):
+    """build_dataset(names) = prepare_data(names), row for row (the seed notebook's loop)."""
+    X, Y = build_dataset(names, context_length)
+    X_ref, Y_ref = seed_prepare_data(names, context_length)
+    assert torch.equal(X, X_ref) and torch.equal(Y, Y_ref)
+
+
+@given(st.lists(names_st, max_size=60), seeds)
+@example([], 0)
+@example(["a"], 1)
+def test_split_is_partition(names, seed):
+    """train ⊎ dev ⊎ test = names as multisets, sizes (⌊0.8n⌋, ⌊0.9n⌋−⌊0.8n⌋, rest), same seed ⇒ same split.
+
+    The split shuffles a copy with random.Random(seed) and cuts it; nothing is added or lost.
+    """
+    parts = split_names(names, seed)
+    note(f"sizes {[len(p) for p in parts]}")
+    assert sorted(parts[0] + parts[1] + parts[2]) == sorted(names)
+    n = len(names)
+    assert tuple(map(len, parts)) == (int(0.8 * n), int(0.9 * n) - int(0.8 * n), n - int(0.9 * n))
+    assert split_names(names, seed) == parts
+    assert split_sizes(n) == tuple(map(len, parts))
+
+
+line_endings = st.sampled_from(["\n", "\r\n"])
+
+
+@given(names=name_lists, eol=line_endings, final_newline=st.booleans())
+def test_load_tolerates_crlf_and_missing_final_newline(names, eol, final_newline, tmp_path_factory):
+    """load_names(write(names, eol, final)) = names for eol ∈ {LF, CRLF} and either ending."""
+    path = tmp_path_factory.mktemp("names") / "names.txt"
+    path.write_bytes((eol.join(names) + (eol if final_newline else "")).encode())
+    assert load_names(path) == names
+
+
+bad_lines = st.one_of(
+    st.just(""),
+    st.builds(lambda a, c, b: a + c + b, st.text(st.sampled_from("abc"), max_size=3),
+              st.sampled_from("A Z0 9-'é.\t"), st.text(st.sampled_from("xyz"), max_size=3)),
+)
+
+
+@given(names=name_lists, data=st.data(), bad=bad_lines)
+@example(names=["ab", "cd"], data=None, bad="")
+def test_bad_line_is_named(names, data, bad, tmp_path_factory):
+    """A blank line or a character outside a-z at line k raises DataError naming the file and line k.
+
+    load_names checks every line in order and skips nothing.
+    """
+    k = data.draw(st.integers(0, len(names) - 1), label="k") if data is not None else 1
+    lines = names[:k] + [bad] + names[k:]
+    path = tmp_path_factory.mktemp("names") / "bad.txt"
+    path.write_bytes("\n".join(lines).encode("utf-8"))
+    with pytest.raises(DataError) as err:
+        load_names(path)
+    note(str(err.value))
+    assert f"{path}:{k + 1}:" in str(err.value)
