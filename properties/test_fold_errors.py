@@ -1,0 +1,127 @@
+"""Every FoldError case: the fold refuses, and the message names the layer index and what to do."""
+
+import re
+
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from core.errors import FoldError
+from core.fold import fold
+from properties.strategies import PairCase, bn_stats, make_bn, make_linear, pair_cases
+
+small_pairs = pair_cases(max_fan=8, max_batch=2)
+prefixes = st.integers(0, 3)
+units = st.integers(0, 7)  # taken modulo the BatchNorm's size
+
+
+def in_model(case: PairCase, linear, bn, prefix: int):
+    """(Sequential of `prefix` Tanh layers then the pair in its order, index of the BN in it)."""
+    pair = (linear, bn) if case.direction == "after" else (bn, linear)
+    return torch.nn.Sequential(*[torch.nn.Tanh() for _ in range(prefix)], *pair), prefix + (case.direction == "after")
+
+
+def refused(model, *patterns):
+    with pytest.raises(FoldError) as info:
+        fold(model)
+    for pattern in patterns:
+        assert re.search(pattern, str(info.value)), (pattern, str(info.value))
+
+
+@given(small_pairs, prefixes)
+def test_training_mode_is_refused(case, prefix):
+    """BN.training ⇒ FoldError("… at index i is in training mode … call model.eval() …").
+
+    In training a BatchNorm normalises with the batch's statistics: no fixed affine map to fold.
+    """
+    linear, bn, _ = case.build()
+    model, i = in_model(case, linear, bn.train(), prefix)
+    refused(model, f"BatchNorm1d at index {i} is in training mode", r"call model\.eval\(\)")
+
+
+@given(small_pairs, prefixes, st.sampled_from(["running_mean", "running_var"]))
+def test_missing_statistics_are_refused(case, prefix, stat):
+    """running_mean or running_var is None ⇒ FoldError("… at index i has no running_mean/running_var: load …").
+
+    Without running statistics the eval map is undefined.
+    """
+    linear, bn, _ = case.build()
+    setattr(bn, stat, None)
+    model, i = in_model(case, linear, bn, prefix)
+    refused(model, f"index {i} has no running_mean/running_var", "load a state_dict")
+
+
+@given(small_pairs, prefixes, st.sampled_from(["running_mean", "running_var"]),
+       st.sampled_from([float("nan"), float("inf"), -float("inf")]), units)
+def test_non_finite_statistics_are_refused(case, prefix, stat, value, unit):
+    """μ_j or v_j ∉ ℝ ⇒ FoldError("… at index i has a non-finite <stat> (<value> at unit j): re-estimate …").
+
+    A nan or inf statistic makes s or t non-finite: the folded layer would output nan/inf.
+    """
+    linear, bn, _ = case.build()
+    j = unit % len(bn.running_mean)
+    with torch.no_grad():
+        getattr(bn, stat)[j] = value
+    model, i = in_model(case, linear, bn, prefix)
+    refused(model, f"index {i} has a non-finite {stat} \\({value} at unit {j}\\)", "re-estimate the statistics")
+
+
+@given(small_pairs, prefixes, st.floats(1e-3, 10), units)
+@example(PairCase(dtype=torch.float64, eps=1e-5), 0, 0.0, 0)
+def test_non_positive_variance_plus_eps_is_refused(case, prefix, r, unit):
+    """v_j + ε ≤ 0 ⇒ FoldError("… at index i has running_var + eps <= 0 at unit j …").
+
+    1/√(v + ε) is undefined there. The test sets v_j = −ε(1 + r); r ≥ 10⁻³ survives a float32 rounding.
+    """
+    linear, bn, _ = case.build()
+    j = unit % len(bn.running_var)
+    with torch.no_grad():
+        bn.running_var[j] = -case.eps * (1 + r)
+    model, i = in_model(case, linear, bn, prefix)
+    refused(model, f"index {i} has running_var \\+ eps <= 0 at unit {j}", "raise eps")
+
+
+@given(small_pairs, prefixes, st.integers(1, 3))
+def test_size_mismatch_is_refused(case, prefix, extra):
+    """dim(BN) ≠ fan_out (after) or fan_in (before) ⇒ FoldError("… has d features but Linear at index k has fan_out n …").
+
+    s and t have one entry per unit of the side they scale; other sizes cannot pair with W.
+    """
+    linear, bn, _ = case.build()
+    units = case.fan_out if case.direction == "after" else case.fan_in
+    wrong = make_bn(case.kind, bn_stats(torch.Generator().manual_seed(case.seed), units + extra), case.eps, dtype=case.dtype)
+    model, i = in_model(case, linear, wrong, prefix)
+    k = i - 1 if case.direction == "after" else i + 1
+    side = "fan_out" if case.direction == "after" else "fan_in"
+    refused(model, f"index {i} has {units + extra} features but Linear at index {k} has {side} {units}", "check the architecture")
+
+
+@given(pair_cases(kinds=("torch",), max_fan=8, max_batch=2), prefixes)
+def test_untracked_torch_batchnorm_is_refused(case, prefix):
+    """torch BatchNorm1d(track_running_stats=False) ⇒ FoldError("… has track_running_stats=False … rebuild it with …").
+
+    Such a BatchNorm uses batch statistics even in eval mode, so it is no fixed affine map.
+    """
+    linear, _, _ = case.build()
+    units = case.fan_out if case.direction == "after" else case.fan_in
+    bn = torch.nn.BatchNorm1d(units, affine=case.affine, track_running_stats=False, dtype=case.dtype).eval()
+    model, i = in_model(case, linear, bn, prefix)
+    refused(model, f"index {i} has track_running_stats=False", "rebuild it with track_running_stats=True")
+
+
+@given(pair_cases(dtypes=(torch.float16, torch.bfloat16), max_fan=8, max_batch=2), prefixes)
+def test_overflow_is_refused(case, prefix):
+    """|W'| > max(dtype) ⇒ FoldError("folding … at index i into … do not fit <dtype> … fold a float32 … copy").
+
+    With W = 1, v = 0, ε = 10⁻⁶ and γ = max(dtype)/10, s = γ/√ε = 100·max(dtype): the float64 fold
+    is finite, but W' = W·s (or s·W) does not fit the layer's dtype, and a cast would give inf.
+    """
+    units = case.fan_out if case.direction == "after" else case.fan_in
+    ones = torch.ones(case.fan_in, case.fan_out, dtype=case.dtype)
+    linear = make_linear(case.kind, ones, None).eval()
+    top = torch.finfo(case.dtype).max
+    stats = (torch.ones(units), torch.zeros(units), torch.full((units,), top / 10), torch.zeros(units))
+    bn = make_bn(case.kind, stats, 1e-6, dtype=case.dtype)
+    model, i = in_model(case, linear, bn, prefix)
+    refused(model, f"folding BatchNorm1d at index {i} into Linear", f"do not fit {case.dtype}", "fold a float32 or float64 copy")

@@ -1,0 +1,131 @@
+"""Folding by example: the E02 net, the FoldReport table, BNs before Linears, checkpoints, the CLI."""
+
+import re
+import pytest
+import torch
+from torch import nn
+
+from core.cli import main
+from core.fold import BATCHNORMS, FoldedPair, KeptBN, error_bound, fold
+from core.layers import BatchNorm1d, Linear, Tanh
+from core.model import e02_mlp, load, save
+from core.train import train
+
+
+def e02(steps=20, seed=0):
+    """An E02 net trained a few steps on random contexts, so its running statistics are not the initial 0 and 1."""
+    g = torch.Generator().manual_seed(seed)
+    model = e02_mlp(g)
+    X = torch.randint(0, 27, (256, 4), generator=g)
+    train(model, X, X[:, -1], steps, batch_size=32, generator=g, progress=False)
+    return model.eval(), X
+
+
+def test_e02_folds_to_a_plain_linear_tanh_stack():
+    model, X = e02()
+    folded, report = fold(model)
+    assert [type(layer) for layer in folded.layers] == [Linear, Tanh, Linear, Tanh, Linear]
+    assert all(layer.bias is not None for layer in folded.layers if isinstance(layer, Linear))
+    assert torch.equal(folded.C, model.C) and folded.C.data_ptr() != model.C.data_ptr()
+    assert (folded.context_length, folded.init_scheme, folded.training) == (model.context_length, model.init_scheme, False)
+    assert [(p.bn_index, p.linear_index, p.direction, p.layer_index, p.fan_in) for p in report.folded] == [
+        (1, 0, "after", 0, 40), (4, 3, "after", 2, 100), (7, 6, "after", 4, 100)]
+    assert report.kept == ()
+    with torch.no_grad():
+        assert ((model(X) - folded(X)).abs() <= error_bound(model, X)).all()
+
+
+def issue_example():
+    """Linear → BN → Tanh → BN → Tanh → Linear: the first BN folds, the second has no Linear beside it."""
+    g = torch.Generator().manual_seed(1)
+    layers = [Linear(4, 3, generator=g), BatchNorm1d(3), Tanh(), BatchNorm1d(3), Tanh(), Linear(3, 2, generator=g)]
+    return nn.Sequential(*layers).eval()
+
+
+def test_report_table():
+    folded, report = fold(issue_example())
+    assert report.kept == (KeptBN(3, "BatchNorm1d at index 3 sits between Tanh and Tanh: no adjacent Linear"),)
+    assert report.folded[:1] == (FoldedPair(1, 0, "after", 0, 4, report.folded[0].bound_factor),)
+    assert str(report) == (
+        "BatchNorm folding: 1 folded, 1 kept\n"
+        "   BN  Linear  direction         -> layer  fan_in  bound |Δy_j| <= ρ·M_j\n"
+        "    1       0  Linear -> BN             0       4  ρ = 1.132e-06\n"
+        "  kept: BatchNorm1d at index 3 sits between Tanh and Tanh: no adjacent Linear")
+    assert [type(layer) for layer in folded] == [Linear, Tanh, BatchNorm1d, Tanh, Linear]
+
+
+def test_batchnorms_before_a_linear_fold_into_it():
+    g = torch.Generator().manual_seed(2)
+    model = nn.Sequential(nn.Tanh(), nn.BatchNorm1d(5), nn.BatchNorm1d(5), nn.Linear(5, 2, bias=False)).eval()
+    with torch.no_grad():
+        for bn in model[1:3]:
+            bn.running_mean.copy_(torch.randn(5, generator=g))
+            bn.weight.copy_(torch.randn(5, generator=g))
+    folded, report = fold(model)
+    assert [(p.bn_index, p.linear_index, p.direction, p.layer_index) for p in report.folded] == [(2, 3, "before", 1), (1, 3, "before", 1)]
+    assert [type(layer) for layer in folded] == [nn.Tanh, nn.Linear] and folded[1].bias is not None
+    x = torch.randn(7, 5, generator=g)
+    with torch.no_grad():
+        assert ((model(x) - folded(x)).abs() <= error_bound(model, x)).all()
+
+
+def test_folded_layers_train_without_touching_the_original():
+    model, X = e02()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded, _ = fold(model)
+    params = list(folded.parameters())
+    assert params and all(isinstance(p, nn.Parameter) and p.requires_grad for p in params)
+    train(folded, X, X[:, -1], 3, batch_size=16, generator=torch.Generator().manual_seed(0), progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_global_rng_is_untouched():
+    model, X = e02(steps=2)
+    torch_pair = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)).eval()  # nn.Linear's own init draws from it
+    state = torch.random.get_rng_state()
+    fold(model)
+    error_bound(model, X)
+    fold(torch_pair)
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_folded_checkpoint_round_trip(tmp_path):
+    model, X = e02()
+    folded, _ = fold(model)
+    save(folded, tmp_path / "folded.pt")
+    loaded = load(tmp_path / "folded.pt")
+    assert [spec.get("bias") for spec in loaded.config()["layers"]] == [True, None, True, None, True]
+    with torch.no_grad():
+        assert torch.equal(loaded(X), folded(X))
+
+
+def test_cli_fold_then_eval_and_sample(names_path, tmp_path, capsys):
+    model, _ = e02(steps=50)
+    save(model, tmp_path / "e02.pt")
+    args = ["--names", str(names_path)]
+    assert main(["fold", str(tmp_path / "e02.pt"), "-o", str(tmp_path / "folded.pt"), *args]) == 0
+    out = capsys.readouterr().out
+    assert "BatchNorm folding: 3 folded, 0 kept" in out and "Linear -> BN" in out
+    unfolded, folded, loss_bound = re.search(r"dev loss: unfolded (\S+), folded (\S+) \(certified \|Δ\| <= (\S+)\)", out).groups()
+    assert abs(float(unfolded) - float(folded)) <= float(loss_bound)
+    delta, bound = out.split("max |Δlogit| on dev: ")[1].split(" (certified bound ")
+    assert float(delta) <= float(bound.split(")")[0])
+    assert not any(isinstance(m, BATCHNORMS) for m in load(tmp_path / "folded.pt").modules())
+    for checkpoint in ("e02.pt", "folded.pt"):
+        assert main(["eval", str(tmp_path / checkpoint), *args]) == 0
+    unfolded_eval, folded_eval = capsys.readouterr().out.splitlines()
+    assert unfolded_eval == folded_eval
+    assert main(["sample", str(tmp_path / "folded.pt"), "-n", "4"]) == 0
+    names = capsys.readouterr().out.split()
+    assert len(names) == 4 and all(name.isalpha() and name.islower() for name in names)
+
+
+@pytest.mark.gpu
+def test_fold_keeps_the_device():
+    model, X = e02()
+    model, X = model.cuda(), X.cuda()
+    folded, _ = fold(model)
+    assert all(p.device.type == "cuda" for p in folded.parameters())
+    with torch.no_grad():
+        err = (model(X) - folded(X)).abs().double().cpu()
+    assert (err <= error_bound(model, X)).all()
