@@ -1,0 +1,44 @@
+"""Folded vs unfolded inference of the E02 net, against torch's fuser and the minimal addmm chain.
+
+Every variant includes the embedding lookup C[X]; compare within a group (one batch size).
+"""
+
+import pytest
+import torch
+
+from core import bench
+from core.fold import fold
+from core.inference import capture
+
+BATCHES = [1, 64, 4096, "dev"]
+VARIANTS = ["unfolded core", "unfolded torch.nn", "folded core", "folded frozen", "torch fused", "minimal chain"]
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_inference(benchmark, variants, batch_of, variant, batch):
+    X = batch_of(batch)
+    benchmark.group = f"inference B={batch}"
+    benchmark.extra_info.update(bench.extra_info(X.shape, torch.float32), variant=variant)
+    with torch.inference_mode():
+        logits = benchmark(variants[variant], X)
+    assert logits.shape == (X.shape[0], 27)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 64, 4096, 2**21])
+@pytest.mark.parametrize("variant", ["folded core", "minimal chain", "folded CUDA graph"])
+def test_cuda_inference(benchmark, e02, variant, batch):
+    folded = fold(e02[0])[0].eval().cuda()
+    X = bench.random_rows(batch, torch.Generator().manual_seed(0))[0].cuda()
+    fn = {"folded core": folded, "minimal chain": bench.minimal_chain(folded), "folded CUDA graph": capture(folded, X)}[variant]
+
+    def synchronised():
+        out = fn(X)
+        torch.cuda.synchronize()
+        return out
+
+    benchmark.group = f"cuda inference B={batch}"
+    benchmark.extra_info.update(bench.extra_info(X.shape, torch.float32), variant=variant, device=torch.cuda.get_device_name())
+    with torch.inference_mode():
+        assert benchmark(synchronised).shape == (batch, 27)
