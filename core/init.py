@@ -1,4 +1,19 @@
-"""Init schemes for the Linear layers of a CharMLP; the model remembers which scheme built it."""
+"""Init schemes for the Linear layers of a CharMLP; the model remembers which scheme built it.
+
+A scheme is named by a plain string, `name` or `name(x)` with x a number such as `0.5` or `5/3`:
+
+- `kaiming`, `kaiming(gain)`: the seed's W = gain * randn(fan_in, fan_out) / sqrt(fan_in), b = 0
+  (tanh nets use gain 5/3, i.e. `kaiming(5/3)`).
+- `zeros`: every Linear weight and bias is 0 (E01).
+- `constant(c)`: every Linear weight and bias is c.
+- `zero_last`, `zero_last(gain)`: kaiming(gain) for every Linear but the output one, which is 0 (Fixup-like).
+- `zero_weights_random_bias`: every weight is 0, every bias is randn.
+
+Only Linear layers are touched: the embedding C and any BatchNorm keep their values.
+"""
+
+import re
+from fractions import Fraction
 
 import torch
 
@@ -9,32 +24,92 @@ def _linears(model):
     return [layer for layer in model.layers if isinstance(layer, Linear)]
 
 
+def _set(tensor, value):
+    """Overwrite `tensor` (a parameter or None) with a number or a tensor of its shape."""
+    if tensor is None:
+        return
+    if isinstance(value, torch.Tensor):
+        tensor.copy_(value)
+    else:
+        tensor.fill_(value)
+
+
 @torch.no_grad()
-def kaiming(model, generator: torch.Generator, gain: float = 1.0):
+def kaiming(model, gain: float = 1.0, *, generator: torch.Generator):
     """The seed's init: W ~ gain * randn(fan_in, fan_out) / sqrt(fan_in), b = 0."""
     for layer in _linears(model):
         w = torch.randn(layer.weight.shape, generator=generator, dtype=layer.weight.dtype)
-        layer.weight.copy_(w * (gain / layer.fan_in**0.5))
-        if layer.bias is not None:
-            layer.bias.zero_()
+        _set(layer.weight, w * (gain / layer.fan_in**0.5))
+        _set(layer.bias, 0.0)
 
 
 @torch.no_grad()
-def zeros(model, generator: torch.Generator | None = None):
-    """Every Linear weight and bias is 0 (E01)."""
+def constant(model, c: float, *, generator: torch.Generator | None = None):
+    """Every Linear weight and bias is c: the hidden units of a layer start identical."""
     for layer in _linears(model):
-        layer.weight.zero_()
+        _set(layer.weight, c)
+        _set(layer.bias, c)
+
+
+@torch.no_grad()
+def zeros(model, *, generator: torch.Generator | None = None):
+    """Every Linear weight and bias is 0 (E01)."""
+    constant(model, 0.0)
+
+
+@torch.no_grad()
+def zero_last(model, gain: float = 1.0, *, generator: torch.Generator):
+    """kaiming(gain) for every Linear, then the output Linear's weight and bias set to 0."""
+    kaiming(model, gain, generator=generator)
+    last = _linears(model)[-1]
+    _set(last.weight, 0.0)
+    _set(last.bias, 0.0)
+
+
+@torch.no_grad()
+def zero_weights_random_bias(model, *, generator: torch.Generator):
+    """Every Linear weight is 0 and every bias is drawn from randn."""
+    for layer in _linears(model):
+        _set(layer.weight, 0.0)
         if layer.bias is not None:
-            layer.bias.zero_()
+            _set(layer.bias, torch.randn(layer.bias.shape, generator=generator, dtype=layer.bias.dtype))
 
 
-SCHEMES = {"kaiming": kaiming, "zeros": zeros}
+SCHEMES = {
+    "kaiming": kaiming,
+    "zeros": zeros,
+    "constant": constant,
+    "zero_last": zero_last,
+    "zero_weights_random_bias": zero_weights_random_bias,
+}
+_TAKES_ARG = {"kaiming", "constant", "zero_last"}
+_SCHEME_RE = re.compile(r"^\s*([a-z_]+)\s*(?:\(\s*([^()]*?)\s*\))?\s*$")
+
+
+def parse_scheme(scheme: str) -> tuple[str, float | None]:
+    """'constant(0.5)' -> ('constant', 0.5); 'kaiming(5/3)' -> ('kaiming', 1.666...); 'zeros' -> ('zeros', None)."""
+    match = _SCHEME_RE.match(scheme) if isinstance(scheme, str) else None
+    name, arg = match.groups() if match else (None, None)
+    if name not in SCHEMES:
+        raise ValueError(f"unknown init scheme {scheme!r}; choose one of {', '.join(SCHEMES)} "
+                         f"(constant takes a value: constant(0.5); kaiming and zero_last take a gain: kaiming(5/3))")
+    if arg is None:
+        if name == "constant":
+            raise ValueError(f"init scheme {scheme!r} needs a value, e.g. constant(0.5)")
+        return name, None
+    if name not in _TAKES_ARG:
+        raise ValueError(f"init scheme {name!r} takes no argument; write {name}")
+    try:
+        value = float(Fraction(arg))
+    except (ValueError, ZeroDivisionError) as e:
+        raise ValueError(f"init scheme {scheme!r}: {arg!r} is not a number like 0.5 or 5/3") from e
+    return name, value
 
 
 def apply_init(model, scheme: str, generator: torch.Generator):
-    """Apply the named scheme in place, record it on the model, and return the model."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown init scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-    SCHEMES[scheme](model, generator=generator)
-    model.init_scheme = scheme
+    """Apply the named scheme in place, record its name on the model (`model.init_scheme`), and return the model."""
+    name, arg = parse_scheme(scheme)
+    args = () if arg is None else (arg,)
+    SCHEMES[name](model, *args, generator=generator)
+    model.init_scheme = scheme.replace(" ", "")
     return model

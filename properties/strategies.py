@@ -183,7 +183,7 @@ labels = st.integers(0, 26)
 
 @dataclass(frozen=True)
 class MLPCase:
-    """A CharMLP: C (27, emb_size); per hidden width, Linear (+ BatchNorm1d) + activation; then Linear to 27 (+ BatchNorm1d).
+    """A CharMLP: C (27, emb_size); per hidden width Linear (+ BatchNorm1d) + activation; Linear to 27 (+ BatchNorm1d).
 
     Depth is the number of hidden layers, so the net has depth + 1 Linears. With batchnorm the
     Linears have no bias (as in E02).

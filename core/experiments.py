@@ -1,0 +1,121 @@
+"""The seed's exercises end to end, each returning a plain dataclass for the report."""
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from core.diagnostics import Recorder
+from core.fold import error_bound, fold, loss_bound
+from core.model import VOCAB_SIZE, e01_mlp, e02_mlp
+from core.train import train
+
+
+def label_entropy(Y: torch.Tensor, num_classes: int = VOCAB_SIZE) -> float:
+    """H(ĉ) = -Σ_k ĉ_k log ĉ_k in nats, ĉ the labels' marginal (0 log 0 = 0).
+
+    It is the lowest cross-entropy a model that ignores its input can reach on these labels.
+    """
+    counts = torch.bincount(Y.flatten().cpu(), minlength=num_classes).double()
+    p = counts[counts > 0] / counts.sum()
+    return -(p * p.log()).sum().item()
+
+
+@dataclass
+class E01Result:
+    """E01 (all Linear weights and biases at 0): where the loss floors, and which parameters ever learned."""
+
+    steps: int
+    train_loss: float
+    dev_loss: float
+    dev_entropy: float  # H of the dev labels' marginal
+    gap: float  # |dev_loss - dev_entropy|
+    alive: list[str]  # parameters that got a nonzero gradient at some step
+    losses: list[float] = field(repr=False)  # minibatch loss per step
+    wall_time: float  # seconds, the whole experiment
+
+
+@torch.no_grad()
+def _loss(model, X, Y, device) -> float:
+    return model.loss(X.to(device), Y.to(device)).item()
+
+
+def run_e01(splits, steps: int = 100_000, batch_size: int = 64, lr: float = 0.1, seed: int = 42,
+            device=None, progress: bool = True, init: str = "zeros") -> E01Result:
+    """Train the seed's E01 net on splits['train'] with plain SGD, recording which parameters ever got a gradient.
+
+    `splits` maps 'train' and 'dev' to (X, Y). One generator seeded with `seed` draws the embedding
+    and every minibatch, so a seed fixes the run.
+    """
+    start = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    device = torch.device(device or "cpu")
+    model = e01_mlp(g, init=init).to(device)
+    X, Y = splits["train"]
+    with Recorder(model) as recorder:
+        history = train(model, X, Y, steps, batch_size=batch_size, lr=lr, generator=g, device=device,
+                        progress=progress, on_step=recorder.on_step)
+    model.eval()
+    dev_X, dev_Y = splits["dev"]
+    dev_loss, dev_entropy = _loss(model, dev_X, dev_Y, device), label_entropy(dev_Y)
+    return E01Result(
+        steps=steps,
+        train_loss=_loss(model, X, Y, device),
+        dev_loss=dev_loss,
+        dev_entropy=dev_entropy,
+        gap=abs(dev_loss - dev_entropy),
+        alive=recorder.alive,
+        losses=history.losses,
+        wall_time=time.perf_counter() - start,
+    )
+
+
+@dataclass
+class E02Result:
+    """E02 (Linear→BatchNorm1d→Tanh net): the trained net, its folded twin, and how closely they agree on dev."""
+
+    steps: int
+    dev_loss_unfolded: float
+    dev_loss_folded: float
+    max_abs_logit_diff: float
+    max_bound: float  # the largest certified bound on |Δlogit| over the dev set
+    loss_bound: float  # certified bound on |dev_loss_folded − dev_loss_unfolded|
+    bn_left: int  # BatchNorms the fold had to keep (0 for this architecture)
+    losses: list[float] = field(repr=False)
+    bound_ratios: torch.Tensor = field(repr=False)  # |Δlogit| / bound per dev logit, all ≤ 1
+    unfolded: torch.nn.Module = field(repr=False)
+    folded: torch.nn.Module = field(repr=False)
+    wall_time: float
+
+
+def run_e02(splits, steps: int = 100_000, batch_size: int = 64, lr: float = 0.1, seed: int = 42,
+            device=None, progress: bool = True) -> E02Result:
+    """Train the seed's E02 net, fold every BatchNorm into its Linear, and compare both on the dev set in eval."""
+    start = time.perf_counter()
+    g = torch.Generator().manual_seed(seed)
+    device = torch.device(device or "cpu")
+    model = e02_mlp(g).to(device)
+    X, Y = splits["train"]
+    history = train(model, X, Y, steps, batch_size=batch_size, lr=lr, generator=g, device=device, progress=progress)
+    model.eval()
+    folded, report = fold(model)
+    dev_X, dev_Y = (t.to(device) for t in splits["dev"])
+    with torch.no_grad():
+        logits, folded_logits = model(dev_X), folded(dev_X)
+        bound = error_bound(model, dev_X)
+        diff = (logits.double() - folded_logits.double()).abs().cpu()
+        loss = torch.nn.functional.cross_entropy  # in float64, the precision loss_bound assumes
+        return E02Result(
+            steps=steps,
+            dev_loss_unfolded=loss(logits.double(), dev_Y).item(),
+            dev_loss_folded=loss(folded_logits.double(), dev_Y).item(),
+            loss_bound=loss_bound(logits, bound, dev_Y),
+            max_abs_logit_diff=diff.max().item(),
+            max_bound=bound.max().item(),
+            bn_left=len(report.kept),
+            losses=history.losses,
+            bound_ratios=diff / bound,
+            unfolded=model,
+            folded=folded,
+            wall_time=time.perf_counter() - start,
+        )

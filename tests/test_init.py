@@ -1,0 +1,115 @@
+"""Init schemes: what each one sets, the recorded name, checkpoints, refusals, and symmetry breaking."""
+
+import pytest
+import torch
+
+from core.init import apply_init, parse_scheme
+from core.layers import Linear, Tanh
+from core.model import CharMLP, e01_mlp, load, save
+from core.train import train
+
+SCHEMES = ["kaiming", "kaiming(5/3)", "zeros", "constant(0.5)", "zero_last", "zero_last(5/3)",
+           "zero_weights_random_bias"]
+
+
+def linears(model):
+    return [layer for layer in model.layers if isinstance(layer, Linear)]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_scheme_builds_the_e01_net_and_is_recorded(scheme):
+    model = e01_mlp(torch.Generator().manual_seed(0), init=scheme)
+    assert model.init_scheme == scheme
+    assert model.config()["init_scheme"] == scheme
+
+
+def test_kaiming_replays_the_seed_formula():
+    model = e01_mlp(torch.Generator().manual_seed(0), init="zeros")
+    apply_init(model, "kaiming(5/3)", generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    for layer in linears(model):
+        expected = torch.randn(layer.weight.shape, generator=g) * ((5 / 3) / layer.fan_in**0.5)
+        assert torch.equal(layer.weight, expected)
+        assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_zeros_constant_and_zero_last_values():
+    g = torch.Generator().manual_seed(0)
+    for layer in linears(e01_mlp(g, init="zeros")):
+        assert torch.count_nonzero(layer.weight) == 0 and torch.count_nonzero(layer.bias) == 0
+    for layer in linears(e01_mlp(g, init="constant(-0.25)")):
+        assert torch.all(layer.weight == -0.25) and torch.all(layer.bias == -0.25)
+    *hidden, last = linears(e01_mlp(g, init="zero_last"))
+    assert torch.count_nonzero(last.weight) == 0 and torch.count_nonzero(last.bias) == 0
+    assert all(torch.count_nonzero(layer.weight) == layer.weight.numel() for layer in hidden)
+
+
+def test_zero_weights_random_bias_values():
+    for layer in linears(e01_mlp(torch.Generator().manual_seed(0), init="zero_weights_random_bias")):
+        assert torch.count_nonzero(layer.weight) == 0
+        assert (layer.bias > 0).any() and (layer.bias < 0).any()
+
+
+def test_schemes_never_touch_the_global_rng():
+    state = torch.random.get_rng_state()
+    for scheme in SCHEMES:
+        e01_mlp(torch.Generator().manual_seed(1), init=scheme)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_same_generator_same_weights():
+    a, b = (e01_mlp(torch.Generator().manual_seed(4), init="zero_weights_random_bias") for _ in range(2))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_scheme_name_survives_a_checkpoint(tmp_path):
+    model = e01_mlp(torch.Generator().manual_seed(0), init="constant( 0.5 )")
+    assert model.init_scheme == "constant(0.5)"
+    save(model, tmp_path / "m.pt")
+    assert load(tmp_path / "m.pt").init_scheme == "constant(0.5)"
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("zeros", ("zeros", None)), ("kaiming(5/3)", ("kaiming", 5 / 3)), ("constant(-1e-3)", ("constant", -1e-3)),
+    (" zero_last ( 2 ) ", ("zero_last", 2.0)),
+])
+def test_parse_scheme(text, parsed):
+    assert parse_scheme(text) == parsed
+
+
+@pytest.mark.parametrize("text, message", [
+    ("xavier", "unknown init scheme 'xavier'; choose one of kaiming, zeros"),
+    ("constant", "needs a value, e.g. constant(0.5)"),
+    ("zeros(1)", "takes no argument; write zeros"),
+    ("kaiming(big)", "is not a number like 0.5 or 5/3"),
+    ("constant(1/0)", "is not a number like 0.5 or 5/3"),
+    ("constant(inf)", "is not a number like 0.5 or 5/3"),
+])
+def test_bad_scheme_names_say_what_to_write(text, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        e01_mlp(torch.Generator().manual_seed(0), init=text)
+
+
+def hidden_unit_spread(model) -> float:
+    layer, nxt = linears(model)[:2]
+    units = torch.cat([layer.weight.T, layer.bias[:, None], nxt.weight], dim=1).detach()
+    return ((units - units[:1]).abs().max() / units.abs().max()).item()
+
+
+def test_constant_init_symmetry_is_unstable_at_a_large_learning_rate():
+    """The limit of the constant(c) law: identical units are a fixed point, not an attracting one.
+
+    A 1e-12 nudge to one unit of a 14-wide tanh layer grows past 1e-6 in 1000 steps at lr 0.5, so
+    any rounding difference between units would too; the property keeps lr·T ≤ 1.
+    """
+    g = torch.Generator().manual_seed(2)
+    f64 = torch.float64
+    layers = [Linear(6, 14, generator=g, dtype=f64), Tanh(), Linear(14, 27, generator=g, dtype=f64)]
+    model = apply_init(CharMLP(torch.randn(27, 3, generator=g, dtype=f64), layers, 2), "constant(0.274)", generator=g)
+    with torch.no_grad():
+        model.layers[0].bias[0] += 1e-12 * 0.274
+    X = torch.randint(0, 27, (27, 2), generator=g)
+    Y = torch.arange(27)
+    assert 0 < hidden_unit_spread(model) <= 2e-12
+    train(model, X, Y, 1000, batch_size=32, lr=0.5, generator=g, progress=False)
+    assert hidden_unit_spread(model) > 1e-6
