@@ -8,6 +8,7 @@ import json
 import sys
 
 import torch
+import torch.nn.functional as F
 
 from core.errors import BnfoldError
 
@@ -88,6 +89,78 @@ def cmd_sample(args):
         print(name)
 
 
+@torch.no_grad()
+def cmd_fold(args):
+    from core.fold import error_bound, fold, loss_bound
+    from core.model import load, save
+
+    model = load(args.checkpoint).eval()
+    folded, report = fold(model)
+    _, _, splits = load_splits(args, args.seed, model.context_length)
+    X, Y = splits["dev"]
+    logits, folded_logits = model(X), folded(X)
+    bound = error_bound(model, X)
+    save(folded, args.out)
+    losses = [F.cross_entropy(z.double(), Y).item() for z in (logits, folded_logits)]
+    print(report)
+    print(f"dev loss: unfolded {losses[0]:.10f}, folded {losses[1]:.10f} (certified |Δ| <= {loss_bound(logits, bound, Y):.3e})")
+    print(f"max |Δlogit| on dev: {(logits - folded_logits).abs().max().item():.3e} (certified bound {bound.max().item():.3e})")
+    print(f"saved {args.out}")
+
+
+def cmd_reproduce(args):
+    from core.reproduce import default_out, reproduce
+    from core.report import summary_table
+
+    out = args.out or default_out()
+    _, _, splits = load_splits(args, args.seed, context_length=4)
+    report = reproduce(splits, steps=args.steps, seed=args.seed, out=out, device=args.device)
+    print(summary_table(report))
+    print(f"wall time {report['wall_time_s']:.0f}s; report, plots and report.json in {out}")
+
+
+def cmd_bench(args):
+    import dataclasses
+
+    from core import bench
+    from core.data import load_names, resolve_names_path
+    from core.errors import UsageError
+
+    if args.fail is not None and args.compare is None:
+        raise UsageError("--fail needs --compare NAME: it fails on ratios that regressed against a saved run")
+    threshold = bench.parse_threshold(args.fail) if args.fail is not None else bench.DEFAULT_THRESHOLD
+    saved = bench.load(args.compare) if args.compare else None
+    if args.save:
+        bench.ratios_path(args.save)  # a bad name fails now, not after the run
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available here")
+    cuda = ["cuda"] if torch.cuda.is_available() else []
+    devices = {"cpu": ["cpu"], "cuda": ["cuda"], "auto": ["cpu", *cuda]}[args.device]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if bench.busy_warning():
+        print(f"warning: {bench.busy_warning()}", file=sys.stderr)
+    path = resolve_names_path(args.names, fetch=False)
+    if path.exists():
+        names = load_names(path)
+    else:
+        print(f"{path} not found: timing on synthetic names", file=sys.stderr)
+        names = bench.synthetic_names(32033)
+    settings = bench.QUICK if args.quick else bench.Settings()
+    if args.quick:
+        print("--quick: a smoke run; its numbers are too noisy to judge by", file=sys.stderr)
+    if args.rounds:
+        settings = dataclasses.replace(settings, rounds=args.rounds)
+    result = bench.measure(names, settings, devices, log=lambda msg: print(msg, file=sys.stderr))
+    print(bench.format_table(result))
+    if args.save:
+        print(f"saved {bench.save(result, args.save)}")
+    if saved is not None:
+        changes, missing = bench.compare(saved["ratios"], result["ratios"], threshold)
+        print(bench.format_comparison(args.compare, saved, changes, missing, threshold))
+        if args.fail is not None and any(c.regressed for c in changes):
+            raise SystemExit(1)
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnfold", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +195,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     add_names_arg(p)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("fold", help="fold every foldable BatchNorm into its Linear and save the folded checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--out", required=True, help="folded checkpoint path")
+    p.add_argument("--seed", type=int, default=42, help="split seed (the one used to train)")
+    add_names_arg(p)
+    p.set_defaults(func=cmd_fold)
+
+    p = sub.add_parser("reproduce", help="run E01 and E02 with the seed's recipe; write report.json, report.md, plots")
+    p.add_argument("--steps", type=int, default=100_000, help="training steps per experiment (default 100000)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", default=None, help="output directory (default runs/<timestamp>)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_names_arg(p)
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("bench", help="time folded vs unfolded inference, training and data prep; print ratios")
+    p.add_argument("--quick", action="store_true", help="a few seconds, small batches (a smoke run, not a measurement)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per set (default 51, quick 3)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: the CPU, and CUDA when available")
+    p.add_argument("--save", metavar="NAME", help="write the ratios to .benchmarks/ratios-NAME.json")
+    p.add_argument("--compare", metavar="NAME", help="compare with .benchmarks/ratios-NAME.json (marks growth over 10%%)")
+    p.add_argument("--fail", metavar="PCT", help="with --compare: exit 1 if any ratio grew by more than PCT (e.g. 10%%)")
+    p.add_argument("--names", metavar="PATH", help="names.txt (default: $BNFOLD_NAMES, else data/names.txt, else "
+                                                   "synthetic names; bench never downloads)")
+    p.set_defaults(func=cmd_bench)
 
     return parser
 

@@ -15,3 +15,7 @@ class FoldError(BnfoldError, ValueError):
 
 class CheckpointError(BnfoldError, ValueError):
     """A checkpoint is unreadable, unsafe or does not match its own architecture config."""
+
+
+class UsageError(BnfoldError, ValueError):
+    """A command-line option cannot be honoured here (an unwritable --out, --device cuda without CUDA)."""

@@ -116,7 +116,7 @@ def e02_mlp(generator: torch.Generator, context_length=CONTEXT_LENGTH, emb_size=
             if isinstance(layer, Linear):
                 layer.weight *= TANH_GAIN
         layers[-1].gamma *= 0.1
-    return CharMLP(C, layers, context_length, init_scheme="kaiming")
+    return CharMLP(C, layers, context_length, init_scheme="kaiming(5/3)")
 
 
 def save(model: CharMLP, path) -> None:

@@ -1,0 +1,129 @@
+"""`bnfold reproduce`: E01 and E02 end to end with the seed's recipe, then report.json, report.md and plots."""
+
+import time
+from pathlib import Path
+
+import torch
+
+from core.bench import interleaved_medians
+from core.diagnostics import LayerProbe, Recorder
+from core.errors import UsageError
+from core.experiments import run_e01, run_e02
+from core.layers import Tanh
+from core.model import e01_mlp
+from core import report as rp
+from core.train import train
+
+SPEED_BATCHES = (1, 64, 4096)  # and the whole dev set
+ALIVE_SCHEMES = ("kaiming(5/3)", "zeros", "constant(0.5)", "zero_last(5/3)", "zero_weights_random_bias")
+ALIVE_STEPS = 200  # enough steps for every scheme's pattern of live parameters to settle
+PROBE_ROWS = 512
+
+
+def prepare_out(out) -> Path:
+    """Create --out (or fail with one clear line) and prove it is writable before any training starts."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from e
+    if (out / "report.json").exists():
+        (out / "report.json").unlink()  # a stale report must not pass for this run's
+    return out
+
+
+def check_device(device: str) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available here; use --device cpu")
+    return device
+
+
+def probe_tanh_layers(splits, seed: int):
+    """Per init scheme (kaiming 5/3 vs zeros), each Tanh layer's outputs and output gradients on one batch at init."""
+    X, Y = splits["train"]
+    rows = torch.randint(0, X.shape[0], (PROBE_ROWS,), generator=torch.Generator().manual_seed(seed))
+    activations, gradients = {}, {}
+    for scheme in ("kaiming(5/3)", "zeros"):
+        model = e01_mlp(torch.Generator().manual_seed(seed), init=scheme)
+        with LayerProbe(model, keep_outputs=True) as probe:
+            model.loss(X[rows], Y[rows]).backward()
+        tanh = [i for i, layer in enumerate(model.layers) if isinstance(layer, Tanh)]
+        activations[scheme] = {f"layer {i} (Tanh)": probe.outputs[i] for i in tanh}
+        gradients[scheme] = {f"layer {i} (Tanh)": probe.output_grads[i] for i in tanh}
+    return activations, gradients
+
+
+def alive_by_scheme(splits, seed: int, steps: int):
+    """Per init scheme of the E01 net: which parameters got a nonzero gradient during a short run."""
+    X, Y = splits["train"]
+    result = {}
+    for scheme in ALIVE_SCHEMES:
+        g = torch.Generator().manual_seed(seed)
+        model = e01_mlp(g, init=scheme)
+        with Recorder(model) as recorder:
+            train(model, X, Y, steps, generator=g, progress=False, on_step=recorder.on_step)
+        result[scheme] = {name: step is not None for name, step in recorder.first_grad.items()}
+    return result
+
+
+@torch.inference_mode()
+def measure_speed(unfolded, folded, dev_X, device) -> list[dict]:
+    """Median µs per eval forward of both nets at each batch size, timed interleaved in one run."""
+    unfolded.eval(), folded.eval()
+    rows = []
+    for batch in (*SPEED_BATCHES, dev_X.shape[0]):
+        x = dev_X[:batch].to(device)
+        medians = interleaved_medians({"unfolded": lambda: unfolded(x), "folded": lambda: folded(x)}, device=device)
+        u, f = medians["unfolded"] * 1e6, medians["folded"] * 1e6
+        rows.append({"batch": batch, "unfolded_us": u, "folded_us": f, "speedup": u / f})
+    return rows
+
+
+def reproduce(splits, steps: int, seed: int, out, device: str = "cpu", progress: bool = True) -> dict:
+    """Run E01 and E02, measure, plot, and write the report into `out` (report.json last). Returns the report."""
+    device = check_device(device)
+    out = prepare_out(out)
+    started = time.perf_counter()
+    e01 = run_e01(splits, steps=steps, seed=seed, device=device, progress=progress)
+    e02 = run_e02(splits, steps=steps, seed=seed, device=device, progress=progress)
+    speed = measure_speed(e02.unfolded, e02.folded, splits["dev"][0], device)
+    activations, gradients = probe_tanh_layers(splits, seed)
+    alive = alive_by_scheme(splits, seed, min(steps, ALIVE_STEPS))
+
+    figures = {
+        "Loss curves": "loss_curves.png",
+        "Tanh activations at init: kaiming vs zeros": "activations.png",
+        "Tanh output gradients at init: kaiming vs zeros": "gradients.png",
+        "Alive parameters per init scheme": "alive.png",
+        "Folding error against its certified bound (dev set)": "fold_error.png",
+        "Inference time against batch size": "speed.png",
+    }
+    rp.plot_loss_curves(out / "loss_curves.png", {"E01 zero init": e01.losses, "E02 BatchNorm": e02.losses},
+                        floors={f"H = {e01.dev_entropy:.4f}": e01.dev_entropy})
+    rp.plot_layer_histograms(out / "activations.png", activations, "Tanh outputs", "tanh output")
+    rp.plot_layer_histograms(out / "gradients.png", gradients, "Gradients of Tanh outputs", "dL/d(tanh output)")
+    rp.plot_alive(out / "alive.png", alive)
+    rp.plot_bound_ratio(out / "fold_error.png", e02.bound_ratios)
+    rp.plot_speed(out / "speed.png", speed)
+
+    report = {
+        "e01": {"steps": e01.steps, "train_loss": e01.train_loss, "dev_loss": e01.dev_loss,
+                "dev_entropy": e01.dev_entropy, "alive": e01.alive},
+        "e02": {"steps": e02.steps, "dev_loss_unfolded": e02.dev_loss_unfolded, "dev_loss_folded": e02.dev_loss_folded,
+                "max_abs_logit_diff": e02.max_abs_logit_diff, "max_bound": e02.max_bound, "bn_left": e02.bn_left,
+                "loss_bound": e02.loss_bound},
+        "speed": speed,
+        "env": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+                "seed": seed, "steps": steps},
+        "wall_time_s": time.perf_counter() - started,
+    }
+    rp.write_report(out, report, figures)
+    return report
+
+
+def default_out() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")

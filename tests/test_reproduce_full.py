@@ -1,0 +1,43 @@
+"""The full default `bnfold reproduce` (the seed's recipe, 100k steps per experiment) on names.txt.
+
+This one run is also the seed check of both exercises: E01 floors at the dev-label entropy with
+only the output bias alive, and E02's folded net matches the unfolded one within the bound.
+"""
+
+import json
+
+import pytest
+
+from core.cli import main
+
+# The seed notebook's E02 dev loss after the same recipe; a different seed and torch build move it
+# by run-to-run noise of the 100k-step SGD, measured here as under 0.03 across seeds.
+NOTEBOOK_E02_DEV = 2.0743706226348877
+SEED_SPREAD = 0.03
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def report(names_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce-full")
+    assert main(["reproduce", "--out", str(out), "--names", str(names_path)]) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def test_e01_floors_at_the_dev_label_entropy(report):
+    e01 = report["e01"]
+    assert e01["steps"] == 100_000
+    assert abs(e01["dev_loss"] - e01["dev_entropy"]) <= 0.01
+    assert e01["alive"] == ["layers.8.bias"]
+
+
+def test_e02_folded_equals_unfolded_within_the_bound(report):
+    e02 = report["e02"]
+    assert e02["bn_left"] == 0
+    assert e02["max_abs_logit_diff"] <= e02["max_bound"]
+    assert abs(e02["dev_loss_folded"] - e02["dev_loss_unfolded"]) <= e02["loss_bound"]
+
+
+def test_e02_reproduces_the_notebook(report):
+    assert abs(report["e02"]["dev_loss_unfolded"] - NOTEBOOK_E02_DEV) <= SEED_SPREAD
