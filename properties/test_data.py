@@ -5,24 +5,12 @@ import torch
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
+from core.bench import seed_prepare_data
 from core.data import DataError, Vocab, build_dataset, load_names, split_names, split_sizes
 from properties.strategies import name_lists, names_st
 
 contexts = st.integers(min_value=1, max_value=8)
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
-
-
-def seed_prepare_data(names, context_length):
-    """The seed notebook's loop, written out as the oracle."""
-    stoi = Vocab().stoi
-    xs, ys = [], []
-    for name in names:
-        context = [0] * context_length
-        for ch in name + ".":
-            xs.append(context)
-            ys.append(stoi[ch])
-            context = context[1:] + [stoi[ch]]
-    return torch.tensor(xs, dtype=torch.int64), torch.tensor(ys, dtype=torch.int64)
 
 
 @given(name_lists, contexts)
