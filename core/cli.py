@@ -161,6 +161,14 @@ def cmd_bench(args):
         if args.fail is not None and any(c.regressed for c in changes):
             raise SystemExit(1)
 
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnfold", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the E01 or E02 net and save a checkpoint")
     p.add_argument("--arch", choices=("e01", "e02"), required=True)
-    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--steps", type=positive_int, default=100_000)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.1)
@@ -204,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fold)
 
     p = sub.add_parser("reproduce", help="run E01 and E02 with the seed's recipe; write report.json, report.md, plots")
-    p.add_argument("--steps", type=int, default=100_000, help="training steps per experiment (default 100000)")
+    p.add_argument("--steps", type=positive_int, default=100_000, help="training steps per experiment (default 100000)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", default=None, help="output directory (default runs/<timestamp>)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
