@@ -8,7 +8,6 @@ import json
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from core.errors import BnfoldError
 
@@ -89,22 +88,19 @@ def cmd_sample(args):
         print(name)
 
 
-@torch.no_grad()
 def cmd_fold(args):
-    from core.fold import error_bound, fold, loss_bound
+    from core.experiments import fold_agreement
+    from core.fold import fold
     from core.model import load, save
 
     model = load(args.checkpoint).eval()
     folded, report = fold(model)
     _, _, splits = load_splits(args, args.seed, model.context_length)
-    X, Y = splits["dev"]
-    logits, folded_logits = model(X), folded(X)
-    bound = error_bound(model, X)
+    dev = fold_agreement(model, folded, *splits["dev"])
     save(folded, args.out)
-    losses = [F.cross_entropy(z.double(), Y).item() for z in (logits, folded_logits)]
     print(report)
-    print(f"dev loss: unfolded {losses[0]:.10f}, folded {losses[1]:.10f} (certified |Δ| <= {loss_bound(logits, bound, Y):.3e})")
-    print(f"max |Δlogit| on dev: {(logits - folded_logits).abs().max().item():.3e} (certified bound {bound.max().item():.3e})")
+    print(f"dev loss: unfolded {dev.loss_unfolded:.10f}, folded {dev.loss_folded:.10f} (certified |Δ| <= {dev.loss_bound:.3e})")
+    print(f"max |Δlogit| on dev: {dev.max_abs_logit_diff:.3e} (certified bound {dev.max_bound:.3e})")
     print(f"saved {args.out}")
 
 

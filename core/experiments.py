@@ -71,18 +71,41 @@ def run_e01(splits, steps: int = 100_000, batch_size: int = 64, lr: float = 0.1,
 
 
 @dataclass
+class FoldAgreement:
+    """How closely a folded net matches its unfolded original on (X, Y), both in eval, with certified bounds."""
+
+    loss_unfolded: float  # mean cross-entropy in float64, the precision loss_bound assumes
+    loss_folded: float
+    loss_bound: float  # certified bound on |loss_folded − loss_unfolded|
+    max_abs_logit_diff: float
+    max_bound: float  # the largest certified bound on |Δlogit|
+    bound_ratios: torch.Tensor = field(repr=False)  # |Δlogit| / bound per logit, all ≤ 1
+
+
+@torch.no_grad()
+def fold_agreement(model, folded, X, Y) -> FoldAgreement:
+    logits, folded_logits = model(X), folded(X)
+    bound = error_bound(model, X)
+    diff = (logits.double() - folded_logits.double()).abs().cpu()
+    loss = torch.nn.functional.cross_entropy
+    return FoldAgreement(
+        loss_unfolded=loss(logits.double(), Y).item(),
+        loss_folded=loss(folded_logits.double(), Y).item(),
+        loss_bound=loss_bound(logits, bound, Y),
+        max_abs_logit_diff=diff.max().item(),
+        max_bound=bound.max().item(),
+        bound_ratios=diff / bound,
+    )
+
+
+@dataclass
 class E02Result:
     """E02 (Linear→BatchNorm1d→Tanh net): the trained net, its folded twin, and how closely they agree on dev."""
 
     steps: int
-    dev_loss_unfolded: float
-    dev_loss_folded: float
-    max_abs_logit_diff: float
-    max_bound: float  # the largest certified bound on |Δlogit| over the dev set
-    loss_bound: float  # certified bound on |dev_loss_folded − dev_loss_unfolded|
+    dev: FoldAgreement
     bn_left: int  # BatchNorms the fold had to keep (0 for this architecture)
     losses: list[float] = field(repr=False)
-    bound_ratios: torch.Tensor = field(repr=False)  # |Δlogit| / bound per dev logit, all ≤ 1
     unfolded: torch.nn.Module = field(repr=False)
     folded: torch.nn.Module = field(repr=False)
     wall_time: float
@@ -100,22 +123,12 @@ def run_e02(splits, steps: int = 100_000, batch_size: int = 64, lr: float = 0.1,
     model.eval()
     folded, report = fold(model)
     dev_X, dev_Y = (t.to(device) for t in splits["dev"])
-    with torch.no_grad():
-        logits, folded_logits = model(dev_X), folded(dev_X)
-        bound = error_bound(model, dev_X)
-        diff = (logits.double() - folded_logits.double()).abs().cpu()
-        loss = torch.nn.functional.cross_entropy  # in float64, the precision loss_bound assumes
-        return E02Result(
-            steps=steps,
-            dev_loss_unfolded=loss(logits.double(), dev_Y).item(),
-            dev_loss_folded=loss(folded_logits.double(), dev_Y).item(),
-            loss_bound=loss_bound(logits, bound, dev_Y),
-            max_abs_logit_diff=diff.max().item(),
-            max_bound=bound.max().item(),
-            bn_left=len(report.kept),
-            losses=history.losses,
-            bound_ratios=diff / bound,
-            unfolded=model,
-            folded=folded,
-            wall_time=time.perf_counter() - start,
-        )
+    return E02Result(
+        steps=steps,
+        dev=fold_agreement(model, folded, dev_X, dev_Y),
+        bn_left=len(report.kept),
+        losses=history.losses,
+        unfolded=model,
+        folded=folded,
+        wall_time=time.perf_counter() - start,
+    )

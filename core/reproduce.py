@@ -122,15 +122,15 @@ def reproduce(splits, steps: int, seed: int, out, device: str = "cpu", progress:
     rp.plot_layer_histograms(out / "activations.png", activations, "Tanh outputs", "tanh output")
     rp.plot_layer_histograms(out / "gradients.png", gradients, "Gradients of Tanh outputs", "dL/d(tanh output)")
     rp.plot_alive(out / "alive.png", alive)
-    rp.plot_bound_ratio(out / "fold_error.png", e02.bound_ratios)
+    rp.plot_bound_ratio(out / "fold_error.png", e02.dev.bound_ratios)
     rp.plot_speed(out / "speed.png", speed)
 
     report = {
         "e01": {"steps": e01.steps, "train_loss": e01.train_loss, "dev_loss": e01.dev_loss,
                 "dev_entropy": e01.dev_entropy, "alive": e01.alive},
-        "e02": {"steps": e02.steps, "dev_loss_unfolded": e02.dev_loss_unfolded, "dev_loss_folded": e02.dev_loss_folded,
-                "max_abs_logit_diff": e02.max_abs_logit_diff, "max_bound": e02.max_bound, "bn_left": e02.bn_left,
-                "loss_bound": e02.loss_bound},
+        "e02": {"steps": e02.steps, "dev_loss_unfolded": e02.dev.loss_unfolded, "dev_loss_folded": e02.dev.loss_folded,
+                "max_abs_logit_diff": e02.dev.max_abs_logit_diff, "max_bound": e02.dev.max_bound, "bn_left": e02.bn_left,
+                "loss_bound": e02.dev.loss_bound},
         "speed": speed,
         "env": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
                 "seed": seed, "steps": steps},
