@@ -12,7 +12,6 @@ import json
 import math
 import os
 import platform
-import random
 import re
 import statistics
 import time
@@ -20,18 +19,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.nn.utils import skip_init
-from torch.nn.utils.fusion import fuse_linear_bn_eval
 
 from core.atomic import atomic_write_text
-from core.data import Vocab, build_dataset, split_names
+from core import notebook
+from core.data import build_dataset, random_rows, split_names
 from core.errors import BnfoldError
+from core.experiments import trained_e02
 from core.fold import fold
 from core.inference import FrozenChain, capture
-from core.layers import BatchNorm1d, Linear, Tanh
+from core.layers import Linear
 from core.model import e02_mlp
+from core.torchnn import to_torch_nn
 from core.train import train
 
 FORMAT = "bnfold.bench/1"
@@ -40,152 +38,7 @@ DEV_ROWS = 22655  # dev-set rows of names.txt under the seed's split; random row
 SPLIT_SEED = 42
 
 
-# The things timed: the seed's loops and the inference variants.
-
-def seed_prepare_data(names, context_length: int, vocab: Vocab | None = None):
-    """The seed's prepare_data: a plain Python loop over every character (build_dataset's reference)."""
-    stoi = (vocab or Vocab()).stoi
-    xs, ys = [], []
-    for name in names:
-        context = [stoi["."]] * context_length
-        for ch in name + ".":
-            ix = stoi[ch]
-            xs.append(context)
-            ys.append(ix)
-            context = context[1:] + [ix]
-    return torch.tensor(xs), torch.tensor(ys)
-
-
-class SeedLinear:
-    """The seed's plain-class layers: every call keeps its output in `.out` for retain_grad."""
-
-    def __init__(self, weight, bias=None):
-        self.weight, self.bias = weight, bias
-
-    def __call__(self, x):
-        self.out = x @ self.weight
-        if self.bias is not None:
-            self.out += self.bias
-        return self.out
-
-    def parameters(self):
-        return [self.weight] + ([] if self.bias is None else [self.bias])
-
-
-class SeedBatchNorm1d:
-    def __init__(self, gamma, beta, running_mean, running_var, eps=1e-5, momentum=0.1):
-        self.gamma, self.beta, self.eps, self.momentum = gamma, beta, eps, momentum
-        self.running_mean, self.running_var = running_mean, running_var
-        self.training = True
-
-    def __call__(self, x):
-        if self.training:
-            xmean, xvar = x.mean(0, keepdim=True), x.var(0, keepdim=True)
-        else:
-            xmean, xvar = self.running_mean, self.running_var
-        xhat = (x - xmean) / torch.sqrt(xvar + self.eps)
-        self.out = self.gamma * xhat + self.beta
-        if self.training:
-            with torch.no_grad():
-                self.running_mean = (1 - self.momentum) * self.running_mean + self.momentum * xmean
-                self.running_var = (1 - self.momentum) * self.running_var + self.momentum * xvar
-        return self.out
-
-    def parameters(self):
-        return [self.gamma, self.beta]
-
-
-class SeedTanh:
-    def __call__(self, x):
-        self.out = torch.tanh(x)
-        return self.out
-
-    def parameters(self):
-        return []
-
-
-class SeedStyleNet:
-    """A CharMLP's tensors (copied) in the seed's plain-class layers, with the seed's parameter list."""
-
-    def __init__(self, model):
-        copy = lambda t: t.detach().clone()  # noqa: E731
-        self.C = copy(model.C)
-        self.layers = []
-        for layer in model.layers:
-            if isinstance(layer, Linear):
-                self.layers.append(SeedLinear(copy(layer.weight), None if layer.bias is None else copy(layer.bias)))
-            elif isinstance(layer, BatchNorm1d):
-                self.layers.append(SeedBatchNorm1d(copy(layer.gamma), copy(layer.beta), copy(layer.running_mean),
-                                                   copy(layer.running_var), layer.eps, layer.momentum))
-            elif isinstance(layer, Tanh):
-                self.layers.append(SeedTanh())
-            else:
-                raise TypeError(f"the seed has no {type(layer).__name__} layer")
-        self.parameters = [self.C] + [p for layer in self.layers for p in layer.parameters()]
-        for p in self.parameters:
-            p.requires_grad = True
-
-
-def seed_style_train(net: SeedStyleNet, X, Y, steps: int, batch_size: int = 64, lr: float = 0.1, *,
-                     generator: torch.Generator):
-    """The seed's training loop: retain_grad on every layer output, p.data += -lr * p.grad; batches from `generator`."""
-    for _ in range(steps):
-        ix = torch.randint(0, X.shape[0], (batch_size,), generator=generator)
-        x = net.C[X[ix]].view(batch_size, -1)
-        for layer in net.layers:
-            x = layer(x)
-        loss = F.cross_entropy(x, Y[ix])
-        for layer in net.layers:
-            layer.out.retain_grad()
-        for p in net.parameters:
-            p.grad = None
-        loss.backward()
-        for p in net.parameters:
-            p.data += -lr * p.grad
-
-
-def trained_e02(X, Y, steps: int, generator: torch.Generator):
-    """The E02 net after `steps` SGD steps on (X, Y), in eval mode: its BatchNorms hold realistic statistics."""
-    model = e02_mlp(generator)
-    train(model, X, Y, steps, generator=generator, progress=False)
-    return model.eval()
-
-
-def torch_nn(model, fuse: bool = False) -> nn.Sequential:
-    """The CharMLP as torch.nn modules (Embedding, Flatten, Linear, BatchNorm1d, Tanh) in eval with the same
-    tensors; with fuse, each Linear -> BatchNorm1d pair fused by torch's fuse_linear_bn_eval."""
-    C = model.C.detach()
-    kw = {"device": C.device, "dtype": C.dtype}
-    modules = [nn.Embedding.from_pretrained(C.clone()), nn.Flatten()]
-    with torch.no_grad():
-        for layer in model.layers:
-            if isinstance(layer, Linear):
-                new = skip_init(nn.Linear, layer.fan_in, layer.fan_out, bias=layer.bias is not None, **kw)
-                new.weight.copy_(layer.weight.T)
-                if layer.bias is not None:
-                    new.bias.copy_(layer.bias)
-            elif isinstance(layer, BatchNorm1d):
-                new = nn.BatchNorm1d(layer.dim, eps=layer.eps, momentum=layer.momentum, affine=layer.affine, **kw)
-                new.running_mean.copy_(layer.running_mean)
-                new.running_var.copy_(layer.running_var)
-                if layer.affine:
-                    new.weight.copy_(layer.gamma)
-                    new.bias.copy_(layer.beta)
-            elif isinstance(layer, Tanh):
-                new = nn.Tanh()
-            else:
-                raise TypeError(f"no torch.nn counterpart for {type(layer).__name__}")
-            modules.append(new.eval())
-    if fuse:
-        fused = []
-        for m in modules:
-            if isinstance(m, nn.BatchNorm1d) and fused and isinstance(fused[-1], nn.Linear):
-                fused[-1] = fuse_linear_bn_eval(fused[-1], m)
-            else:
-                fused.append(m)
-        modules = fused
-    return nn.Sequential(*modules).eval()
-
+# The things timed: the inference variants.
 
 def minimal_chain(folded):
     """The eager limit of a folded Linear/Tanh net: one addmm per layer plus in-place tanh, no modules."""
@@ -208,25 +61,12 @@ def inference_variants(model, folded) -> dict:
     """name -> callable(X): the net unfolded (core, torch.nn), folded (core, frozen, torch's fuser), the minimal chain."""
     return {
         "unfolded core": model,
-        "unfolded torch.nn": torch_nn(model),
+        "unfolded torch.nn": to_torch_nn(model),
         "folded core": folded,
         "folded frozen": FrozenChain(folded),
-        "torch fused": torch_nn(model, fuse=True),
+        "torch fused": to_torch_nn(model, fuse=True),
         "minimal chain": minimal_chain(folded),
     }
-
-
-def random_rows(rows: int, generator: torch.Generator, context_length: int = 4):
-    """(X, Y) of uniformly random character ids, standing in for a split of names.txt."""
-    vocab = Vocab().size
-    X = torch.randint(0, vocab, (rows, context_length), generator=generator)
-    return X, torch.randint(0, vocab, (rows,), generator=generator)
-
-
-def synthetic_names(n: int, seed: int = 0) -> list[str]:
-    """n random lowercase names of 2..10 letters, for machines without names.txt."""
-    rng = random.Random(seed)
-    return ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10))) for _ in range(n)]
 
 
 def extra_info(shape, dtype) -> dict:
@@ -334,7 +174,7 @@ INFERENCE_RATIOS = [  # (label, ours, reference)
 ]
 GRAPH_RATIO = ("CUDA graph / minimal chain", "folded CUDA graph", "minimal chain")
 OTHER_RATIOS = [  # CPU only, keyed without a batch size
-    ("train step ours / seed-style", "train step ours", "train step seed-style"),
+    ("train step ours / notebook", "train step ours", "train step notebook"),
     ("build_dataset vectorised / loop", "build_dataset vectorised", "build_dataset loop"),
 ]
 LARGE_BATCH = 2**21  # where the CUDA graph must at least match the eager chain's throughput
@@ -342,7 +182,7 @@ LARGE_BATCH = 2**21  # where the CUDA graph must at least match the eager chain'
 
 CPU_TARGETS = {"folded / minimal chain": 1.10, "folded / torch fused": 1.00,
                "frozen / minimal chain": 1.10, "frozen / torch fused": 1.00,
-               "train step ours / seed-style": 0.67, "build_dataset vectorised / loop": 0.20}
+               "train step ours / notebook": 0.67, "build_dataset vectorised / loop": 0.20}
 
 
 def target(device: str, batch, label: str) -> float | None:
@@ -398,12 +238,12 @@ def measure(names, settings: Settings = Settings(), devices=("cpu",), log=None) 
 
     log(f"cpu: training step, {settings.train_steps} steps per sample")
     ours_model = e02_mlp(torch.Generator().manual_seed(1))
-    seed_net = SeedStyleNet(ours_model)
-    g_ours, g_seed = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    notebook_net = notebook.Net(ours_model)
+    g_ours, g_notebook = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
     steps = settings.train_steps
     timed = interleaved_medians({
         "train step ours": lambda: train(ours_model, X, Y, steps, generator=g_ours, progress=False),
-        "train step seed-style": lambda: seed_style_train(seed_net, X, Y, steps, generator=g_seed),
+        "train step notebook": lambda: notebook.train(notebook_net, X, Y, steps, generator=g_notebook),
     }, rounds=settings.rounds, sample_s=settings.sample_s)
     medians.update({f"cpu: {name}": t / steps for name, t in timed.items()})
 
@@ -411,7 +251,7 @@ def measure(names, settings: Settings = Settings(), devices=("cpu",), log=None) 
     log(f"cpu: build_dataset on {len(some)} names")
     timed = interleaved_medians({
         "build_dataset vectorised": lambda: build_dataset(some, 4),
-        "build_dataset loop": lambda: seed_prepare_data(some, 4),
+        "build_dataset loop": lambda: notebook.prepare_data(some, 4),
     }, rounds=settings.build_rounds, sample_s=0.0)
     medians.update({f"cpu: {name}": t for name, t in timed.items()})
     for label, ours, ref in OTHER_RATIOS:

@@ -119,7 +119,7 @@ def cmd_bench(args):
     import dataclasses
 
     from core import bench
-    from core.data import load_names, resolve_names_path
+    from core.data import load_names, resolve_names_path, synthetic_names
     from core.errors import UsageError
 
     if args.fail is not None and args.compare is None:
@@ -141,7 +141,7 @@ def cmd_bench(args):
         names = load_names(path)
     else:
         print(f"{path} not found: timing on synthetic names", file=sys.stderr)
-        names = bench.synthetic_names(32033)
+        names = synthetic_names(32033)
     settings = bench.QUICK if args.quick else bench.Settings()
     if args.quick:
         print("--quick: a smoke run; its numbers are too noisy to judge by", file=sys.stderr)

@@ -153,3 +153,16 @@ def resolve_names_path(cli_path=None, fetch: bool = True) -> Path:
     if DEFAULT_NAMES_PATH.exists() or not fetch:
         return DEFAULT_NAMES_PATH
     return fetch_names(DEFAULT_NAMES_PATH)
+
+
+def random_rows(rows: int, generator: torch.Generator, context_length: int = 4):
+    """(X, Y) of uniformly random character ids, standing in for a split of names.txt."""
+    vocab = Vocab().size
+    X = torch.randint(0, vocab, (rows, context_length), generator=generator)
+    return X, torch.randint(0, vocab, (rows,), generator=generator)
+
+
+def synthetic_names(n: int, seed: int = 0) -> list[str]:
+    """n random lowercase names of 2..10 letters, for machines without names.txt."""
+    rng = random.Random(seed)
+    return ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10))) for _ in range(n)]

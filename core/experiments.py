@@ -35,6 +35,13 @@ class E01Result:
     wall_time: float  # seconds, the whole experiment
 
 
+def trained_e02(X, Y, steps: int, generator: torch.Generator):
+    """The E02 net after `steps` SGD steps on (X, Y), in eval mode: its BatchNorms hold realistic statistics."""
+    model = e02_mlp(generator)
+    train(model, X, Y, steps, generator=generator, progress=False)
+    return model.eval()
+
+
 @torch.no_grad()
 def _loss(model, X, Y, device) -> float:
     return model.loss(X.to(device), Y.to(device)).item()

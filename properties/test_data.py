@@ -5,7 +5,7 @@ import torch
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
-from core.bench import seed_prepare_data
+from core import notebook
 from core.data import DataError, Vocab, build_dataset, load_names, split_names, split_sizes
 from properties.strategies import name_lists, names_st
 
@@ -57,7 +57,7 @@ def test_round_trip(names, context_length):
 def test_matches_seed_loop(names, context_length):
     """build_dataset(names) = prepare_data(names), row for row (the seed notebook's loop)."""
     X, Y = build_dataset(names, context_length)
-    X_ref, Y_ref = seed_prepare_data(names, context_length)
+    X_ref, Y_ref = notebook.prepare_data(names, context_length)
     assert torch.equal(X, X_ref) and torch.equal(Y, Y_ref)
 
 

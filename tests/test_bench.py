@@ -12,7 +12,9 @@ import torch
 from core import bench
 from core.bench import Change, compare, parse_threshold
 from core.cli import main
-from core.data import build_dataset
+from core import notebook
+from core.data import build_dataset, random_rows, synthetic_names
+from core.experiments import trained_e02
 from core.fold import fold
 from core.model import e02_mlp
 from core.train import train
@@ -33,7 +35,7 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.fixture
 def names_file(tmp_path):
     path = tmp_path / "names.txt"
-    path.write_text("\n".join(bench.synthetic_names(400, seed=1)) + "\n")
+    path.write_text("\n".join(synthetic_names(400, seed=1)) + "\n")
     return path
 
 
@@ -96,9 +98,9 @@ def fake_measure(ratios):
 
 @pytest.mark.parametrize("now, code", [(1.05, None), (1.2, 1), (0.5, None)])
 def test_compare_with_fail_exits_1_only_on_a_regression(in_tmp, names_file, monkeypatch, capsys, now, code):
-    bench.save(result({"cpu B=1: folded / minimal chain": 1.0, "cpu: train step ours / seed-style": 0.6}), "base")
+    bench.save(result({"cpu B=1: folded / minimal chain": 1.0, "cpu: train step ours / notebook": 0.6}), "base")
     monkeypatch.setattr(bench, "measure", fake_measure({"cpu B=1: folded / minimal chain": now,
-                                                        "cpu: train step ours / seed-style": 0.6}))
+                                                        "cpu: train step ours / notebook": 0.6}))
     argv = ["bench", "--names", str(names_file), "--device", "cpu", "--compare", "base", "--fail", "10%"]
     if code is None:
         assert main(argv) == 0
@@ -134,7 +136,7 @@ def test_quick_smoke_run_prints_the_table_and_saves(in_tmp, names_file, capsys):
     assert main(["bench", "--quick", "--names", str(names_file), "--device", "cpu", "--save", "smoke"]) == 0
     out = capsys.readouterr().out
     for label in ("folded / minimal chain", "folded / torch fused", "folded / unfolded core",
-                  "folded / unfolded torch.nn", "train step ours / seed-style", "build_dataset vectorised / loop"):
+                  "folded / unfolded torch.nn", "train step ours / notebook", "build_dataset vectorised / loop"):
         assert label in out
     saved = bench.load("smoke")
     assert saved["machine"]["torch"] == torch.__version__ and "threads" in saved["machine"]
@@ -143,9 +145,9 @@ def test_quick_smoke_run_prints_the_table_and_saves(in_tmp, names_file, capsys):
 
 def test_inference_variants_agree(in_tmp):
     g = torch.Generator().manual_seed(0)
-    model = bench.trained_e02(*bench.random_rows(300, g), steps=20, generator=g)
+    model = trained_e02(*random_rows(300, g), steps=20, generator=g)
     folded = fold(model)[0].eval()
-    X = bench.random_rows(50, g)[0]
+    X = random_rows(50, g)[0]
     with torch.inference_mode():
         outs = {name: fn(X) for name, fn in bench.inference_variants(model, folded).items()}
     for name, out in outs.items():
@@ -153,18 +155,18 @@ def test_inference_variants_agree(in_tmp):
     assert torch.equal(outs["folded core"], outs["minimal chain"])
 
 
-def test_seed_style_loop_matches_ours_on_the_first_step():
+def test_notebook_loop_matches_ours_on_the_first_step():
     g = torch.Generator().manual_seed(0)
-    X, Y = bench.random_rows(200, g)
+    X, Y = random_rows(200, g)
     ours = e02_mlp(torch.Generator().manual_seed(1))
-    seed = bench.SeedStyleNet(ours)
+    reference = notebook.Net(ours)
     train(ours, X, Y, 1, generator=torch.Generator().manual_seed(2), progress=False)
-    bench.seed_style_train(seed, X, Y, 1, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(seed.C, ours.C.detach())
-    torch.testing.assert_close(seed.layers[0].weight, ours.layers[0].weight.detach())
+    notebook.train(reference, X, Y, 1, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(reference.C, ours.C.detach())
+    torch.testing.assert_close(reference.layers[0].weight, ours.layers[0].weight.detach())
 
 
-def test_seed_prepare_data_is_build_dataset_row_for_row():
-    names = bench.synthetic_names(50, seed=3)
-    for got, expected in zip(bench.seed_prepare_data(names, 3), build_dataset(names, 3)):
+def test_notebook_prepare_data_is_build_dataset_row_for_row():
+    names = synthetic_names(50, seed=3)
+    for got, expected in zip(notebook.prepare_data(names, 3), build_dataset(names, 3)):
         assert torch.equal(got, expected)

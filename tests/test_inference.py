@@ -4,21 +4,22 @@ import pytest
 import torch
 from torch import nn
 
-from core import bench
+from core.data import random_rows
+from core.experiments import trained_e02
 from core.fold import fold
 from core.inference import FrozenChain, capture, forward, plan
 from core.layers import Linear, ReLU, Sigmoid, Tanh
 from core.model import CharMLP, e01_mlp
 
 
-def trained_e02(seed=0):
+def small_e02(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return bench.trained_e02(*bench.random_rows(500, g), steps=30, generator=g)
+    return trained_e02(*random_rows(500, g), 30, g)
 
 
 @pytest.fixture(scope="module")
 def folded():
-    return fold(trained_e02())[0].eval()
+    return fold(small_e02())[0].eval()
 
 
 def batch(n, seed=1):
@@ -71,7 +72,7 @@ def test_stacks_that_are_not_plain_take_the_module_path():
     class MyLinear(Linear):
         pass
 
-    unfolded = trained_e02()
+    unfolded = small_e02()
     assert plan(unfolded.layers) is None  # BatchNorm1d
     assert plan(nn.Sequential(Tanh(), Linear(3, 3, generator=g))) is None  # activation first
     assert plan(nn.Sequential(Linear(3, 3, generator=g), Tanh(), Tanh())) is None
@@ -108,7 +109,7 @@ def test_global_forward_hooks_still_run(folded):
 
 
 def test_replaced_parameters_and_layers_are_read_at_every_call():
-    model = fold(trained_e02(seed=3))[0].eval()
+    model = fold(small_e02(seed=3))[0].eval()
     X = batch(4)
     with torch.no_grad():
         model(X)  # a first fast call must not freeze anything
@@ -140,7 +141,7 @@ def test_charmlp_with_a_bias_free_linear():
 
 
 def test_frozen_chain_is_bit_identical_and_sees_in_place_updates():
-    model = fold(trained_e02(seed=4))[0].eval()
+    model = fold(small_e02(seed=4))[0].eval()
     frozen = FrozenChain(model)
     X = batch(33)
     assert torch.equal(frozen(X), module_path(model, X))
@@ -156,7 +157,7 @@ def test_frozen_chain_of_a_sequential_and_its_refusals():
     x = torch.randn(4, 6, generator=g)
     assert torch.equal(FrozenChain(seq)(x), seq(x).detach())
     with pytest.raises(ValueError, match="fold the BatchNorms"):
-        FrozenChain(trained_e02())
+        FrozenChain(small_e02())
 
 
 def test_capture_needs_a_cuda_input(folded):
@@ -169,7 +170,7 @@ def test_capture_needs_a_cuda_input(folded):
 def test_cuda_graph_replay_equals_eager(n):
     # The graph may hold other cuBLAS kernels than an eager call picks (capture runs on a side
     # stream with its own workspace), so equal up to float32 rounding; replays are bit-stable.
-    model = fold(trained_e02())[0].eval().cuda()
+    model = fold(small_e02())[0].eval().cuda()
     X, other = batch(n).cuda(), batch(n, seed=5).cuda()
     replay = capture(model, X)
     first = replay(X).clone()
@@ -181,7 +182,7 @@ def test_cuda_graph_replay_equals_eager(n):
 
 @pytest.mark.gpu
 def test_cuda_graph_sees_in_place_updates_and_checks_the_shape():
-    model = fold(trained_e02())[0].eval().cuda()
+    model = fold(small_e02())[0].eval().cuda()
     X = batch(8).cuda()
     replay = capture(model, X)
     before = replay(X).clone()
@@ -194,14 +195,14 @@ def test_cuda_graph_sees_in_place_updates_and_checks_the_shape():
 
 @pytest.mark.gpu
 def test_capture_refuses_training_mode():
-    model = fold(trained_e02())[0].cuda().train()
+    model = fold(small_e02())[0].cuda().train()
     with pytest.raises(ValueError, match="eval"):
         capture(model, batch(2).cuda())
 
 
 @pytest.mark.gpu
 def test_cuda_fast_path_is_bit_identical():
-    model = fold(trained_e02())[0].eval().cuda()
+    model = fold(small_e02())[0].eval().cuda()
     X = batch(64).cuda()
     with torch.inference_mode():
         fast = model(X)

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from core import bench
+from core.data import random_rows
+from core.experiments import trained_e02
 from core.fold import fold
 
 STATS_STEPS = 50  # SGD steps that give the BatchNorms realistic statistics
@@ -17,8 +19,8 @@ def bench_data(request):
         splits = request.getfixturevalue("splits")
     except pytest.skip.Exception:
         g = torch.Generator().manual_seed(0)
-        X, Y = bench.random_rows(RANDOM_TRAIN_ROWS, g)
-        return X, Y, bench.random_rows(bench.DEV_ROWS, g)[0]
+        X, Y = random_rows(RANDOM_TRAIN_ROWS, g)
+        return X, Y, random_rows(bench.DEV_ROWS, g)[0]
     (X, Y), (X_dev, _) = splits["train"], splits["dev"]
     return X, Y, X_dev
 
@@ -27,7 +29,7 @@ def bench_data(request):
 def e02(bench_data):
     """(unfolded, folded) E02 nets in eval mode."""
     X, Y, _ = bench_data
-    model = bench.trained_e02(X, Y, STATS_STEPS, torch.Generator().manual_seed(0))
+    model = trained_e02(X, Y, STATS_STEPS, torch.Generator().manual_seed(0))
     return model, fold(model)[0].eval()
 
 

@@ -1,9 +1,9 @@
-"""build_dataset (vectorised) vs the seed's prepare_data loop, on names.txt when it is there."""
+"""build_dataset (vectorised) vs the notebook's prepare_data loop, on names.txt when it is there."""
 
 import pytest
 
-from core import bench
-from core.data import build_dataset
+from core import bench, notebook
+from core.data import build_dataset, synthetic_names
 
 
 @pytest.fixture(scope="module")
@@ -12,12 +12,12 @@ def names(request):
     try:
         return request.getfixturevalue("all_names")
     except pytest.skip.Exception:
-        return bench.synthetic_names(32033)
+        return synthetic_names(32033)
 
 
 @pytest.mark.parametrize("builder", ["vectorised", "loop"])
 def test_build_dataset(benchmark, names, builder):
-    fn = build_dataset if builder == "vectorised" else bench.seed_prepare_data
+    fn = build_dataset if builder == "vectorised" else notebook.prepare_data
     benchmark.group = "build_dataset"
     X, Y = benchmark(fn, names, 4)
     benchmark.extra_info.update(bench.extra_info(X.shape, X.dtype), builder=builder, names=len(names))

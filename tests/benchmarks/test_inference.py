@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from core import bench
+from core.data import random_rows
 from core.fold import fold
 from core.inference import capture
 
@@ -30,7 +31,7 @@ def test_inference(benchmark, variants, batch_of, variant, batch):
 @pytest.mark.parametrize("variant", ["folded core", "minimal chain", "folded CUDA graph"])
 def test_cuda_inference(benchmark, e02, variant, batch):
     folded = fold(e02[0])[0].eval().cuda()
-    X = bench.random_rows(batch, torch.Generator().manual_seed(0))[0].cuda()
+    X = random_rows(batch, torch.Generator().manual_seed(0))[0].cuda()
     fn = {"folded core": folded, "minimal chain": bench.minimal_chain(folded), "folded CUDA graph": capture(folded, X)}[variant]
 
     def synchronised():

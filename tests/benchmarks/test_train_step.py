@@ -1,9 +1,9 @@
-"""One training step of the E02 net: core.train.train vs the seed's loop (plain-class layers, retain_grad)."""
+"""One training step of the E02 net: core.train.train vs the notebook's loop (plain-class layers, retain_grad)."""
 
 import pytest
 import torch
 
-from core import bench
+from core import bench, notebook
 from core.model import e02_mlp
 from core.train import train
 
@@ -11,7 +11,7 @@ STEPS = 10  # steps per timed call; stats are per call, so divide by STEPS for o
 BATCH_SIZE = 64
 
 
-@pytest.mark.parametrize("loop", ["ours", "seed-style"])
+@pytest.mark.parametrize("loop", ["ours", "notebook"])
 def test_train_step(benchmark, bench_data, loop):
     X, Y, _ = bench_data
     model = e02_mlp(torch.Generator().manual_seed(1))
@@ -19,8 +19,8 @@ def test_train_step(benchmark, bench_data, loop):
     if loop == "ours":
         run = lambda: train(model, X, Y, STEPS, BATCH_SIZE, generator=g, progress=False)  # noqa: E731
     else:
-        net = bench.SeedStyleNet(model)
-        run = lambda: bench.seed_style_train(net, X, Y, STEPS, BATCH_SIZE, generator=g)  # noqa: E731
+        net = notebook.Net(model)
+        run = lambda: notebook.train(net, X, Y, STEPS, BATCH_SIZE, generator=g)  # noqa: E731
     benchmark.group = f"training, {STEPS} steps"
     benchmark.extra_info.update(bench.extra_info((BATCH_SIZE, X.shape[1]), torch.float32), loop=loop, steps=STEPS)
     benchmark(run)
