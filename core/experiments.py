@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 import torch
 
 from core.diagnostics import Recorder
-from core.fold import error_bound, fold, loss_bound
+from core.bound import error_bound, loss_bound
+from core.fold import fold
 from core.model import VOCAB_SIZE, e01_mlp, e02_mlp
 from core.train import train
 

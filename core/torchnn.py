@@ -1,38 +1,23 @@
-"""A CharMLP as torch.nn modules (Embedding, Flatten, Linear, BatchNorm1d, Tanh) with the same tensors."""
+"""A CharMLP as torch.nn modules (Embedding, Flatten, then each layer's torch.nn kind) with the same tensors."""
 
-import torch
 from torch import nn
-from torch.nn.utils import skip_init
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
-from core.layers import BatchNorm1d, Linear, Tanh
+from core.kinds import rebuild_as
+from core.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
+from core.model import CharMLP
+
+TORCH_NN = {Linear: nn.Linear, BatchNorm1d: nn.BatchNorm1d, Tanh: nn.Tanh, ReLU: nn.ReLU, Sigmoid: nn.Sigmoid}
 
 
-def to_torch_nn(model, fuse: bool = False) -> nn.Sequential:
-    """The CharMLP as torch.nn modules (Embedding, Flatten, Linear, BatchNorm1d, Tanh) in eval with the same
-    tensors; with fuse, each Linear -> BatchNorm1d pair fused by torch's fuse_linear_bn_eval."""
-    C = model.C.detach()
-    kw = {"device": C.device, "dtype": C.dtype}
-    modules = [nn.Embedding.from_pretrained(C.clone()), nn.Flatten()]
-    with torch.no_grad():
-        for layer in model.layers:
-            if isinstance(layer, Linear):
-                new = skip_init(nn.Linear, layer.fan_in, layer.fan_out, bias=layer.bias is not None, **kw)
-                new.weight.copy_(layer.weight.T)
-                if layer.bias is not None:
-                    new.bias.copy_(layer.bias)
-            elif isinstance(layer, BatchNorm1d):
-                new = nn.BatchNorm1d(layer.dim, eps=layer.eps, momentum=layer.momentum, affine=layer.affine, **kw)
-                new.running_mean.copy_(layer.running_mean)
-                new.running_var.copy_(layer.running_var)
-                if layer.affine:
-                    new.weight.copy_(layer.gamma)
-                    new.bias.copy_(layer.beta)
-            elif isinstance(layer, Tanh):
-                new = nn.Tanh()
-            else:
-                raise TypeError(f"no torch.nn counterpart for {type(layer).__name__}")
-            modules.append(new.eval())
+def to_torch_nn(model: CharMLP, fuse: bool = False) -> nn.Sequential:
+    """The CharMLP as an eval-mode torch.nn.Sequential holding copies of its tensors; with fuse, each
+    Linear -> BatchNorm1d pair fused by torch's own fuse_linear_bn_eval (torch's fuser, for comparison)."""
+    modules = [nn.Embedding.from_pretrained(model.C.detach().clone()), nn.Flatten()]
+    for layer in model.layers:
+        if type(layer) not in TORCH_NN:
+            raise TypeError(f"no torch.nn counterpart for {type(layer).__name__}")
+        modules.append(rebuild_as(layer, TORCH_NN[type(layer)]).eval())
     if fuse:
         fused = []
         for m in modules:

@@ -7,7 +7,8 @@ import torch
 from hypothesis import strategies as st
 
 from core.init import apply_init
-from core.layers import ACTIVATIONS, BatchNorm1d, Linear, ReLU, Tanh
+from core.kinds import KINDS, NormTerms
+from core.layers import ACTIVATIONS, BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
 from core.model import CharMLP
 
 name_chars = st.sampled_from("abcdefghijklmnopqrstuvwxyz")
@@ -44,15 +45,13 @@ def bn_stats(g, dim, var="loguniform", gamma="normal", mean_decades=(-3, 3), var
     return mean, v, gm, beta
 
 
+LINEAR_TYPES = {"core": Linear, "torch": torch.nn.Linear}
+NORM_TYPES = {"core": BatchNorm1d, "torch": torch.nn.BatchNorm1d}
+
+
 def make_linear(kind, W, b):
     """A core or torch.nn Linear holding W (fan_in, fan_out) and b (None: no bias), built without the global RNG."""
-    if kind == "core":
-        return Linear.from_tensors(W, b)
-    layer = torch.nn.Linear(W.shape[0], W.shape[1], bias=b is not None, device="meta")
-    layer.weight = torch.nn.Parameter(W.T.contiguous())
-    if b is not None:
-        layer.bias = torch.nn.Parameter(b)
-    return layer
+    return KINDS[LINEAR_TYPES[kind]].build(W, b)
 
 
 def make_bn(kind, stats, eps, affine=True, dtype=F64):
@@ -60,15 +59,8 @@ def make_bn(kind, stats, eps, affine=True, dtype=F64):
     each clamped into the finite range of `dtype` (float16 ends at 65504)."""
     top = torch.finfo(dtype).max
     mean, var, gm, beta = (t.clamp(-top, top).to(dtype) for t in stats)
-    bn = (BatchNorm1d if kind == "core" else torch.nn.BatchNorm1d)(len(mean), eps=eps, affine=affine, dtype=dtype)
-    with torch.no_grad():
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
-        if affine:
-            scale, shift = (bn.gamma, bn.beta) if kind == "core" else (bn.weight, bn.bias)
-            scale.copy_(gm)
-            shift.copy_(beta)
-    return bn.eval()
+    terms = NormTerms(mean, var, gm if affine else None, beta if affine else None, eps)
+    return KINDS[NORM_TYPES[kind]].build(terms, 0.1).eval()
 
 
 @dataclass(frozen=True)
@@ -174,6 +166,47 @@ def model_cases(draw, dtypes=(torch.float32, torch.float64), max_width=32, max_b
     gaps = tuple(draw(st.lists(gap, min_size=depth + 1, max_size=depth + 1)))
     return ModelCase(draw(st.sampled_from(("core", "torch", "charmlp"))), widths, gaps,
                      draw(st.integers(1, max_batch)), draw(st.sampled_from(dtypes)), draw(st.integers(0, 2**32 - 1)))
+
+
+# One strategy per layer kind of core.kinds.KINDS (keyed by the same types): values drawn by hypothesis.
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, width=64)
+
+
+def tensors(shape, elements=finite):
+    """A float64 tensor of `shape` whose every value hypothesis draws (so a failure shrinks to a readable tensor)."""
+    size = math.prod(shape)
+    return st.lists(elements, min_size=size, max_size=size).map(lambda v: torch.tensor(v, dtype=F64).reshape(shape))
+
+
+@st.composite
+def linear_layers(draw, layer_type, max_fan=8):
+    """A layer of the Linear kind `layer_type`: fan_in, fan_out in 1..max_fan, with or without bias, float64."""
+    fan_in, fan_out = draw(st.integers(1, max_fan)), draw(st.integers(1, max_fan))
+    W = draw(tensors((fan_in, fan_out)))
+    b = draw(st.none() | tensors((fan_out,)))
+    return KINDS[layer_type].build(W, b).eval()
+
+
+@st.composite
+def norm_layers(draw, layer_type, max_dim=8):
+    """An eval-mode layer of the BatchNorm kind `layer_type`: v ≥ 0 (0 included), ε > 0, affine or not, float64."""
+    dim = draw(st.integers(1, max_dim))
+    mean, gm, beta = (draw(tensors((dim,))) for _ in range(3))
+    var = draw(tensors((dim,), st.floats(0, 1e6)))
+    affine = draw(st.booleans())
+    eps = draw(st.floats(1e-8, 1e-1))
+    return KINDS[layer_type].build(NormTerms(mean, var, gm if affine else None, beta if affine else None, eps), 0.1).eval()
+
+
+KIND_STRATEGIES = {
+    Linear: linear_layers(Linear),
+    torch.nn.Linear: linear_layers(torch.nn.Linear),
+    BatchNorm1d: norm_layers(BatchNorm1d),
+    torch.nn.BatchNorm1d: norm_layers(torch.nn.BatchNorm1d),
+    **{t: st.builds(t).map(torch.nn.Module.eval) for t in (Tanh, torch.nn.Tanh, Sigmoid, torch.nn.Sigmoid, ReLU, torch.nn.ReLU, torch.nn.Identity)},
+    torch.nn.Dropout: st.floats(0, 0.9).map(lambda p: torch.nn.Dropout(p).eval()),
+}
 
 
 # Zero-init (test_zero_init.py): CharMLPs of random depth and width, built from a seed, and labels.

@@ -4,7 +4,9 @@ kept BatchNorms, purity and idempotence."""
 import torch
 from hypothesis import example, given, note
 
-from core.fold import BATCHNORMS, LINEARS, error_bound, fold
+from core.bound import error_bound
+from core.fold import fold
+from core.kinds import is_linear, is_norm
 from properties.strategies import ModelCase, model_cases
 
 F64 = torch.float64
@@ -36,13 +38,13 @@ def test_model_within_propagated_bound(case):
 
 
 def stays(layers, i):
-    """BN i stays iff its run of adjacent BNs touches no Linear on either side (the issue's rule, restated)."""
+    """BN i stays iff its run of adjacent BNs touches no Linear on either side (fold's rule, restated)."""
     lo, hi = i, i
-    while lo > 0 and isinstance(layers[lo - 1], BATCHNORMS):
+    while lo > 0 and is_norm(layers[lo - 1]):
         lo -= 1
-    while hi + 1 < len(layers) and isinstance(layers[hi + 1], BATCHNORMS):
+    while hi + 1 < len(layers) and is_norm(layers[hi + 1]):
         hi += 1
-    return not (lo > 0 and isinstance(layers[lo - 1], LINEARS)) and not (hi + 1 < len(layers) and isinstance(layers[hi + 1], LINEARS))
+    return not (lo > 0 and is_linear(layers[lo - 1])) and not (hi + 1 < len(layers) and is_linear(layers[hi + 1]))
 
 
 @given(model_cases())
@@ -56,11 +58,11 @@ def test_kept_bns_are_those_reported(case):
     model, _ = case.build()
     folded, report = fold(model)
     layers = layer_list(model)
-    bn_indices = [i for i, layer in enumerate(layers) if isinstance(layer, BATCHNORMS)]
+    bn_indices = [i for i, layer in enumerate(layers) if is_norm(layer)]
     kept = [k.index for k in report.kept]
     assert kept == [i for i in bn_indices if stays(layers, i)]
     assert sorted(kept + [p.bn_index for p in report.folded]) == bn_indices
-    left = [layer for layer in layer_list(folded) if isinstance(layer, BATCHNORMS)]
+    left = [layer for layer in layer_list(folded) if is_norm(layer)]
     assert len(left) == len(kept)
     for index, kept_bn in zip(kept, left):
         original = layers[index].state_dict()

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
 from core.errors import FoldError
-from core.fold import bn_affine, error_bound, fold_after, fold_before, fold_bn_linear, fold_linear_bn, unit_roundoff
+from core.bound import error_bound, unit_roundoff
+from core.pairfold import bn_affine, fold_after, fold_before, fold_bn_linear, fold_linear_bn
 from properties.strategies import PairCase, pair_cases
 
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64

@@ -11,14 +11,10 @@ import torch
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
+from core.bound import U64, rounding_bound
 from core.layers import BatchNorm1d, Linear
 
-U64 = 2.0**-53  # unit roundoff of float64
 
-
-def gamma_k(k: int, u: float = U64) -> float:
-    """γ(k) = k·u / (1 − k·u), the classic bound on k chained roundings."""
-    return k * u / (1 - k * u)
 
 
 def exact_stats(x: torch.Tensor):
@@ -38,8 +34,8 @@ def stat_errors(x, S, divisor):
     """
     n = x.shape[0]
     S = torch.tensor([float(v) for v in S], dtype=torch.float64)
-    dm = gamma_k(n + 1) * x.abs().amax(0)
-    dv = (gamma_k(n + 3) * (S + x.norm(dim=0) * S.sqrt()) + n * dm**2) / divisor + U64 * S / divisor
+    dm = rounding_bound(n + 1, U64) * x.abs().amax(0)
+    dv = (rounding_bound(n + 3, U64) * (S + x.norm(dim=0) * S.sqrt()) + n * dm**2) / divisor + U64 * S / divisor
     return dm, dv
 
 
@@ -217,5 +213,5 @@ def test_linear_matches_matmul(fan_in, fan_out, bias, seed):
         x = torch.randn(5, fan_in, generator=g, dtype=torch.float64)
         y = layer(x)
         exact = x @ layer.weight + (layer.bias if bias else 0)
-        bound = gamma_k(fan_in + 1) * (x.abs() @ layer.weight.abs() + (layer.bias.abs() if bias else 0))
+        bound = rounding_bound(fan_in + 1, U64) * (x.abs() @ layer.weight.abs() + (layer.bias.abs() if bias else 0))
     assert ((y - exact).abs() <= 2 * bound).all()

@@ -14,6 +14,7 @@ import torch
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
+from core.bound import U64, rounding_bound, unit_roundoff
 from core.diagnostics import LayerProbe, Recorder, alive, preserved_buffers
 from core.experiments import label_entropy
 from core.layers import BatchNorm1d, Linear
@@ -21,8 +22,7 @@ from core.train import train
 from properties.strategies import MLPCase, label_lists, mlp_cases
 
 F32, F64 = torch.float32, torch.float64
-U64 = 2.0**-53
-U32 = 2.0**-24
+U32 = unit_roundoff(F32)
 LOG27 = math.log(27)
 
 seeds = st.integers(0, 2**32 - 1)
@@ -39,10 +39,6 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-
-def gamma_k(k: int, u: float = U64) -> float:
-    """γ(k) = k·u / (1 − k·u), the classic bound on k chained roundings."""
-    return k * u / (1 - k * u)
 
 
 def dataset(case: MLPCase, ys) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,13 +227,13 @@ def test_first_step_loss_is_log27_and_moves_the_output_bias_to_the_label_histogr
     bias = model.get_parameter(linear_names(model)[-1] + ".bias").detach()
     expected = -lr * (1 / 27 - c0)
     note(f"loss₀ {losses[0]!r}; ĉ₀ {c0.tolist()}; max |b − expected| {(bias - expected).abs().max().item():.3g}")
-    assert abs(losses[0] - LOG27) <= (gamma_k(batch_size + 3) + 2 * U32) * LOG27
-    assert torch.all((bias - expected).abs() <= lr * gamma_k(batch_size + 17) * (c0 + 1 / 27))
+    assert abs(losses[0] - LOG27) <= (rounding_bound(batch_size + 3, U64) + 2 * U32) * LOG27
+    assert torch.all((bias - expected).abs() <= lr * rounding_bound(batch_size + 17, U64) * (c0 + 1 / 27))
 
 
 def bias_sum_bound(lr: float, steps: int, batch_size: int) -> float:
     """Rounding bound on |Σ_k b_L,k| after `steps` float64 SGD steps from zeros (see the law below)."""
-    return lr * steps * (2 * gamma_k(batch_size + 23) + gamma_k(2 * steps + 2) + gamma_k(54))
+    return lr * steps * (2 * rounding_bound(batch_size + 23, U64) + rounding_bound(2 * steps + 2, U64) + rounding_bound(54, U64))
 
 
 @given(case=mlp_cases(), ys=label_lists(), steps=steps_st, batch_size=batch_sizes, lr=lrs, seed=seeds)
@@ -300,17 +296,17 @@ def test_full_batch_descent_drives_the_output_bias_to_log_label_shares(case, ys,
     c = histogram(Y)
     b_star = c.log() - c.log().mean()
     trajectory = full_batch_gd(model, X, Y, lr, GD_STEPS)
-    contraction, rounding = 1.0, math.sqrt(27) * gamma_k(33) * b_star.abs().max().item()
+    contraction, rounding = 1.0, math.sqrt(27) * rounding_bound(33, U64) * b_star.abs().max().item()
     for b in trajectory[:-1]:
-        mu = torch.minimum(torch.softmax(b, 0), c).min().item() * (1 - gamma_k(64))  # p̂ is within γ(64) of p
+        mu = torch.minimum(torch.softmax(b, 0), c).min().item() * (1 - rounding_bound(64, U64))  # p̂ is within γ(64) of p
         contraction *= 1 - lr * mu
-        rounding += math.sqrt(27) * (gamma_k(2) * (b.abs().max().item() + lr) + lr * 2 * gamma_k(n + 35))
+        rounding += math.sqrt(27) * (rounding_bound(2, U64) * (b.abs().max().item() + lr) + lr * 2 * rounding_bound(n + 35, U64))
     distance_bound = contraction * b_star.norm().item() + rounding
     distance = (trajectory[-1] - b_star).norm().item()
     with torch.no_grad():
         loss = model.loss(X, Y).item()
     H = label_entropy(Y)
-    slack = gamma_k(n + 64) * (loss + H + 2)
+    slack = rounding_bound(n + 64, U64) * (loss + H + 2)
     note(f"‖b_T − b*‖ = {distance:.3g}, certified ≤ {distance_bound:.3g} (contraction {contraction:.3g}); "
          f"loss {loss!r}, H {H!r}")
     assert distance <= distance_bound
