@@ -44,7 +44,7 @@ def all_names(names_path):
 
 @pytest.fixture(scope="session")
 def splits(all_names):
-    """{'train'|'dev'|'test': (X, Y)} with the seed's split (seed 42) and context 4."""
+    """{'train'|'dev'|'test': (X, Y)} with the standard split (seed 42) and context 4."""
     from core.data import build_dataset, split_names
 
     parts = dict(zip(("train", "dev", "test"), split_names(all_names, 42)))

@@ -143,6 +143,14 @@ def alive(model, X, Y) -> list[str]:
     return [name for name, _, g in named if g is not None and bool(g.count_nonzero())]
 
 
+def output_bias(model) -> str:
+    """The parameter name of the output Linear's bias (for E01's net "layers.8.bias"): E01's one live parameter."""
+    last = len(model.layers) - 1
+    if model.layers[last].bias is None:
+        raise ValueError("the model's output layer has no bias")
+    return f"layers.{last}.bias"
+
+
 def _nonzero(tensors) -> torch.Tensor:
     """One flag per tensor: does it have a nonzero (or nan) entry?"""
     return torch.stack([t.count_nonzero() for t in tensors]) > 0
@@ -158,7 +166,7 @@ class Recorder:
 
     >>> with Recorder(model) as rec:
     ...     train(model, X, Y, steps, generator=g, on_step=rec.on_step)
-    >>> rec.alive, rec.first_grad["layers.8.bias"], rec.changed
+    >>> rec.alive, rec.first_grad[output_bias(model)], rec.changed
 
     Gradients are seen by hooks on the parameters (so any loop using autograd works); values are
     compared with the previous step's in `on_step`. Everything stays on the model's device

@@ -1,12 +1,12 @@
-"""The seed's exercises end to end, each returning a plain dataclass for the report."""
+"""The notebook's exercises end to end, each returning a plain dataclass for the report."""
 
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-from core.diagnostics import Recorder
 from core.bound import error_bound, loss_bound
+from core.diagnostics import Recorder
 from core.fold import fold
 from core.model import VOCAB_SIZE, e01_mlp, e02_mlp
 from core.train import train
@@ -50,7 +50,7 @@ def _loss(model, X, Y, device) -> float:
 
 def run_e01(splits, steps: int = 100_000, batch_size: int = 64, lr: float = 0.1, seed: int = 42,
             device=None, progress: bool = True, init: str = "zeros") -> E01Result:
-    """Train the seed's E01 net on splits['train'] with plain SGD, recording which parameters ever got a gradient.
+    """Train the notebook's E01 net on splits['train'] with plain SGD, recording which parameters ever got a gradient.
 
     `splits` maps 'train' and 'dev' to (X, Y). One generator seeded with `seed` draws the embedding
     and every minibatch, so a seed fixes the run.
@@ -121,7 +121,7 @@ class E02Result:
 
 def run_e02(splits, steps: int = 100_000, batch_size: int = 64, lr: float = 0.1, seed: int = 42,
             device=None, progress: bool = True) -> E02Result:
-    """Train the seed's E02 net, fold every BatchNorm into its Linear, and compare both on the dev set in eval."""
+    """Train the notebook's E02 net, fold every BatchNorm into its Linear, and compare both on the dev set in eval."""
     start = time.perf_counter()
     g = torch.Generator().manual_seed(seed)
     device = torch.device(device or "cpu")

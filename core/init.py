@@ -2,7 +2,7 @@
 
 A scheme is named by a plain string, `name` or `name(x)` with x a number such as `0.5` or `5/3`:
 
-- `kaiming`, `kaiming(gain)`: the seed's W = gain * randn(fan_in, fan_out) / sqrt(fan_in), b = 0
+- `kaiming`, `kaiming(gain)`: the notebook's W = gain * randn(fan_in, fan_out) / sqrt(fan_in), b = 0
   (tanh nets use gain 5/3, i.e. `kaiming(5/3)`).
 - `zeros`: every Linear weight and bias is 0 (E01).
 - `constant(c)`: every Linear weight and bias is c.
@@ -36,7 +36,7 @@ def _set(tensor, value):
 
 @torch.no_grad()
 def kaiming(model, gain: float = 1.0, *, generator: torch.Generator):
-    """The seed's init: W ~ gain * randn(fan_in, fan_out) / sqrt(fan_in), b = 0."""
+    """The notebook's init: W ~ gain * randn(fan_in, fan_out) / sqrt(fan_in), b = 0."""
     for layer in _linears(model):
         w = torch.randn(layer.weight.shape, generator=generator, dtype=layer.weight.dtype)
         _set(layer.weight, w * (gain / layer.fan_in**0.5))

@@ -1,6 +1,6 @@
-"""The seed's layers as torch.nn.Modules: Linear (weight is fan_in x fan_out), BatchNorm1d, Tanh, ReLU, Sigmoid.
+"""The notebook's layers as torch.nn.Modules: Linear (weight is fan_in x fan_out), BatchNorm1d, Tanh, ReLU, Sigmoid.
 
-Numerics equal the seed's up to float rounding (DESIGN.md). Every layer describes itself with
+Numerics equal the notebook's up to float rounding (docs/design.md). Every layer describes itself with
 `spec()`, a dict of plain values from which `layer_from_spec` rebuilds it (for checkpoints).
 """
 
@@ -49,7 +49,7 @@ class Linear(nn.Module):
 
 
 class BatchNorm1d(nn.Module):
-    """The seed's BatchNorm: training normalises with the batch mean and the *unbiased* batch variance.
+    """The notebook's BatchNorm: training normalises with the batch mean and the *unbiased* batch variance.
 
     Training output: gamma * (x - mean) / sqrt(var_unbiased + eps) + beta, and the running stats
     move as (1 - momentum) * running + momentum * batch stat (unbiased variance). Eval uses the

@@ -86,7 +86,7 @@ def _embedding(generator, vocab_size=VOCAB_SIZE, emb_size=EMB_SIZE):
 
 
 def e01_mlp(generator: torch.Generator, init: str = "zeros", context_length=CONTEXT_LENGTH, emb_size=EMB_SIZE, n_hidden=N_HIDDEN) -> CharMLP:
-    """The seed's E01 net: Linear(40,100)+Tanh, three Linear(100,100)+Tanh, Linear(100,27), all with bias."""
+    """The notebook's E01 net: Linear(40,100)+Tanh, three Linear(100,100)+Tanh, Linear(100,27), all with bias."""
     from core.init import apply_init
 
     C = _embedding(generator, emb_size=emb_size)
@@ -100,7 +100,7 @@ def e01_mlp(generator: torch.Generator, init: str = "zeros", context_length=CONT
 
 
 def e02_mlp(generator: torch.Generator, context_length=CONTEXT_LENGTH, emb_size=EMB_SIZE, n_hidden=N_HIDDEN) -> CharMLP:
-    """The seed's E02 net: (Linear no bias, BatchNorm1d, Tanh) twice, then Linear no bias, BatchNorm1d.
+    """The notebook's E02 net: (Linear no bias, BatchNorm1d, Tanh) twice, then Linear no bias, BatchNorm1d.
 
     Linear weights carry the tanh gain 5/3; the last BatchNorm's gamma is 0.1 so the first
     softmax is nearly uniform.

@@ -55,7 +55,7 @@ def test_round_trip(names, context_length):
 
 @given(name_lists, contexts)
 def test_matches_seed_loop(names, context_length):
-    """build_dataset(names) = prepare_data(names), row for row (the seed notebook's loop)."""
+    """build_dataset(names) = prepare_data(names), row for row (the notebook's loop)."""
     X, Y = build_dataset(names, context_length)
     X_ref, Y_ref = notebook.prepare_data(names, context_length)
     assert torch.equal(X, X_ref) and torch.equal(Y, Y_ref)

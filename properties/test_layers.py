@@ -1,4 +1,4 @@
-"""Laws of the seed layers: BatchNorm1d against torch's and against exact arithmetic, running stats, Linear.
+"""Laws of the notebook's layers: BatchNorm1d against torch's and against exact arithmetic, running stats, Linear.
 
 Reference values come from exact rational statistics (fractions.Fraction), so each float64
 result is compared with the true value, within a bound derived below from unit roundoff.
@@ -13,8 +13,6 @@ from hypothesis import strategies as st
 
 from core.bound import U64, rounding_bound
 from core.layers import BatchNorm1d, Linear
-
-
 
 
 def exact_stats(x: torch.Tensor):
@@ -146,7 +144,7 @@ def test_train_output_is_unbiased_normalisation(batch):
 def test_train_relation_to_torch(batch):
     """(BN_ours(x) − β) = r ⊙ (BN_torch(x) − β) with r = sqrt((v_b + ε) / (v_u + ε)), v_b = S/n, v_u = S/(n−1).
 
-    Both compute γ (x − m) / sqrt(v + ε) + β in training; torch divides S by n, the seed by n − 1,
+    Both compute γ (x − m) / sqrt(v + ε) + β in training; torch divides S by n, the notebook by n − 1,
     so the centred outputs differ by exactly the per-column factor r (up to each one's rounding).
     """
     x, gamma, beta, eps = batch
@@ -171,7 +169,7 @@ def test_train_relation_to_torch(batch):
 def test_running_stats_update(batch, momentum):
     """running ← (1 − m)·running + m·batch_stat, for the mean and the unbiased variance, within the bound.
 
-    This is the seed's momentum update; the batch statistics carry the mean/variance errors
+    This is the notebook's momentum update; the batch statistics carry the mean/variance errors
     of `normalise_bound`, and the update itself adds three roundings.
     """
     x, gamma, beta, eps = batch
@@ -199,7 +197,7 @@ def test_running_stats_update(batch, momentum):
 def test_linear_matches_matmul(fan_in, fan_out, bias, seed):
     """Linear(x) = x @ W + b with W of shape (fan_in, fan_out), W ~ randn/sqrt(fan_in) from the generator, b = 0.
 
-    The same generator seed draws the same weights; the layer is the seed's x @ W (+ b).
+    The same generator seed draws the same weights; the layer is the notebook's x @ W (+ b).
     Float64 dot products of k terms: |fl(x·w) − x·w| ≤ γ(k+1)·Σ|x||w| (the bias adds one term).
     """
     g = torch.Generator().manual_seed(seed)

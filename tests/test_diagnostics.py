@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.diagnostics import SATURATION, LayerProbe, Recorder, alive, diagnose, std_ratio
+from core.diagnostics import SATURATION, LayerProbe, Recorder, alive, diagnose, output_bias, std_ratio
 from core.layers import BatchNorm1d, Tanh
+from core.kinds import hooked
 from core.model import e01_mlp, e02_mlp
 from core.train import train
 
@@ -58,7 +59,7 @@ def test_probe_hooks_are_removed_and_nothing_is_stored_on_layers():
     model, (X, Y) = e01(), batch()
     with LayerProbe(model):
         model.loss(X, Y)
-    assert all(not layer._forward_hooks for layer in model.layers)
+    assert not any(hooked(layer) for layer in model.layers)
     assert not any(hasattr(layer, "out") for layer in model.layers)
 
 
@@ -76,11 +77,12 @@ def test_diagnose_gradient_ratios():
 
 
 def test_diagnose_on_zero_init_reports_dead_layers():
-    report = diagnose(e01("zeros"), *batch())
+    model = e01("zeros")
+    report = diagnose(model, *batch())
     assert [s.std for s in report.layers[:8]] == [0.0] * 8
     by_name = {s.name: s for s in report.params}
-    assert by_name["layers.8.bias"].grad_std > 0
-    assert all(s.grad_std == 0 for name, s in by_name.items() if name != "layers.8.bias")
+    assert by_name[output_bias(model)].grad_std > 0
+    assert all(s.grad_std == 0 for name, s in by_name.items() if name != output_bias(model))
     assert math.isnan(by_name["layers.0.weight"].grad_data)  # 0 / 0: a constant parameter with no gradient
 
 
@@ -94,25 +96,27 @@ def test_diagnostics_leave_the_model_unchanged(training):
     assert_same_state(model, before)
     assert model.training == training
     assert all(p.grad is None for p in model.parameters())
-    assert all(not layer._forward_hooks for layer in model.layers)
+    assert not any(hooked(layer) for layer in model.layers)
 
 
 def test_alive():
     X, Y = batch()
-    assert alive(e01("zeros"), X, Y) == ["layers.8.bias"]
+    assert alive(e01("zeros"), X, Y) == [output_bias(e01())]
     kaiming = e01()
     assert alive(kaiming, X, Y) == [name for name, _ in kaiming.named_parameters()]
-    assert set(alive(e01("zero_last"), X, Y)) == {"layers.8.weight", "layers.8.bias"}
+    last = len(kaiming.layers) - 1
+    assert set(alive(e01("zero_last"), X, Y)) == {f"layers.{last}.weight", f"layers.{last}.bias"}
 
 
 def test_recorder_on_zero_init():
     model, (X, Y) = e01("zeros"), batch(rows=500)
     with Recorder(model, every=10) as rec:
         train(model, X, Y, 30, generator=torch.Generator().manual_seed(1), progress=False, on_step=rec.on_step)
-    assert rec.alive == rec.changed == ["layers.8.bias"]
-    assert rec.first_grad["layers.8.bias"] == rec.first_change["layers.8.bias"] == 0
+    out = output_bias(model)
+    assert rec.alive == rec.changed == [out]
+    assert rec.first_grad[out] == rec.first_change[out] == 0
     assert rec.first_grad["C"] is None
-    ratios = rec.update_data["layers.8.bias"]
+    ratios = rec.update_data[out]
     assert [step for step, _ in ratios] == [9, 19, 29]
     assert all(r > 0 for _, r in ratios)
     assert all(not p._backward_hooks for p in model.parameters())
