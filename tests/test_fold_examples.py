@@ -1,26 +1,27 @@
 """Folding by example: the E02 net, the FoldReport table, BNs before Linears, checkpoints, the CLI."""
 
 import re
+
 import pytest
 import torch
 from torch import nn
 
-from core.cli import main
 from core.bound import error_bound
+from core.cli import main
+from core.data import random_rows
+from core.experiments import trained_e02
 from core.fold import FoldedPair, KeptBN, fold
 from core.kinds import is_norm
 from core.layers import BatchNorm1d, Linear, Tanh
-from core.model import e02_mlp, load, save
+from core.model import load, save
 from core.train import train
 
 
 def e02(steps=20, seed=0):
     """An E02 net trained a few steps on random contexts, so its running statistics are not the initial 0 and 1."""
     g = torch.Generator().manual_seed(seed)
-    model = e02_mlp(g)
-    X = torch.randint(0, 27, (256, 4), generator=g)
-    train(model, X, X[:, -1], steps, batch_size=32, generator=g, progress=False)
-    return model.eval(), X
+    X, Y = random_rows(256, g)
+    return trained_e02(X, Y, steps, g), X
 
 
 def test_e02_folds_to_a_plain_linear_tanh_stack():
