@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from torch import nn
 
 SATURATION = 0.97  # a tanh output with |t| above this passes less than 1 - 0.97² ≈ 6% of the gradient
 
@@ -105,7 +106,7 @@ class LayerProbe:
 
 
 @contextmanager
-def preserved_buffers(model):
+def preserved_buffers(model: nn.Module):
     """Restore every buffer (BatchNorm running statistics) on exit, whatever the block did to them."""
     saved = [(buf, buf.clone()) for buf in model.buffers()]
     try:
@@ -124,7 +125,7 @@ def _gradients(model, X, Y):
     return loss, [(n, p, g) for (n, p), g in zip(named, grads)]
 
 
-def diagnose(model, X, Y, lr: float = 0.1) -> Diagnosis:
+def diagnose(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, lr: float = 0.1) -> Diagnosis:
     """Activation stats of every layer and gradient stats of every parameter on one batch (model's current mode)."""
     with preserved_buffers(model), LayerProbe(model) as probe:
         loss, named = _gradients(model, X, Y)
@@ -136,14 +137,14 @@ def diagnose(model, X, Y, lr: float = 0.1) -> Diagnosis:
     return Diagnosis(loss.item(), [probe.layers[i] for i in sorted(probe.layers)], params)
 
 
-def alive(model, X, Y) -> list[str]:
+def alive(model: nn.Module, X: torch.Tensor, Y: torch.Tensor) -> list[str]:
     """Names of the parameters whose gradient on the batch (X, Y) has a nonzero entry, in model order."""
     with preserved_buffers(model):
         _, named = _gradients(model, X, Y)
     return [name for name, _, g in named if g is not None and bool(g.count_nonzero())]
 
 
-def output_bias(model) -> str:
+def output_bias(model: nn.Module) -> str:
     """The parameter name of the output Linear's bias (for E01's net "layers.8.bias"): E01's one live parameter."""
     last = len(model.layers) - 1
     if model.layers[last].bias is None:

@@ -4,11 +4,12 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from core.bound import error_bound, loss_bound
 from core.diagnostics import Recorder
 from core.fold import fold
-from core.model import VOCAB_SIZE, e01_mlp, e02_mlp
+from core.model import VOCAB_SIZE, CharMLP, e01_mlp, e02_mlp
 from core.train import train
 
 
@@ -36,7 +37,7 @@ class E01Result:
     wall_time: float  # seconds, the whole experiment
 
 
-def trained_e02(X, Y, steps: int, generator: torch.Generator):
+def trained_e02(X: torch.Tensor, Y: torch.Tensor, steps: int, generator: torch.Generator) -> CharMLP:
     """The E02 net after `steps` SGD steps on (X, Y), in eval mode: its BatchNorms hold realistic statistics."""
     model = e02_mlp(generator)
     train(model, X, Y, steps, generator=generator, progress=False)
@@ -91,7 +92,7 @@ class FoldAgreement:
 
 
 @torch.no_grad()
-def fold_agreement(model, folded, X, Y) -> FoldAgreement:
+def fold_agreement(model: nn.Module, folded: nn.Module, X: torch.Tensor, Y: torch.Tensor) -> FoldAgreement:
     logits, folded_logits = model(X), folded(X)
     bound = error_bound(model, X)
     diff = (logits.double() - folded_logits.double()).abs().cpu()

@@ -16,11 +16,12 @@ import re
 from fractions import Fraction
 
 import torch
+from torch import nn
 
 from core.layers import Linear
 
 
-def _linears(model):
+def _linears(model: nn.Module) -> list[Linear]:
     return [layer for layer in model.layers if isinstance(layer, Linear)]
 
 
@@ -35,7 +36,7 @@ def _set(tensor, value):
 
 
 @torch.no_grad()
-def kaiming(model, gain: float = 1.0, *, generator: torch.Generator):
+def kaiming(model: nn.Module, gain: float = 1.0, *, generator: torch.Generator):
     """The notebook's init: W ~ gain * randn(fan_in, fan_out) / sqrt(fan_in), b = 0."""
     for layer in _linears(model):
         w = torch.randn(layer.weight.shape, generator=generator, dtype=layer.weight.dtype)
@@ -44,7 +45,7 @@ def kaiming(model, gain: float = 1.0, *, generator: torch.Generator):
 
 
 @torch.no_grad()
-def constant(model, c: float, *, generator: torch.Generator | None = None):
+def constant(model: nn.Module, c: float, *, generator: torch.Generator | None = None):
     """Every Linear weight and bias is c: the hidden units of a layer start identical."""
     for layer in _linears(model):
         _set(layer.weight, c)
@@ -52,13 +53,13 @@ def constant(model, c: float, *, generator: torch.Generator | None = None):
 
 
 @torch.no_grad()
-def zeros(model, *, generator: torch.Generator | None = None):
+def zeros(model: nn.Module, *, generator: torch.Generator | None = None):
     """Every Linear weight and bias is 0 (E01)."""
     constant(model, 0.0)
 
 
 @torch.no_grad()
-def zero_last(model, gain: float = 1.0, *, generator: torch.Generator):
+def zero_last(model: nn.Module, gain: float = 1.0, *, generator: torch.Generator):
     """kaiming(gain) for every Linear, then the output Linear's weight and bias set to 0."""
     kaiming(model, gain, generator=generator)
     last = _linears(model)[-1]
@@ -67,7 +68,7 @@ def zero_last(model, gain: float = 1.0, *, generator: torch.Generator):
 
 
 @torch.no_grad()
-def zero_weights_random_bias(model, *, generator: torch.Generator):
+def zero_weights_random_bias(model: nn.Module, *, generator: torch.Generator):
     """Every Linear weight is 0 and every bias is drawn from randn."""
     for layer in _linears(model):
         _set(layer.weight, 0.0)
@@ -106,7 +107,7 @@ def parse_scheme(scheme: str) -> tuple[str, float | None]:
     return name, value
 
 
-def apply_init(model, scheme: str, generator: torch.Generator):
+def apply_init(model: nn.Module, scheme: str, generator: torch.Generator) -> nn.Module:
     """Apply the named scheme in place, record its name on the model (`model.init_scheme`), and return the model."""
     name, arg = parse_scheme(scheme)
     args = () if arg is None else (arg,)

@@ -14,7 +14,8 @@ from torch import nn
 class Linear(nn.Module):
     """y = x @ W (+ b); W has shape (fan_in, fan_out) and starts as randn / sqrt(fan_in), b at 0."""
 
-    def __init__(self, fan_in: int, fan_out: int, bias: bool = True, *, generator: torch.Generator, dtype=None, device=None):
+    def __init__(self, fan_in: int, fan_out: int, bias: bool = True, *, generator: torch.Generator,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None):
         super().__init__()
         weight = torch.randn(fan_in, fan_out, generator=generator, dtype=dtype) / fan_in**0.5
         self.weight = nn.Parameter(weight.to(device))
@@ -36,7 +37,7 @@ class Linear(nn.Module):
     def fan_out(self) -> int:
         return self.weight.shape[1]
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is None:
             return x @ self.weight
         return torch.addmm(self.bias, x, self.weight)
@@ -44,7 +45,7 @@ class Linear(nn.Module):
     def spec(self) -> dict:
         return {"type": "linear", "fan_in": self.fan_in, "fan_out": self.fan_out, "bias": self.bias is not None}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"fan_in={self.fan_in}, fan_out={self.fan_out}, bias={self.bias is not None}"
 
 
@@ -59,7 +60,8 @@ class BatchNorm1d(nn.Module):
     so gamma is scaled by sqrt(c) and eps by c; torch's running-stat update already uses v_u.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True, *, dtype=None, device=None):
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True, *,
+                 dtype: torch.dtype | None = None, device: torch.device | str | None = None):
         super().__init__()
         self.eps = eps
         self.momentum = momentum
@@ -77,25 +79,27 @@ class BatchNorm1d(nn.Module):
     def affine(self) -> bool:
         return self.gamma is not None
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.gamma, self.beta, False, 0.0, self.eps)
         n = x.shape[0]
         if n < 2:
-            raise ValueError("BatchNorm1d in training needs a batch of at least 2 rows (the unbiased variance of 1 row is undefined); call .eval() to use running stats")
+            raise ValueError("BatchNorm1d in training needs a batch of at least 2 rows (the unbiased variance of 1 row "
+                             "is undefined); call .eval() to use running stats")
         c = (n - 1) / n
         gamma = self.gamma if self.affine else torch.ones_like(self.running_mean)
-        return F.batch_norm(x, self.running_mean, self.running_var, gamma * math.sqrt(c), self.beta, True, self.momentum, self.eps * c)
+        return F.batch_norm(x, self.running_mean, self.running_var, gamma * math.sqrt(c), self.beta, True,
+                            self.momentum, self.eps * c)
 
     def spec(self) -> dict:
         return {"type": "batchnorm", "dim": self.dim, "eps": self.eps, "momentum": self.momentum, "affine": self.affine}
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
 
 
 class Tanh(nn.Module):
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x)
 
     def spec(self) -> dict:
@@ -103,7 +107,7 @@ class Tanh(nn.Module):
 
 
 class ReLU(nn.Module):
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x)
 
     def spec(self) -> dict:
@@ -111,7 +115,7 @@ class ReLU(nn.Module):
 
 
 class Sigmoid(nn.Module):
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(x)
 
     def spec(self) -> dict:
@@ -121,7 +125,7 @@ class Sigmoid(nn.Module):
 ACTIVATIONS = {"tanh": Tanh, "relu": ReLU, "sigmoid": Sigmoid}
 
 
-def layer_from_spec(spec: dict, dtype=None) -> nn.Module:
+def layer_from_spec(spec: dict, dtype: torch.dtype | None = None) -> nn.Module:
     """An uninitialised-but-zeroed layer of the described shape, ready for load_state_dict."""
     kind = spec["type"]
     if kind == "linear":

@@ -104,7 +104,9 @@ class Net:
 
 
 def train(net: Net, X, Y, steps: int, batch_size: int = 64, lr: float = 0.1, *, generator: torch.Generator):
-    """The notebook's training loop: retain_grad on every layer output, p.data += -lr * p.grad; batches from `generator`."""
+    """The notebook's training loop: retain_grad on every layer output, p.data += -lr * p.grad.
+
+    Batches are drawn with `generator`."""
     for _ in range(steps):
         ix = torch.randint(0, X.shape[0], (batch_size,), generator=generator)
         x = net.C[X[ix]].view(batch_size, -1)

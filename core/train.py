@@ -2,10 +2,12 @@
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 
@@ -19,8 +21,9 @@ class History:
         return len(self.losses)
 
 
-def train(model, X, Y, steps: int, batch_size: int = 64, lr: float = 0.1, *, generator: torch.Generator,
-          device=None, progress: bool = True, on_step=None) -> History:
+def train(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, steps: int, batch_size: int = 64, lr: float = 0.1, *,
+          generator: torch.Generator, device: torch.device | str | None = None, progress: bool = True,
+          on_step: Callable[[int, nn.Module], None] | None = None) -> History:
     """Plain SGD p -= lr * grad on cross-entropy, batches drawn with `generator` (on the CPU, so any device agrees).
 
     `on_step(step, model)` runs after each update (diagnostics use it). The model is left in training mode.
