@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from core.bench import interleaved_medians
 from core.diagnostics import LayerProbe, Recorder
 from core.errors import UsageError
 from core.experiments import run_e01, run_e02
 from core.layers import Tanh
 from core.model import e01_mlp
+from core.perf.timing import interleaved_medians
 from core import report as rp
 from core.train import train
 
