@@ -118,9 +118,9 @@ def cmd_reproduce(args):
 def cmd_bench(args):
     import dataclasses
 
-    from core import bench
     from core.data import load_names, resolve_names_path, synthetic_names
     from core.errors import UsageError
+    from core.perf import bench, timing
 
     if args.fail is not None and args.compare is None:
         raise UsageError("--fail needs --compare NAME: it fails on ratios that regressed against a saved run")
@@ -134,8 +134,9 @@ def cmd_bench(args):
     devices = {"cpu": ["cpu"], "cuda": ["cuda"], "auto": ["cpu", *cuda]}[args.device]
     if args.threads:
         torch.set_num_threads(args.threads)
-    if bench.busy_warning():
-        print(f"warning: {bench.busy_warning()}", file=sys.stderr)
+    busy = timing.busy_warning()
+    if busy:
+        print(f"warning: {busy}", file=sys.stderr)
     path = resolve_names_path(args.names, fetch=False)
     if path.exists():
         names = load_names(path)

@@ -9,19 +9,20 @@ import json
 import pytest
 import torch
 
-from core import bench
-from core.bench import Change, compare, parse_threshold
-from core.cli import main
 from core import notebook
+from core.cli import main
 from core.data import build_dataset, random_rows, synthetic_names
 from core.experiments import trained_e02
 from core.fold import fold
 from core.model import e02_mlp
+from core.perf import bench
+from core.perf.bench import Change, compare, parse_threshold
+from core.perf.timing import machine_info
 from core.train import train
 
 
 def result(ratios: dict, cpu="test cpu") -> dict:
-    machine = {**bench.machine_info(), "cpu": cpu}
+    machine = {**machine_info(), "cpu": cpu}
     settings = {**dataclasses.asdict(bench.QUICK), "devices": ["cpu"], "rows": {}, "names": 0}
     return {"format": bench.FORMAT, "machine": machine, "settings": settings, "medians_s": {}, "ratios": ratios, "targets": {}}
 
@@ -65,7 +66,7 @@ def test_zero_threshold_fails_on_any_growth_and_never_on_improvement():
 
 
 def test_save_then_load_round_trips_through_the_benchmarks_folder(in_tmp):
-    data = result({"cpu B=1: folded / minimal chain": 1.05})
+    data = result({"cpu B=1: folded frozen / minimal chain": 1.05})
     path = bench.save(data, "base")
     assert path.resolve() == in_tmp / ".benchmarks" / "ratios-base.json"
     assert bench.load("base") == json.loads(json.dumps(data))
@@ -90,16 +91,26 @@ def test_missing_and_corrupt_saved_files_say_what_to_do(in_tmp):
         bench.load("other")
 
 
+@pytest.mark.parametrize("batch", [1, 64, 4096, "dev"])
+def test_targets_per_ratio_and_batch_size(batch):
+    assert bench.target("cpu", batch, "folded module / torch fused") == 1.00
+    assert bench.target("cpu", batch, "folded frozen / minimal chain") == 1.05
+    assert bench.target("cpu", batch, "folded frozen / torch fused") == (0.70 if batch == 1 else None)
+    for label in ("folded / unfolded, modules", "folded / unfolded, torch.nn", "folded / unfolded, frozen chains"):
+        assert bench.target("cpu", batch, label) is None
+    assert bench.target("cuda", batch, "folded module / torch fused") is None
+
+
 def fake_measure(ratios):
     def measure(names, settings, devices, log=None):
-        return result(ratios, cpu=bench.machine_info()["cpu"])
+        return result(ratios, cpu=machine_info()["cpu"])
     return measure
 
 
 @pytest.mark.parametrize("now, code", [(1.05, None), (1.2, 1), (0.5, None)])
 def test_compare_with_fail_exits_1_only_on_a_regression(in_tmp, names_file, monkeypatch, capsys, now, code):
-    bench.save(result({"cpu B=1: folded / minimal chain": 1.0, "cpu: train step ours / notebook": 0.6}), "base")
-    monkeypatch.setattr(bench, "measure", fake_measure({"cpu B=1: folded / minimal chain": now,
+    bench.save(result({"cpu B=1: folded frozen / minimal chain": 1.0, "cpu: train step ours / notebook": 0.6}), "base")
+    monkeypatch.setattr(bench, "measure", fake_measure({"cpu B=1: folded frozen / minimal chain": now,
                                                         "cpu: train step ours / notebook": 0.6}))
     argv = ["bench", "--names", str(names_file), "--device", "cpu", "--compare", "base", "--fail", "10%"]
     if code is None:
@@ -135,8 +146,9 @@ def test_bad_options_exit_2_before_any_timing(in_tmp, names_file, monkeypatch, c
 def test_quick_smoke_run_prints_the_table_and_saves(in_tmp, names_file, capsys):
     assert main(["bench", "--quick", "--names", str(names_file), "--device", "cpu", "--save", "smoke"]) == 0
     out = capsys.readouterr().out
-    for label in ("folded / minimal chain", "folded / torch fused", "folded / unfolded core",
-                  "folded / unfolded torch.nn", "train step ours / notebook", "build_dataset vectorised / loop"):
+    for label in ("folded module / torch fused", "folded frozen / minimal chain", "folded frozen / torch fused",
+                  "folded / unfolded, modules", "folded / unfolded, torch.nn", "folded / unfolded, frozen chains",
+                  "train step ours / notebook", "build_dataset vectorised / loop"):
         assert label in out
     saved = bench.load("smoke")
     assert saved["machine"]["torch"] == torch.__version__ and "threads" in saved["machine"]
@@ -151,8 +163,10 @@ def test_inference_variants_agree(in_tmp):
     with torch.inference_mode():
         outs = {name: fn(X) for name, fn in bench.inference_variants(model, folded).items()}
     for name, out in outs.items():
-        torch.testing.assert_close(out, outs["unfolded core"], msg=name)  # float32 rounding of folding only
-    assert torch.equal(outs["folded core"], outs["minimal chain"])
+        torch.testing.assert_close(out, outs["unfolded module"], msg=name)  # float32 rounding of folding only
+    assert torch.equal(outs["folded module"], outs["minimal chain"])
+    assert torch.equal(outs["folded frozen"], outs["folded module"])
+    assert torch.equal(outs["unfolded frozen"], outs["unfolded module"])
 
 
 def test_notebook_loop_matches_ours_on_the_first_step():

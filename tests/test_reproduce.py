@@ -15,7 +15,8 @@ CONTRACT = {
     "e02": {"steps", "dev_loss_unfolded", "dev_loss_folded", "max_abs_logit_diff", "max_bound", "bn_left", "loss_bound"},
     "env": {"torch", "device", "threads", "seed", "steps"},
 }
-SPEED_ROW = {"batch", "unfolded_us", "folded_us", "speedup"}
+SPEED_ROW = {"batch", "modules", "frozen_chains"}  # folded vs unfolded, timed both ways
+SPEED_PAIR = {"unfolded_us", "folded_us", "speedup"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -35,7 +36,10 @@ def test_report_contract(short_run):
     assert report["speed"][3]["batch"] > 4096  # the whole dev set
     for row in report["speed"]:
         assert set(row) == SPEED_ROW
-        assert row["speedup"] == pytest.approx(row["unfolded_us"] / row["folded_us"], rel=1e-12)
+        for way in ("modules", "frozen_chains"):
+            pair = row[way]
+            assert set(pair) == SPEED_PAIR
+            assert pair["speedup"] == pytest.approx(pair["unfolded_us"] / pair["folded_us"], rel=1e-12)
     assert report["e02"]["bn_left"] == 0
 
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from core import bench
 from core.data import random_rows
 from core.experiments import trained_e02
 from core.fold import fold
+from core.perf import bench
 
 STATS_STEPS = 50  # SGD steps that give the BatchNorms realistic statistics
 RANDOM_TRAIN_ROWS = 20_000

@@ -2,8 +2,9 @@
 
 import pytest
 
-from core import bench, notebook
+from core import notebook
 from core.data import build_dataset, synthetic_names
+from core.perf.timing import extra_info
 
 
 @pytest.fixture(scope="module")
@@ -20,5 +21,5 @@ def test_build_dataset(benchmark, names, builder):
     fn = build_dataset if builder == "vectorised" else notebook.prepare_data
     benchmark.group = "build_dataset"
     X, Y = benchmark(fn, names, 4)
-    benchmark.extra_info.update(bench.extra_info(X.shape, X.dtype), builder=builder, names=len(names))
+    benchmark.extra_info.update(extra_info(X.shape, X.dtype), builder=builder, names=len(names))
     assert len(X) == len(Y) == sum(len(name) + 1 for name in names)

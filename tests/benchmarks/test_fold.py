@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from core import bench
 from core.fold import fold
 from core.layers import BatchNorm1d
 from core.model import e02_mlp
+from core.perf.timing import extra_info
 
 
 def with_statistics(model, generator):
@@ -25,6 +25,6 @@ def test_fold_time(benchmark, width):
     g = torch.Generator().manual_seed(width)
     model = with_statistics(e02_mlp(g, n_hidden=width), g)
     benchmark.group = "fold() against width"
-    benchmark.extra_info.update(bench.extra_info((width, width), torch.float32), width=width)
+    benchmark.extra_info.update(extra_info((width, width), torch.float32), width=width)
     folded, report = benchmark(fold, model)
     assert len(report.folded) == 3 and not report.kept

@@ -1,4 +1,4 @@
-"""Folded vs unfolded inference of the E02 net, against torch's fuser and the minimal addmm chain.
+"""E02 inference: folded vs unfolded as modules (core, torch.nn, torch's fuser) and as frozen chains; the eager limit.
 
 Every variant includes the embedding lookup C[X]; compare within a group (one batch size).
 """
@@ -6,13 +6,14 @@ Every variant includes the embedding lookup C[X]; compare within a group (one ba
 import pytest
 import torch
 
-from core import bench
 from core.data import random_rows
 from core.fold import fold
-from core.inference import capture
+from core.perf.chain import FrozenChain, capture, minimal_chain
+from core.perf.timing import extra_info
 
 BATCHES = [1, 64, 4096, "dev"]
-VARIANTS = ["unfolded core", "unfolded torch.nn", "folded core", "folded frozen", "torch fused", "minimal chain"]
+VARIANTS = ["unfolded module", "unfolded torch.nn", "folded module", "torch fused", "unfolded frozen", "folded frozen",
+            "minimal chain"]
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -20,7 +21,7 @@ VARIANTS = ["unfolded core", "unfolded torch.nn", "folded core", "folded frozen"
 def test_inference(benchmark, variants, batch_of, variant, batch):
     X = batch_of(batch)
     benchmark.group = f"inference B={batch}"
-    benchmark.extra_info.update(bench.extra_info(X.shape, torch.float32), variant=variant)
+    benchmark.extra_info.update(extra_info(X.shape, torch.float32), variant=variant)
     with torch.inference_mode():
         logits = benchmark(variants[variant], X)
     assert logits.shape == (X.shape[0], 27)
@@ -28,11 +29,13 @@ def test_inference(benchmark, variants, batch_of, variant, batch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("batch", [1, 64, 4096, 2**21])
-@pytest.mark.parametrize("variant", ["folded core", "minimal chain", "folded CUDA graph"])
+@pytest.mark.parametrize("variant", ["folded frozen", "minimal chain", "folded CUDA graph"])
 def test_cuda_inference(benchmark, e02, variant, batch):
     folded = fold(e02[0])[0].eval().cuda()
     X = random_rows(batch, torch.Generator().manual_seed(0))[0].cuda()
-    fn = {"folded core": folded, "minimal chain": bench.minimal_chain(folded), "folded CUDA graph": capture(folded, X)}[variant]
+    frozen = FrozenChain(folded)
+    fn = {"folded frozen": frozen, "minimal chain": minimal_chain(folded),
+          "folded CUDA graph": capture(frozen, X)}[variant]
 
     def synchronised():
         out = fn(X)
@@ -40,6 +43,7 @@ def test_cuda_inference(benchmark, e02, variant, batch):
         return out
 
     benchmark.group = f"cuda inference B={batch}"
-    benchmark.extra_info.update(bench.extra_info(X.shape, torch.float32), variant=variant, device=torch.cuda.get_device_name())
+    benchmark.extra_info.update(extra_info(X.shape, torch.float32), variant=variant,
+                                device=torch.cuda.get_device_name())
     with torch.inference_mode():
         assert benchmark(synchronised).shape == (batch, 27)

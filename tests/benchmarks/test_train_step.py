@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from core import bench, notebook
+from core import notebook
 from core.model import e02_mlp
+from core.perf.timing import extra_info
 from core.train import train
 
 STEPS = 10  # steps per timed call; stats are per call, so divide by STEPS for one step
@@ -22,5 +23,5 @@ def test_train_step(benchmark, bench_data, loop):
         net = notebook.Net(model)
         run = lambda: notebook.train(net, X, Y, STEPS, BATCH_SIZE, generator=g)  # noqa: E731
     benchmark.group = f"training, {STEPS} steps"
-    benchmark.extra_info.update(bench.extra_info((BATCH_SIZE, X.shape[1]), torch.float32), loop=loop, steps=STEPS)
+    benchmark.extra_info.update(extra_info((BATCH_SIZE, X.shape[1]), torch.float32), loop=loop, steps=STEPS)
     benchmark(run)
