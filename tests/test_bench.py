@@ -184,3 +184,10 @@ def test_notebook_prepare_data_is_build_dataset_row_for_row():
     names = synthetic_names(50, seed=3)
     for got, expected in zip(notebook.prepare_data(names, 3), build_dataset(names, 3)):
         assert torch.equal(got, expected)
+
+
+def test_target_column_names_the_batch_size_a_target_holds_at():
+    keys = [bench.ratio_key("cpu", b, "r") for b in (1, 64)]
+    assert bench.target_cell({keys[0]: 0.7}, keys, (1, 64)) == "<= 0.70 at B=1"
+    assert bench.target_cell({keys[0]: 1.0, keys[1]: 1.0}, keys, (1, 64)) == "<= 1.00"
+    assert bench.target_cell({}, keys, (1, 64)) == ""

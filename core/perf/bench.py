@@ -209,8 +209,7 @@ def format_table(result: dict) -> str:
         for label in (k[len(prefix):] for k in ratios if k.startswith(prefix)):
             keys = [ratio_key(device, b, label) for b in batches]
             cells = "".join(_ratio_cell(result, k) for k in keys)
-            bounds = list(dict.fromkeys(f"{targets[k]:.2f}" for k in keys if k in targets))
-            lines.append(f"  {label:<34}{cells}  {'<= ' + ' / '.join(bounds) if bounds else ''}")
+            lines.append(f"  {label:<34}{cells}  {target_cell(targets, keys, batches)}")
     lines += ["", f"{'cpu, per call':<36}{'ours':>11}{'reference':>11}{'ratio':>11}  target"]
     for label, ours, ref in OTHER_RATIOS:
         key = ratio_key("cpu", None, label)
@@ -220,6 +219,16 @@ def format_table(result: dict) -> str:
         times = _time_cell(medians, f"cpu: {ours}") + _time_cell(medians, f"cpu: {ref}")
         lines.append(f"  {label:<34}{times}{_ratio_cell(result, key)}  {bound}")
     return "\n".join(lines)
+
+
+def target_cell(targets: dict, keys: list[str], batches) -> str:
+    """'<= x' when one target holds at every batch size, else each target with the batch size it holds at."""
+    held = [(b, targets[k]) for b, k in zip(batches, keys) if k in targets]
+    if not held:
+        return ""
+    if len(held) == len(keys) and len({t for _, t in held}) == 1:
+        return f"<= {held[0][1]:.2f}"
+    return ", ".join(f"<= {t:.2f} at B={b}" for b, t in held)
 
 
 def _ratio_cell(result: dict, key: str) -> str:
