@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from core.cli import main
+from core.diagnostics import output_bias
+from core.model import e01_mlp
 
 CONTRACT = {
     "e01": {"steps", "train_loss", "dev_loss", "dev_entropy", "alive"},
@@ -65,7 +67,7 @@ def test_folded_agrees_within_bound(short_run):
 
 def test_e01_only_output_bias_alive(short_run):
     _, report = short_run
-    assert report["e01"]["alive"] == ["layers.8.bias"]
+    assert report["e01"]["alive"] == [output_bias(e01_mlp(torch.Generator()))]
 
 
 def test_same_seed_same_numbers(short_run, names_path, tmp_path):
