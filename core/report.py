@@ -155,7 +155,8 @@ def markdown(report: dict, figures: dict) -> str:
     lines = [
         "# bnfold reproduce",
         "",
-        f"torch {env['torch']} on {env['device']} ({env['threads']} threads), seed {env['seed']}, {env['steps']} steps per experiment.",
+        f"torch {env['torch']} on {env['device']} ({env['threads']} threads), seed {env['seed']}, "
+        f"{env['steps']} steps per experiment.",
         "",
         "| quantity | value |",
         "| --- | --- |",

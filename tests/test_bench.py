@@ -24,7 +24,8 @@ from core.train import train
 def result(ratios: dict, cpu="test cpu") -> dict:
     machine = {**machine_info(), "cpu": cpu}
     settings = {**dataclasses.asdict(bench.QUICK), "devices": ["cpu"], "rows": {}, "names": 0}
-    return {"format": bench.FORMAT, "machine": machine, "settings": settings, "medians_s": {}, "ratios": ratios, "targets": {}}
+    return {"format": bench.FORMAT, "machine": machine, "settings": settings, "medians_s": {}, "ratios": ratios,
+            "targets": {}}
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from core.model import e01_mlp
 
 CONTRACT = {
     "e01": {"steps", "train_loss", "dev_loss", "dev_entropy", "alive"},
-    "e02": {"steps", "dev_loss_unfolded", "dev_loss_folded", "max_abs_logit_diff", "max_bound", "bn_left", "loss_bound"},
+    "e02": {"steps", "dev_loss_unfolded", "dev_loss_folded", "max_abs_logit_diff", "max_bound", "bn_left",
+            "loss_bound"},
     "env": {"torch", "device", "threads", "seed", "steps"},
 }
 SPEED_ROW = {"batch", "modules", "frozen_chains"}  # folded vs unfolded, timed both ways
