@@ -335,5 +335,5 @@ UNDERFLOW_FLOOR = 1e-100
 
 
 def floats_without_underflow(lo: float, hi: float):
-    """Floats in [lo, hi] (±0 included) whose magnitude is 0 or ≥ UNDERFLOW_FLOOR."""
+    """Floats in [lo, hi] (lo ≤ 0 ≤ hi; ±0 included) whose magnitude is 0 or ≥ UNDERFLOW_FLOOR."""
     return st.floats(lo, hi, allow_subnormal=False).map(lambda v: 0.0 if abs(v) < UNDERFLOW_FLOOR else v)
