@@ -5,7 +5,6 @@ result is compared with the true value, within a bound derived below from unit r
 """
 
 import math
-from fractions import Fraction
 from typing import NamedTuple
 
 import torch
@@ -15,29 +14,8 @@ from hypothesis import strategies as st
 from core import notebook
 from core.bound import U64, rounding_bound
 from core.layers import BatchNorm1d, Linear
+from properties.exact import exact_stats, stat_errors
 from properties.strategies import floats_without_underflow, tensors
-
-
-def exact_stats(x: torch.Tensor):
-    """Per column: exact mean m and exact S = Σ (x − m)², as Fractions of the float64 inputs."""
-    cols = [[Fraction(v) for v in col] for col in x.T.tolist()]
-    means = [sum(c) / len(c) for c in cols]
-    return means, [sum((v - m) ** 2 for v in c) for c, m in zip(cols, means)]
-
-
-def stat_errors(x, S, divisor):
-    """(Δm, Δv): bounds on the float64 errors of the batch mean and of the variance S / divisor.
-
-    With a = max|x|, ‖x‖ the column's 2-norm and n rows, a backward-stable mean has
-    |m̂ − m| ≤ γ(n+1)·a, and two-pass or Welford variance has
-    |Ŝ − S| ≤ γ(n+3)·(S + ‖x‖·√S) + n·(γ(n+1)·a)² (Chan, Golub & LeVeque; the last term is the
-    second-order effect of the mean's error), plus one rounding for the division.
-    """
-    n = x.shape[0]
-    S = torch.tensor([float(v) for v in S], dtype=torch.float64)
-    dm = rounding_bound(n + 1, U64) * x.abs().amax(0)
-    dv = (rounding_bound(n + 3, U64) * (S + x.norm(dim=0) * S.sqrt()) + n * dm**2) / divisor + U64 * S / divisor
-    return dm, dv
 
 
 def normalise_bound(x, mean, S, divisor, gamma, beta, eps):
