@@ -8,7 +8,18 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 
 from core.bound import U64, rounding_bound
-from core.kinds import KINDS, LinearKind, NormKind, kind_of, rebuild_as
+from core.kinds import (
+    KINDS,
+    LinearKind,
+    NormKind,
+    fan_in,
+    hooked,
+    is_linear,
+    is_norm,
+    kind_of,
+    norm_width,
+    rebuild_as,
+)
 from core.layers import BatchNorm1d, Linear
 from properties.strategies import KIND_STRATEGIES, tensors
 
@@ -112,3 +123,62 @@ def test_rebuilding_as_the_other_family_keeps_the_map(case):
     n = W.shape[0]
     bound = (rounding_bound(n + 1, U64) * (x.abs() @ W.abs() + b) * (1 + rounding_bound(n + 3, U64)) + n * UNDERFLOW)
     assert ((ours - theirs).abs() <= 2 * bound).all()
+
+
+@given(layers_and_inputs(list(ROLE_PARTNER)), st.sampled_from(["same", "partner"]))
+def test_rebuilt_layers_hold_copies(case, family):
+    """rebuild_as(layer, T) shares no storage with layer: changing the source later leaves the rebuilt map as it was.
+
+    rebuild_as reads the kind's tensors and builds the new layer from clones of them.
+    """
+    layer, x = case
+    other = rebuild_as(layer, type(layer) if family == "same" else ROLE_PARTNER[type(layer)]).eval()
+    with torch.no_grad():
+        before = other(x)
+        for t in list(layer.parameters()) + list(layer.buffers()):
+            if t.is_floating_point():  # not torch's num_batches_tracked counter
+                t.add_(1.0)
+        assert torch.equal(other(x), before)
+
+
+@given(st.sampled_from(sorted(KINDS, key=str)).flatmap(lambda t: KIND_STRATEGIES[t]))
+def test_widths_are_read_from_the_kind(layer):
+    """fan_in(L) = rows of kind.matrix(L) (the x·W layout, whatever the family); norm_width(B) = len(μ)."""
+    kind = kind_of(layer)
+    if isinstance(kind, LinearKind):
+        assert fan_in(layer) == (layer.weight.shape[0] if type(layer) is Linear else layer.in_features)
+        assert is_linear(layer) and not is_norm(layer)
+    elif isinstance(kind, NormKind):
+        assert norm_width(layer) == (layer.dim if type(layer) is BatchNorm1d else layer.num_features)
+        assert is_norm(layer) and not is_linear(layer)
+    else:
+        assert not is_linear(layer) and not is_norm(layer)
+
+
+def test_roles_do_not_mix():
+    """rebuild_as refuses a target of another role, naming both types."""
+    linear = KINDS[Linear].build(torch.ones(2, 3, dtype=torch.float64), None)
+    try:
+        rebuild_as(linear, BatchNorm1d)
+    except TypeError as e:
+        assert str(e) == "a Linear cannot become a BatchNorm1d: they play different roles"
+    else:
+        raise AssertionError("a Linear became a BatchNorm1d")
+
+
+def test_subclasses_and_hooked_layers_are_not_assumed():
+    """kind_of looks up the exact type: a subclass may override forward. hooked(L) ⟺ a hook is registered on L."""
+    class Scaled(Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    assert kind_of(Scaled.from_tensors(torch.ones(2, 2), None)) is None
+    assert kind_of(torch.nn.Module()) is None
+    layer = torch.nn.Tanh()
+    assert not hooked(layer)
+    for register in (layer.register_forward_hook, layer.register_forward_pre_hook,
+                     layer.register_full_backward_hook, layer.register_full_backward_pre_hook):
+        handle = register(lambda *args: None)
+        assert hooked(layer)
+        handle.remove()
+        assert not hooked(layer)
