@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from core import notebook
 from core.bound import U64, rounding_bound
-from core.layers import BatchNorm1d, Linear
+from core.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh, layer_from_spec
 from properties.exact import exact_stats, stat_errors
 from properties.strategies import floats_without_underflow, tensors
 
@@ -261,3 +261,60 @@ def test_linear_computes_the_notebook_product(case):
     note(f"max err {(ours - theirs).abs().max().item():.3e}, max bound {bound.max().item():.3e}")
     assert ours.shape == (x.shape[0], W.shape[1])
     assert ((ours - theirs).abs() <= bound).all()
+
+
+@st.composite
+def core_layers(draw):
+    """(layer, the spec it was built from): a core Linear, BatchNorm1d, Tanh, ReLU or Sigmoid, float64."""
+    kind = draw(st.sampled_from(["linear", "batchnorm", "tanh", "relu", "sigmoid"]))
+    if kind == "linear":
+        spec = {"type": kind, "fan_in": draw(st.integers(1, 8)), "fan_out": draw(st.integers(1, 8)),
+                "bias": draw(st.booleans())}
+        g = torch.Generator().manual_seed(0)
+        return Linear(spec["fan_in"], spec["fan_out"], spec["bias"], generator=g, dtype=F64), spec
+    if kind == "batchnorm":
+        spec = {"type": kind, "dim": draw(st.integers(1, 8)), "eps": draw(eps_st), "momentum": draw(st.floats(0, 1)),
+                "affine": draw(st.booleans())}
+        return BatchNorm1d(spec["dim"], spec["eps"], spec["momentum"], spec["affine"], dtype=F64), spec
+    return {"tanh": Tanh, "relu": ReLU, "sigmoid": Sigmoid}[kind](), {"type": kind}
+
+
+@given(core_layers())
+def test_spec_describes_the_layer_and_rebuilds_it(case):
+    """L.spec() = the arguments L was built with, and layer_from_spec(L.spec()) ≅ L: same type, spec and state shapes.
+
+    A checkpoint stores the specs and the state_dict; loading rebuilds each layer from its spec and
+    then loads the tensors, so the rebuilt layer must accept exactly L's state_dict.
+    """
+    layer, spec = case
+    assert layer.spec() == spec
+    rebuilt = layer_from_spec(spec, dtype=F64)
+    assert type(rebuilt) is type(layer) and rebuilt.spec() == spec
+    state = layer.state_dict()
+    assert {k: (v.shape, v.dtype) for k, v in rebuilt.state_dict().items()} == {k: (v.shape, v.dtype)
+                                                                               for k, v in state.items()}
+    rebuilt.load_state_dict(state, strict=True)
+    x = torch.linspace(-3, 3, 2 * spec.get("fan_in", spec.get("dim", 3)), dtype=F64).reshape(2, -1)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), layer.eval()(x))
+
+
+def test_layers_describe_themselves():
+    """repr shows what spec() holds; an unknown spec type and a one-row training batch are refused by name."""
+    g = torch.Generator().manual_seed(0)
+    assert repr(Linear(3, 5, bias=False, generator=g)) == "Linear(fan_in=3, fan_out=5, bias=False)"
+    assert repr(Linear(2, 1, generator=g)) == "Linear(fan_in=2, fan_out=1, bias=True)"
+    bn = BatchNorm1d(4, eps=1e-3, momentum=0.5, affine=False)
+    assert repr(bn) == "BatchNorm1d(4, eps=0.001, momentum=0.5, affine=False)"
+    try:
+        layer_from_spec({"type": "conv1d"})
+    except ValueError as e:
+        assert str(e) == "unknown layer type 'conv1d'"
+    else:
+        raise AssertionError("layer_from_spec built an unknown layer")
+    try:
+        BatchNorm1d(2).train()(torch.ones(1, 2))
+    except ValueError as e:
+        assert "at least 2 rows" in str(e) and "call .eval()" in str(e)
+    else:
+        raise AssertionError("a one-row batch was normalised in training")
