@@ -182,3 +182,29 @@ def test_subclasses_and_hooked_layers_are_not_assumed():
         assert hooked(layer)
         handle.remove()
         assert not hooked(layer)
+
+
+def batchnorm(layer_type, dim, momentum, affine, dtype, device):
+    """A core or torch.nn BatchNorm1d built by its own constructor (not through the table under test)."""
+    if layer_type is BatchNorm1d:
+        return BatchNorm1d(dim, momentum=momentum, affine=affine, dtype=dtype, device=device)
+    return torch.nn.BatchNorm1d(dim, momentum=momentum, affine=affine, dtype=dtype, device=device)
+
+
+@given(st.sampled_from([BatchNorm1d, torch.nn.BatchNorm1d]), st.sampled_from([BatchNorm1d, torch.nn.BatchNorm1d]),
+       st.integers(1, 4), st.floats(0, 1), st.booleans(), st.sampled_from([torch.float32, torch.float64]),
+       st.sampled_from(["cpu", "meta"]))
+def test_rebuilt_batchnorms_keep_momentum_affinity_dtype_and_device(source, target, dim, momentum, affine, dtype,
+                                                                    device):
+    """rebuild_as(B, T) is in eval mode and has B's momentum, affine flag (as many parameters), dtype and device.
+
+    The table carries the momentum alongside the terms, and builds on the terms' dtype and device: a
+    meta-device BatchNorm rebuilds on meta, where any tensor built elsewhere could not be filled.
+    """
+    bn = batchnorm(source, dim, momentum, affine, dtype, device)
+    rebuilt = rebuild_as(bn, target)
+    assert type(rebuilt) is target and not rebuilt.training
+    assert rebuilt.momentum == momentum
+    assert len(list(rebuilt.parameters())) == len(list(bn.parameters())) == (2 if affine else 0)
+    assert all(t.dtype == dtype and t.device.type == device for t in list(rebuilt.parameters()) + [
+        rebuilt.running_mean, rebuilt.running_var])
