@@ -167,7 +167,8 @@ def test_roles_do_not_mix():
 
 
 def test_subclasses_and_hooked_layers_are_not_assumed():
-    """kind_of looks up the exact type: a subclass may override forward. hooked(L) ⟺ a hook is registered on L."""
+    """kind_of looks up the exact type: a subclass may override forward. hooked(L) ⟺ a hook is registered on L,
+    or L lacks one of the hook dictionaries hooked reads (it fails safe)."""
     class Scaled(Linear):
         def forward(self, x):
             return 2 * super().forward(x)
@@ -182,6 +183,8 @@ def test_subclasses_and_hooked_layers_are_not_assumed():
         assert hooked(layer)
         handle.remove()
         assert not hooked(layer)
+    object.__delattr__(layer, "_forward_hooks")  # as if a torch release renamed it: fold must not trust the layer
+    assert hooked(layer)
 
 
 def batchnorm(layer_type, dim, momentum, affine, dtype, device):

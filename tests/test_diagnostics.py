@@ -74,6 +74,18 @@ def test_probe_stats_match_a_plain_forward():
     assert 0 < probe.layers[0].saturation < 1  # the kaiming(5/3) net saturates some of its first layer
 
 
+def test_saturation_counts_outputs_strictly_above_the_threshold():
+    """An output of exactly 0.97 (in float32) is not saturated; the next float above it is."""
+    at = torch.tensor(SATURATION, dtype=torch.float32)
+    above = torch.nextafter(at, torch.tensor(1.0))
+    C = torch.stack([at, above, -above, torch.tensor(0.0)])[:, None].repeat(7, 1)[:27]  # rows cycle through the 4
+    identity = Linear.from_tensors(torch.ones(1, 1), torch.zeros(1))
+    model = CharMLP(C, [identity], context_length=1)
+    with torch.no_grad(), LayerProbe(model) as probe:
+        model(torch.tensor([[0], [1], [2], [3]]))
+    assert probe.layers[0].saturation == 0.5
+
+
 def test_probe_without_keep_outputs_keeps_no_tensors():
     model, (X, Y) = e01(), batch(rows=8)
     with LayerProbe(model) as probe:
