@@ -1,4 +1,12 @@
-"""Hypothesis profiles, the real names.txt fixture, and small shared models."""
+"""Hypothesis profiles, one intra-op thread per test process, a guard on global state, the real names.txt, splits.
+
+Parallel runs (`pytest -n N`, pytest-xdist) start N worker processes; each runs its tests with one torch
+intra-op thread (the nets here are tiny: a second thread only adds synchronisation, and N workers with
+several threads each would oversubscribe the cores). `OMP_NUM_THREADS`, if set, chooses another count;
+subprocesses the tests start (the CLI tests) inherit it. Every test must leave torch's thread count as
+it found it, and gets torch's global RNG restored (`global_state_is_left_alone`): a test that changed
+either would make its neighbours' results depend on the order, the worker and the schedule.
+"""
 
 import os
 from pathlib import Path
@@ -22,6 +30,28 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 ROOT = Path(__file__).parent
 FETCH_HINT = "names.txt not found: copy it to data/names.txt, set BNFOLD_NAMES, or run `bnfold data` to download it"
+TEST_THREADS = os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config):
+    torch.set_num_threads(int(TEST_THREADS))
+
+
+@pytest.fixture(autouse=True)
+def global_state_is_left_alone():
+    """Fail a test that changes torch's intra-op thread count; give torch's global RNG back as the test found it.
+
+    The library never draws from the global RNG (tests/test_init.py and tests/test_fold_examples.py check
+    that), but a test may, through torch.nn.Linear's own init: restoring the state keeps what every other
+    test draws independent of which tests ran before it in the same process.
+    """
+    threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
+    yield
+    torch.random.set_rng_state(rng)
+    if torch.get_num_threads() != threads:
+        changed = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        pytest.fail(f"the test left torch.set_num_threads({changed}) (it was {threads}): restore it in a finally")
 
 
 @pytest.fixture(scope="session")

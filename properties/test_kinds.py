@@ -4,13 +4,28 @@ kind has a strategy that draws it."""
 from fractions import Fraction
 
 import torch
-from hypothesis import given, note
+from hypothesis import example, given, note
 from hypothesis import strategies as st
 
 from core.bound import U64, rounding_bound
-from core.kinds import KINDS, LinearKind, NormKind, kind_of, rebuild_as
+from core.kinds import (
+    KINDS,
+    LinearKind,
+    NormKind,
+    fan_in,
+    hooked,
+    is_linear,
+    is_norm,
+    kind_of,
+    norm_width,
+    rebuild_as,
+)
 from core.layers import BatchNorm1d, Linear
 from properties.strategies import KIND_STRATEGIES, tensors
+
+# Half the smallest subnormal, doubled to a float: a product that underflows is off by at most 2⁻¹⁰⁷⁵ absolute
+# (Higham §2.1; additions and subtractions never lose to underflow). The drawn values reach 1e-300.
+UNDERFLOW = 2.0**-1074
 
 ROLE_PARTNER = {Linear: torch.nn.Linear, torch.nn.Linear: Linear, BatchNorm1d: torch.nn.BatchNorm1d,
                 torch.nn.BatchNorm1d: BatchNorm1d}
@@ -54,33 +69,46 @@ def test_rebuilding_from_the_kind_is_exact(case):
 
 
 @given(layers_and_inputs([t for t, k in KINDS.items() if isinstance(k, LinearKind)]))
+@example((KINDS[Linear].build(torch.tensor([[5e-10], [3e-10]], dtype=torch.float64), None),
+          torch.tensor([[7e-300, 2e-300]], dtype=torch.float64)))  # both products underflow
 def test_linear_matrix_is_the_map(case):
-    """|layer(x) − (x·W + b)| ≤ γ(n+1)·(|x|·|W| + |b|), W = kind.matrix(layer) (fan_in, fan_out), in float64.
+    """|layer(x) − (x·W + b)| ≤ γ(n+1)·(|x|·|W| + |b|) + n·2⁻¹⁰⁷⁴, W = kind.matrix(layer) (fan_in, fan_out), float64.
 
     layer(x) and the exact x·W + b differ only by the n products and n additions (bias included)
-    of each output, each a rounding of at most u = 2⁻⁵³, in whatever order the kernel sums.
+    of each output, each a rounding of at most u = 2⁻⁵³, in whatever order the kernel sums, plus
+    2⁻¹⁰⁷⁵ for each product that underflows.
     """
     layer, x = case
     kind = kind_of(layer)
     W, b = kind.matrix(layer).detach(), kind.bias(layer)
     b = torch.zeros(W.shape[1], dtype=W.dtype) if b is None else b.detach()
-    exact = [[sum(Fraction(x[r, i].item()) * Fraction(W[i, j].item()) for i in range(W.shape[0])) + Fraction(b[j].item())
-              for j in range(W.shape[1])] for r in range(x.shape[0])]
+
+    def exact(r, j):
+        products = (Fraction(x[r, i].item()) * Fraction(W[i, j].item()) for i in range(W.shape[0]))
+        return sum(products) + Fraction(b[j].item())
+
     with torch.no_grad():
         got = layer(x)
-    err = torch.tensor([[abs(Fraction(got[r, j].item()) - e) for j, e in enumerate(row)] for r, row in enumerate(exact)],
-                       dtype=torch.float64)  # one rounding of an exact difference: sound against a float64 bound
+    err = torch.tensor([[abs(Fraction(got[r, j].item()) - exact(r, j)) for j in range(W.shape[1])]
+                        for r in range(x.shape[0])], dtype=torch.float64)  # one rounding of an exact difference
     n = W.shape[0]
     # The bound is evaluated in float64: γ's division, the n + 1 magnitudes summed and the product are
-    # n + 3 roundings, so the computed value times 1 + γ(n + 3) is at least the exact bound.
-    bound = rounding_bound(n + 1, U64) * (x.abs() @ W.abs() + b.abs()) * (1 + rounding_bound(n + 3, U64))
+    # n + 3 roundings, so the computed value times 1 + γ(n + 3) is at least the exact bound, up to the
+    # underflow of its own n products |x_i||W_ij|: a second n·2⁻¹⁰⁷⁵.
+    bound = (rounding_bound(n + 1, U64) * (x.abs() @ W.abs() + b.abs()) * (1 + rounding_bound(n + 3, U64))
+             + n * UNDERFLOW)
     note(f"max err {err.max().item():.3e}, max bound {bound.max().item():.3e}")
     assert (err <= bound).all()
 
 
 @given(layers_and_inputs(list(ROLE_PARTNER)))
 def test_rebuilding_as_the_other_family_keeps_the_map(case):
-    """rebuild_as(layer, T')(x) = layer(x) within 2γ(n+1)(|x||W| + |b|) (Linear) or exactly (BatchNorm, same op)."""
+    """rebuild_as(layer, T')(x) = layer(x) within 2γ(n+1)(|x||W| + |b|) + 2n·2⁻¹⁰⁷⁴ (Linear), or exactly (BatchNorm).
+
+    A rebuilt BatchNorm calls the same op on the same tensors. A rebuilt Linear holds W transposed, so
+    the kernel may sum in another order: each side is within the bound of test_linear_matrix_is_the_map
+    of the exact map, hence within twice it of each other.
+    """
     layer, x = case
     other = rebuild_as(layer, ROLE_PARTNER[type(layer)]).eval()
     assert type(other) is ROLE_PARTNER[type(layer)]
@@ -92,4 +120,94 @@ def test_rebuilding_as_the_other_family_keeps_the_map(case):
         return
     W, b = kind.matrix(layer).detach(), kind.bias(layer)
     b = 0 if b is None else b.detach().abs()
-    assert ((ours - theirs).abs() <= 2 * rounding_bound(W.shape[0] + 1, U64) * (x.abs() @ W.abs() + b)).all()
+    n = W.shape[0]
+    bound = (rounding_bound(n + 1, U64) * (x.abs() @ W.abs() + b) * (1 + rounding_bound(n + 3, U64)) + n * UNDERFLOW)
+    assert ((ours - theirs).abs() <= 2 * bound).all()
+
+
+@given(layers_and_inputs(list(ROLE_PARTNER)), st.sampled_from(["same", "partner"]))
+def test_rebuilt_layers_hold_copies(case, family):
+    """rebuild_as(layer, T) shares no storage with layer: changing the source later leaves the rebuilt map as it was.
+
+    rebuild_as reads the kind's tensors and builds the new layer from clones of them.
+    """
+    layer, x = case
+    other = rebuild_as(layer, type(layer) if family == "same" else ROLE_PARTNER[type(layer)]).eval()
+    with torch.no_grad():
+        before = other(x)
+        for t in list(layer.parameters()) + list(layer.buffers()):
+            if t.is_floating_point():  # not torch's num_batches_tracked counter
+                t.add_(1.0)
+        assert torch.equal(other(x), before)
+
+
+@given(st.sampled_from(sorted(KINDS, key=str)).flatmap(lambda t: KIND_STRATEGIES[t]))
+def test_widths_are_read_from_the_kind(layer):
+    """fan_in(L) = rows of kind.matrix(L) (the x·W layout, whatever the family); norm_width(B) = len(μ)."""
+    kind = kind_of(layer)
+    if isinstance(kind, LinearKind):
+        assert fan_in(layer) == (layer.weight.shape[0] if type(layer) is Linear else layer.in_features)
+        assert is_linear(layer) and not is_norm(layer)
+    elif isinstance(kind, NormKind):
+        assert norm_width(layer) == (layer.dim if type(layer) is BatchNorm1d else layer.num_features)
+        assert is_norm(layer) and not is_linear(layer)
+    else:
+        assert not is_linear(layer) and not is_norm(layer)
+
+
+def test_roles_do_not_mix():
+    """rebuild_as refuses a target of another role, naming both types."""
+    linear = KINDS[Linear].build(torch.ones(2, 3, dtype=torch.float64), None)
+    try:
+        rebuild_as(linear, BatchNorm1d)
+    except TypeError as e:
+        assert str(e) == "a Linear cannot become a BatchNorm1d: they play different roles"
+    else:
+        raise AssertionError("a Linear became a BatchNorm1d")
+
+
+def test_subclasses_and_hooked_layers_are_not_assumed():
+    """kind_of looks up the exact type: a subclass may override forward. hooked(L) ⟺ a hook is registered on L,
+    or L lacks one of the hook dictionaries hooked reads (it fails safe)."""
+    class Scaled(Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    assert kind_of(Scaled.from_tensors(torch.ones(2, 2), None)) is None
+    assert kind_of(torch.nn.Module()) is None
+    layer = torch.nn.Tanh()
+    assert not hooked(layer)
+    for register in (layer.register_forward_hook, layer.register_forward_pre_hook,
+                     layer.register_full_backward_hook, layer.register_full_backward_pre_hook):
+        handle = register(lambda *args: None)
+        assert hooked(layer)
+        handle.remove()
+        assert not hooked(layer)
+    object.__delattr__(layer, "_forward_hooks")  # as if a torch release renamed it: fold must not trust the layer
+    assert hooked(layer)
+
+
+def batchnorm(layer_type, dim, momentum, affine, dtype, device):
+    """A core or torch.nn BatchNorm1d built by its own constructor (not through the table under test)."""
+    if layer_type is BatchNorm1d:
+        return BatchNorm1d(dim, momentum=momentum, affine=affine, dtype=dtype, device=device)
+    return torch.nn.BatchNorm1d(dim, momentum=momentum, affine=affine, dtype=dtype, device=device)
+
+
+@given(st.sampled_from([BatchNorm1d, torch.nn.BatchNorm1d]), st.sampled_from([BatchNorm1d, torch.nn.BatchNorm1d]),
+       st.integers(1, 4), st.floats(0, 1), st.booleans(), st.sampled_from([torch.float32, torch.float64]),
+       st.sampled_from(["cpu", "meta"]))
+def test_rebuilt_batchnorms_keep_momentum_affinity_dtype_and_device(source, target, dim, momentum, affine, dtype,
+                                                                    device):
+    """rebuild_as(B, T) is in eval mode and has B's momentum, affine flag (as many parameters), dtype and device.
+
+    The table carries the momentum alongside the terms, and builds on the terms' dtype and device: a
+    meta-device BatchNorm rebuilds on meta, where any tensor built elsewhere could not be filled.
+    """
+    bn = batchnorm(source, dim, momentum, affine, dtype, device)
+    rebuilt = rebuild_as(bn, target)
+    assert type(rebuilt) is target and not rebuilt.training
+    assert rebuilt.momentum == momentum
+    assert len(list(rebuilt.parameters())) == len(list(bn.parameters())) == (2 if affine else 0)
+    assert all(t.dtype == dtype and t.device.type == device for t in list(rebuilt.parameters()) + [
+        rebuilt.running_mean, rebuilt.running_var])

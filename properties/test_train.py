@@ -1,7 +1,7 @@
-"""Laws of training: determinism per generator seed, and the SGD step itself."""
+"""Laws of training: determinism per generator seed, the SGD step itself, and what train() records and leaves."""
 
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from core.data import build_dataset
@@ -40,13 +40,15 @@ def test_same_seed_same_parameters(names, arch, context_length, steps, batch_siz
 
 
 @given(name_lists, st.integers(2, 16), st.floats(1e-3, 1.0), st.integers(0, 2**32 - 1))
+@example(["a"], 2, 1e-3, 0)
 def test_one_step_is_plain_sgd(names, batch_size, lr, seed):
-    """After one step, p₁ = p₀ − lr·∇p L(p₀; batch₀), with batch₀ the first draw of the generator.
+    """After one step, p₁ = p₀ − lr·∇p L(p₀; batch₀), batch₀ the generator's first draw; losses[0] = L(p₀; batch₀).
 
-    train() draws indices with torch.randint(0, N, (B,), generator) and applies the plain update,
-    so replaying that draw and taking the gradient by hand gives the same gradient bit for bit.
-    The update is a product and a sum (or one fused multiply-add): each side is within
-    2u·(|p₀| + |lr·g|) of the exact p₀ − lr·g, u = 2⁻²⁴ in float32, hence the 4u bound.
+    train() draws indices with torch.randint(0, N, (B,), generator), as the notebook does, and
+    applies the plain update, so replaying that draw and taking the gradient by hand gives the
+    same loss and gradient bit for bit. The update is a product and a sum (or one fused
+    multiply-add): each side is within 2u·(|p₀| + |lr·g|) of the exact p₀ − lr·g, u = 2⁻²⁴ in
+    float32, hence the 4u bound.
     """
     X, Y = build_dataset(names, 3)
     model = small_model("e01-kaiming", seed, 3)
@@ -55,9 +57,49 @@ def test_one_step_is_plain_sgd(names, batch_size, lr, seed):
     ix = torch.randint(0, X.shape[0], (batch_size,), generator=torch.Generator().manual_seed(seed + 7))
     loss = reference.loss(X[ix], Y[ix])
     grads = torch.autograd.grad(loss, list(reference.parameters()))
-    train(model, X, Y, 1, batch_size=batch_size, lr=lr, generator=torch.Generator().manual_seed(seed + 7), progress=False)
+    history = train(model, X, Y, 1, batch_size=batch_size, lr=lr, generator=torch.Generator().manual_seed(seed + 7),
+                    progress=False)
+    assert history.losses == [loss.item()] and history.steps == 1
     u = torch.finfo(torch.float32).eps / 2
-    for (name, p), g in zip(reference.named_parameters(), grads):
+    for (name, _), g in zip(reference.named_parameters(), grads):
         p0, step = before[name], lr * g
         bound = 4 * u * (p0.abs() + step.abs())
         assert ((model.state_dict()[name] - (p0 - step)).abs() <= bound).all(), name
+
+
+@given(st.sampled_from(["e01-kaiming", "e02"]), st.integers(1, 12), st.booleans(), st.integers(0, 2**32 - 1))
+def test_train_records_every_step_and_leaves_the_model_training(arch, steps, start_in_eval, seed):
+    """train(m, T) calls on_step(t, m) after update t for t = 0..T−1, records T losses, and leaves m.training.
+
+    on_step sees the parameters after the update it follows: its t-th call finds them changed from
+    the (t−1)-th. A frozen parameter (requires_grad = False) never changes.
+    """
+    X, Y = build_dataset(["emma", "ava", "olivia"], 2)
+    model = small_model(arch, seed, 2).train(not start_in_eval)
+    frozen = model.C
+    frozen.requires_grad_(False)
+    C0 = frozen.detach().clone()
+    seen = []
+
+    def on_step(step, m):
+        assert m is model
+        seen.append((step, [p.detach().clone() for p in m.parameters() if p.requires_grad]))
+
+    history = train(model, X, Y, steps, batch_size=4, lr=0.1, generator=torch.Generator().manual_seed(seed),
+                    progress=False, on_step=on_step)
+    assert [step for step, _ in seen] == list(range(steps))
+    assert history.steps == len(history.losses) == steps and history.wall_time > 0
+    assert all(isinstance(v, float) for v in history.losses)
+    assert model.training
+    assert torch.equal(model.C, C0)
+    for (_, before), (_, after) in zip(seen, seen[1:]):
+        assert any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_a_zero_learning_rate_changes_nothing():
+    """lr = 0: p_t = p₀ − 0·g = p₀ bit for bit, for every parameter and step (g finite)."""
+    X, Y = build_dataset(["emma", "ava", "olivia"], 3)
+    model = small_model("e01-kaiming", 1, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, X, Y, 3, batch_size=4, lr=0.0, generator=torch.Generator().manual_seed(2), progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

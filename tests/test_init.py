@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from core.bound import rounding_bound, unit_roundoff
 from core.init import apply_init, parse_scheme
 from core.layers import Linear, Tanh
 from core.model import CharMLP, e01_mlp, load, save
@@ -23,14 +24,33 @@ def test_every_scheme_builds_the_e01_net_and_is_recorded(scheme):
     assert model.config()["init_scheme"] == scheme
 
 
-def test_kaiming_replays_the_seed_formula():
+def notebook_kaiming(fan_in, fan_out, gain, generator):
+    """The notebook's init, in its own order: randn((fan_in, fan_out)) / fan_in**0.5, then *= gain."""
+    w = torch.randn((fan_in, fan_out), generator=generator) / fan_in**0.5
+    w *= gain
+    return w
+
+
+# The scheme computes z·fl(gain/√n) (√n and the quotient in float64, the product in float32): within 2u₃₂ plus
+# 2u₆₄ of gain·z/√n. The notebook rounds √n to float32, divides, rounds the gain and multiplies: within
+# 4u₃₂ + u₆₄. So they differ by at most γ₃₂(8) relative to either (γ(a) + γ(b) ≤ γ(a + b), and 3u₆₄ < u₃₂).
+KAIMING_AGREEMENT = rounding_bound(8, unit_roundoff(torch.float32))
+
+
+@pytest.mark.parametrize("scheme, gain", [("kaiming", 1.0), ("kaiming(5/3)", 5 / 3), ("zero_last(2)", 2.0)])
+def test_kaiming_is_the_notebooks_init(scheme, gain):
+    """kaiming(gain): each Linear in turn gets the notebook's gain·randn(fan_in, fan_out)/√fan_in and b = 0;
+    zero_last the same for all but the output Linear, which is 0."""
     model = e01_mlp(torch.Generator().manual_seed(0), init="zeros")
-    apply_init(model, "kaiming(5/3)", generator=torch.Generator().manual_seed(7))
+    apply_init(model, scheme, generator=torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)
-    for layer in linears(model):
-        expected = torch.randn(layer.weight.shape, generator=g) * ((5 / 3) / layer.fan_in**0.5)
-        assert torch.equal(layer.weight, expected)
-        assert torch.count_nonzero(layer.bias) == 0
+    layers = linears(model)
+    for i, layer in enumerate(layers):
+        expected = notebook_kaiming(*layer.weight.shape, gain, g)
+        if scheme.startswith("zero_last") and i == len(layers) - 1:
+            expected = torch.zeros_like(expected)
+        assert ((layer.weight - expected).abs() <= KAIMING_AGREEMENT * expected.abs()).all(), i
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias)), i
 
 
 def test_zeros_constant_and_zero_last_values():
@@ -39,15 +59,16 @@ def test_zeros_constant_and_zero_last_values():
         assert torch.count_nonzero(layer.weight) == 0 and torch.count_nonzero(layer.bias) == 0
     for layer in linears(e01_mlp(g, init="constant(-0.25)")):
         assert torch.all(layer.weight == -0.25) and torch.all(layer.bias == -0.25)
-    *hidden, last = linears(e01_mlp(g, init="zero_last"))
-    assert torch.count_nonzero(last.weight) == 0 and torch.count_nonzero(last.bias) == 0
-    assert all(torch.count_nonzero(layer.weight) == layer.weight.numel() for layer in hidden)
 
 
 def test_zero_weights_random_bias_values():
-    for layer in linears(e01_mlp(torch.Generator().manual_seed(0), init="zero_weights_random_bias")):
+    """W = 0; each bias in turn is the generator's next standard-normal draw of its size."""
+    model = e01_mlp(torch.Generator().manual_seed(0), init="zeros")
+    apply_init(model, "zero_weights_random_bias", generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    for layer in linears(model):
         assert torch.count_nonzero(layer.weight) == 0
-        assert (layer.bias > 0).any() and (layer.bias < 0).any()
+        assert torch.equal(layer.bias, torch.randn(layer.fan_out, generator=g))
 
 
 def test_schemes_never_touch_the_global_rng():

@@ -1,0 +1,151 @@
+"""Laws of the strategies themselves (properties/strategies.py): each draws exactly the inputs its docstring claims.
+
+A strategy that quietly drew less (no BatchNorm, one label, a fixed depth) would make every law that uses
+it weaker without failing: these pin what the zero-init and layer laws rely on.
+"""
+
+import re
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.data import Vocab
+from core.layers import ACTIVATIONS, BatchNorm1d, Linear
+from core.model import CharMLP
+from properties.strategies import (
+    UNDERFLOW_FLOOR,
+    MLPCase,
+    Problem,
+    contexts,
+    floats_without_underflow,
+    label_lists,
+    mlp_cases,
+    name_lists,
+    names_st,
+    problems,
+)
+
+F32, F64 = torch.float32, torch.float64
+
+
+@st.composite
+def label_list_requests(draw):
+    """(min_size, max_size, every_class, the drawn list) for any valid request."""
+    every_class = draw(st.booleans())
+    min_size = draw(st.integers(0 if every_class else 1, 60))
+    max_size = draw(st.integers(max(min_size, 27 if every_class else 1), 128))
+    return min_size, max_size, every_class, draw(label_lists(min_size, max_size, every_class))
+
+
+@given(label_list_requests())
+def test_label_lists_hold_what_they_claim(request):
+    """ys = label_lists(a, b, every) ⇒ ys ⊆ {0..26}, max(a, 27·every) ≤ |ys| ≤ b, and every ⇒ {0..26} ⊆ ys."""
+    min_size, max_size, every_class, ys = request
+    assert all(isinstance(y, int) and 0 <= y <= 26 for y in ys)
+    assert max(min_size, 27 if every_class else 0) <= len(ys) <= max_size
+    if every_class:
+        assert set(ys) == set(range(27))
+
+
+def expected_layout(case: MLPCase) -> list[tuple]:
+    """(type, fan_in, fan_out, bias) per Linear, (BatchNorm1d, width) per BN, (activation,) per activation."""
+    widths = (case.context_length * case.emb_size, *case.hidden, 27)
+    layout = []
+    for k, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
+        layout.append((Linear, fan_in, fan_out, not case.batchnorm))
+        if case.batchnorm:
+            layout.append((BatchNorm1d, fan_out))
+        if k < case.depth:
+            layout.append((ACTIVATIONS[case.activation],))
+    return layout
+
+
+def layout(model: CharMLP) -> list[tuple]:
+    described = []
+    for layer in model.layers:
+        if isinstance(layer, Linear):
+            described.append((Linear, layer.fan_in, layer.fan_out, layer.bias is not None))
+        elif isinstance(layer, BatchNorm1d):
+            described.append((BatchNorm1d, layer.dim))
+        else:
+            described.append((type(layer),))
+    return described
+
+
+@given(st.sampled_from([False, True]).flatmap(
+    lambda bn: mlp_cases(activations=tuple(ACTIVATIONS), batchnorm=bn, dtypes=(F32, F64), embedding=bn)))
+def test_mlp_cases_build_the_described_net(case):
+    """build(case) = C (27 × emb) then, per hidden width, Linear (bias iff no BN) [+ BN] + φ; Linear to 27 [+ BN].
+
+    Also: depth = len(hidden) ∈ 1..6, widths ∈ 1..64, context ∈ 1..4, emb ∈ 1..8, every tensor of the
+    case's dtype, C = the case's embedding values when it has them, and the init scheme recorded.
+    """
+    model = case.build("zeros")
+    assert 1 <= case.depth <= 6 and all(1 <= w <= 64 for w in case.hidden)
+    assert 1 <= case.context_length <= 4 and 1 <= case.emb_size <= 8
+    assert layout(model) == expected_layout(case)
+    assert model.C.shape == (27, case.emb_size) and model.context_length == case.context_length
+    assert all(p.dtype == case.dtype for p in model.parameters())
+    assert model.init_scheme == "zeros"
+    if case.embedding is not None:
+        assert torch.equal(model.C, torch.tensor(case.embedding, dtype=case.dtype).reshape(27, case.emb_size))
+
+
+@given(mlp_cases(embedding=True), mlp_cases(embedding=False))
+def test_mlp_cases_draw_c_only_when_asked(drawn, generic):
+    """mlp_cases(embedding=True) draws 27·emb values in [−4, 4], none subnormal; embedding=False leaves C generic."""
+    assert len(drawn.embedding) == 27 * drawn.emb_size
+    assert all(v == 0 or 2.0**-1022 <= abs(v) <= 4 for v in drawn.embedding)
+    assert generic.embedding is None
+
+
+@given(st.tuples(st.integers(1, 40), st.integers(1, 4)).flatmap(lambda s: st.tuples(st.just(s), contexts(*s))))
+def test_contexts_are_character_indices(drawn):
+    """contexts(rows, n) is an int64 (rows × n) tensor of indices in 0..26."""
+    shape, X = drawn
+    assert X.dtype == torch.int64 and X.shape == shape
+    assert bool(((X >= 0) & (X <= 26)).all())
+
+
+def problem_is_consistent(p: Problem, min_probe=1):
+    assert p.X.dtype == p.Y.dtype == p.X_probe.dtype == p.Y_probe.dtype == torch.int64
+    assert p.X.shape == (len(p.Y), p.case.context_length) and len(p.Y) >= 1
+    assert p.X_probe.shape == (len(p.Y_probe), p.case.context_length) and len(p.Y_probe) >= min_probe
+    for t in p:
+        if isinstance(t, torch.Tensor):
+            assert bool(((t >= 0) & (t <= 26)).all())
+
+
+@given(problems(mlp_cases(max_depth=2, max_width=4), min_probe=2))
+def test_problems_pair_contexts_with_labels(p):
+    """problems(...) = (case, X, Y, X', Y'): one context of the case's length per label, a probe of ≥ min_probe rows."""
+    problem_is_consistent(p, min_probe=2)
+
+
+def test_problem_of_is_an_example_of_the_same_shape():
+    """Problem.of(case, ys) satisfies what problems() draws: it stands in for a drawn problem in @example."""
+    p = Problem.of(MLPCase(context_length=3), [4, 0, 26])
+    problem_is_consistent(p)
+    assert p.X.tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 4]] and sorted(p.Y_probe.tolist()) == list(range(27))
+
+
+@given(names_st)
+def test_names_are_valid_names(name):
+    """names_st draws 1..12 characters of a-z: what load_names accepts, encoded without '.'."""
+    assert re.fullmatch(r"[a-z]{1,12}", name)
+    assert 0 not in Vocab().encode(name)
+
+
+@given(name_lists)
+def test_name_lists_hold_1_to_40_names(names):
+    """1 ≤ |name_lists| ≤ 40."""
+    assert 1 <= len(names) <= 40
+
+
+@given(st.floats(-1e3, 0.0), st.floats(0.0, 1e3), st.data())
+def test_floats_without_underflow_stay_normal(lo, hi, data):
+    """v = draw(floats_without_underflow(lo, hi)) ⇒ lo ≤ v ≤ hi and (v = 0 or |v| ≥ 1e-100)."""
+    v = data.draw(floats_without_underflow(lo, hi))
+    assert lo <= v <= hi
+    assert v == 0 or abs(v) >= UNDERFLOW_FLOOR
