@@ -1,4 +1,4 @@
-"""The performance layer: frozen eval chains, CUDA-graph replay, timing and the `bnfold bench` run.
+"""The performance layer: frozen eval chains, the fused Triton kernel, CUDA-graph replay, timing and `bnfold bench`.
 
 The rule: this layer may import the library (core's modules), and only the application modules
 (core.cli, core.reproduce) and the tests import it; the library and properties/ never do. So

@@ -1,0 +1,304 @@
+"""The fused kernel (core.perf.fused): agreement with the eager folded net, padding and batch edges, the output
+buffer, refusals, the bound's constants, capture, the bench helpers and the GPU check's CPU-side logic.
+
+Without CUDA the kernels run on Triton's CPU interpreter: TRITON_INTERPRET=1 is set here before Triton is
+imported. The GPU branches are compiled for sm_90a in a subprocess (no device needed). Tolerances are the
+certified bounds of core/perf/fused.py, never ad hoc.
+"""
+
+import copy
+import itertools
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"  # before Triton is imported: the kernels run on the CPU
+pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch builds ship without it)")
+
+from torch import nn
+
+from core.data import random_rows
+from core.experiments import trained_e02
+from core.fold import _propagate, fold, gamma
+from core.layers import Linear, ReLU, Sigmoid, Tanh
+from core.perf import fused as fm
+from core.perf.fused import (
+    PRECISIONS,
+    FusedMLP,
+    FusedUnavailable,
+    compiled_variants,
+    evaluation_bound,
+    fused_error_bound,
+    fused_variants,
+    linear_factor,
+    linear_step,
+)
+
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def e02():
+    """(unfolded, folded) E02 nets, briefly trained so the BatchNorms hold realistic statistics, on DEVICE."""
+    g = torch.Generator().manual_seed(0)
+    model = trained_e02(*random_rows(500, g), 30, g)
+    return model.to(DEVICE), fold(model)[0].eval().to(DEVICE)
+
+
+def ids(n, seed=1):
+    return torch.randint(0, 27, (n, 4), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
+
+
+def eager(folded, X):
+    """The folded net evaluated eagerly in float32 on the CPU: the evaluation evaluation_bound compares with."""
+    with torch.no_grad():
+        return copy.deepcopy(folded).cpu()(X.cpu()).double()
+
+
+def worst(err, bound):
+    return (err / bound.clamp_min(torch.finfo(F64).tiny)).max().item()
+
+
+@pytest.mark.parametrize("mode", ["table", "gather"])
+@pytest.mark.parametrize("rows", [1, 7, 33, 300])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_agrees_with_eager_folded_within_evaluation_bound(e02, precision, rows, mode):
+    """|folded(X) − FusedMLP(folded, p)(X)| ≤ E_p(X): batches of 1, not a multiple of the block, several blocks."""
+    _, folded = e02
+    X = ids(rows)
+    out = FusedMLP(folded, precision, input_mode=mode)(X)
+    assert out.shape == (rows, 27) and out.dtype == torch.float32 and out.device.type == DEVICE.type
+    err = (out.double().cpu() - eager(folded, X)).abs()
+    assert (err <= evaluation_bound(folded, X, precision)).all()
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_e02_within_certified_bound(e02, precision):
+    """|unfolded(X) − FusedMLP(fold(unfolded), p)(X)| ≤ error_bound + E_p on the E02 net."""
+    model, folded = e02
+    X = ids(200, seed=3)
+    with torch.no_grad():  # the unfolded net on the CPU: the evaluation error_bound certifies
+        err = (FusedMLP(folded, precision)(X).double().cpu() - copy.deepcopy(model).cpu()(X.cpu()).double()).abs()
+    bound = fused_error_bound(model, X, precision)
+    assert (err <= bound).all(), worst(err, bound)
+
+
+def sequential(widths, activations, seed=0, bias=True):
+    """An eval nn.Sequential of core Linear(widths[k], widths[k+1]) (+ activation k when not None), float32."""
+    g = torch.Generator().manual_seed(seed)
+    layers = []
+    for (fan_in, fan_out), act in zip(itertools.pairwise(widths), activations):
+        layers.append(Linear(fan_in, fan_out, bias=bias, generator=g))
+        if bias:
+            with torch.no_grad():
+                layers[-1].bias.copy_(torch.randn(fan_out, generator=g))
+        if act is not None:
+            layers.append(act())
+    return nn.Sequential(*layers).eval().to(DEVICE)
+
+
+@pytest.mark.parametrize("widths,activations", [
+    ((5, 17, 33, 3), (Tanh, ReLU, Sigmoid)),
+    ((1, 1), (None,)),
+    ((100, 27), (Sigmoid,)),
+    ((3, 16, 64, 128, 2), (ReLU, Tanh, Sigmoid, None)),
+])
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_padding_to_powers_of_two(widths, activations, precision):
+    """Non-power-of-two widths are padded with zeros (tl.dot blocks ≥ 16) and padded units never leak out:
+    the outputs have the true width and agree with the eager net within E_p."""
+    net = sequential(widths, activations)
+    X = torch.randn(19, widths[0], generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    fused = FusedMLP(net, precision)
+    assert fused.dims[:len(widths)] == [max(16, 1 << (w - 1).bit_length()) for w in widths]
+    out = fused(X)
+    assert out.shape == (19, widths[-1])
+    assert (((out.double().cpu() - eager(net, X)).abs()) <= evaluation_bound(net, X, precision)).all()
+
+
+def test_torch_layers_and_bias_free_linears():
+    """torch.nn Linear (W stored (out, in)) and activations, and Linears without a bias, run as the core ones do."""
+    g = torch.Generator().manual_seed(2)
+    net = nn.Sequential(nn.Linear(6, 20, bias=False, device="meta"), nn.Tanh(), nn.Linear(20, 4, device="meta"))
+    for layer in (net[0], net[2]):
+        layer.weight = nn.Parameter(torch.randn(layer.out_features, layer.in_features, generator=g))
+    net[2].bias = nn.Parameter(torch.randn(4, generator=g))
+    net = net.eval().to(DEVICE)
+    X = torch.randn(21, 6, generator=g).to(DEVICE)
+    err = (FusedMLP(net)(X).double().cpu() - eager(net, X)).abs()
+    assert (err <= evaluation_bound(net, X, "fp32")).all()
+
+
+def test_how_rows_are_shared_among_programs_changes_no_bit(e02):
+    """A persistent program computes each of its row blocks the same way: 1, 2 or 5 programs give equal bits."""
+    _, folded = e02
+    X = ids(150)
+    outs = [FusedMLP(folded, "fp32", programs=p, block_m=16)(X) for p in (1, 2, 5)]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+def test_out_buffer_and_empty_batch(e02):
+    _, folded = e02
+    fused = FusedMLP(folded)
+    X = ids(10)
+    out = torch.full((10, 27), float("nan"), device=DEVICE)
+    assert fused(X, out=out) is out and torch.equal(out, fused(X))
+    assert fused(ids(0)).shape == (0, 27)
+    with pytest.raises(ValueError, match="out must be a float32 tensor of shape"):
+        fused(X, out=torch.empty(10, 26, device=DEVICE))
+    with pytest.raises(ValueError, match=r"X must have shape \(B, 4\)"):
+        fused(X[:, :3])
+    with pytest.raises(ValueError, match="int64"):
+        fused(X.float())
+
+
+def test_out_of_range_ids_give_nan_rows(e02):
+    """An id outside [0, 27) reads nothing out of bounds: its row is NaN, the other rows are unchanged."""
+    _, folded = e02
+    X = ids(6)
+    bad = X.clone()
+    bad[2, 1], bad[4, 3] = 27, -1
+    for mode in ("table", "gather"):
+        fused = FusedMLP(folded, input_mode=mode)
+        good, out = fused(X), fused(bad)
+        assert out[[2, 4]].isnan().all()
+        assert torch.equal(out[[0, 1, 3, 5]], good[[0, 1, 3, 5]])
+
+
+def test_refusals(e02):
+    """A net FusedMLP cannot run raises a ValueError that says why and what to use instead."""
+    model, folded = e02
+    with pytest.raises(ValueError, match="layer 1 is BatchNorm1d: fold the BatchNorms first"):
+        FusedMLP(model)
+    with pytest.raises(ValueError, match="at most 4 Linear layers"):
+        FusedMLP(sequential((2,) * 6, (Tanh,) * 5))
+    with pytest.raises(ValueError, match="widths up to 128"):
+        FusedMLP(sequential((129, 2), (None,)))
+    with pytest.raises(ValueError, match="float32 nets"):
+        FusedMLP(sequential((3, 2), (None,)).double())
+    with pytest.raises(ValueError, match="a second activation"):
+        FusedMLP(nn.Sequential(Linear(2, 2, generator=torch.Generator()), Tanh(), ReLU()))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        FusedMLP(folded, "fp16")
+    with pytest.raises(ValueError, match="for a CharMLP only"):
+        FusedMLP(sequential((3, 2), (None,)), input_mode="table")
+
+
+def test_unavailable_says_what_to_use_instead(e02, monkeypatch):
+    """No Triton, or neither CUDA nor TRITON_INTERPRET: FusedMLP raises FusedUnavailable naming the fallback."""
+    _, folded = e02
+    monkeypatch.setattr(fm, "triton", None)
+    with pytest.raises(FusedUnavailable, match="needs Triton.*FrozenChain"):
+        FusedMLP(folded)
+    monkeypatch.undo()
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FusedUnavailable, match="needs a CUDA device.*TRITON_INTERPRET=1.*FrozenChain"):
+        FusedMLP(folded)
+
+
+def test_tf32_and_bf16_round_their_operands(e02):
+    """The coarser precisions really run coarser (emulated under the interpreter): they leave fp32's bound E_fp32."""
+    _, folded = e02
+    X = ids(64)
+    exact = eager(folded, X)
+    fp32_bound = evaluation_bound(folded, X, "fp32")
+    for precision in ("tf32", "bf16"):
+        err = (FusedMLP(folded, precision)(X).double().cpu() - exact).abs()
+        assert (err > fp32_bound).any()
+
+
+def test_fp32_linear_step_is_core_folds_rule():
+    """With ρ = γ(n + 1, u) on both sides, (2) is core.fold's propagation rule for a Linear, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    layer = Linear(7, 5, generator=g)
+    with torch.no_grad():
+        layer.bias.copy_(torch.randn(5, generator=g))
+    x = torch.randn(3, 7, generator=g)
+    D = torch.rand(3, 7, generator=g, dtype=F64) * 1e-6
+    rho = linear_factor(7, "fp32")
+    mine = linear_step(D, x.double(), layer.weight.double(), layer.bias.double(), rho, rho)
+    assert rho == gamma(8, 2.0**-24)
+    assert torch.equal(mine, _propagate(layer, x, D, "Linear"))
+
+
+def test_linear_factor_constants():
+    """ρ_p(n) from its derivation: fp32 γ(n+1, 2⁻²⁴); tf32/bf16 (1 + 2u_f)²·exp(3(K+1)·2⁻²³) − 1, K = padded(n).
+
+    Each covers the fp32 table layer (γ(n + 1, u) ≤ ρ) and, up to the widest layer (128), stays below 8u_f:
+    the two operand conversions (< 2U = 4u_f) dominate, the fp32 accumulation adds under 2⁻¹³.
+    """
+    for n in (1, 15, 16, 17, 100, 128):
+        K = max(16, 1 << (n - 1).bit_length())
+        for p, uf in (("tf32", 2.0**-11), ("bf16", 2.0**-8)):
+            assert linear_factor(n, p) == (1 + 2 * uf) ** 2 * math.exp(3 * (K + 1) * 2.0**-23) - 1
+            assert gamma(n + 1, 2.0**-24) <= linear_factor(n, p) < 8 * uf
+
+
+@pytest.mark.skipif(CUDA, reason="checks the CPU refusal")
+def test_capture_needs_cuda(e02):
+    _, folded = e02
+    with pytest.raises(ValueError, match="needs an input on a CUDA device"):
+        FusedMLP(folded).capture(ids(1))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_capture_replays_one_launch(e02, precision):
+    """A captured FusedMLP replays the recorded launch: the same bits as a direct call, for new inputs too."""
+    _, folded = e02
+    fused = FusedMLP(folded, precision)
+    replay = fused.capture(ids(1))
+    for seed in (1, 2):
+        X = ids(1, seed)
+        assert torch.equal(replay(X), fused(X))
+
+
+def test_fused_variants(e02):
+    """fused_variants gives the three precisions as FusedMLPs, named as bench rows."""
+    _, folded = e02
+    variants = fused_variants(folded)
+    assert list(variants) == ["fused fp32", "fused tf32", "fused bf16"]
+    assert [v.precision for v in variants.values()] == list(PRECISIONS)
+
+
+@pytest.mark.gpu
+def test_compiled_variants_run(e02):
+    """torch.compile of the folded chain (default, max-autotune): fp32 matmuls, within E_fp32 of the eager net."""
+    _, folded = e02
+    X = ids(64)
+    variants = compiled_variants(folded)
+    assert list(variants) == ["torch.compile default", "torch.compile max-autotune"]
+    for fn in variants.values():
+        out = fn(X).double().cpu()
+        assert ((out - eager(folded, X)).abs() <= evaluation_bound(folded, X, "fp32")).all()
+
+
+@pytest.mark.skipif(CUDA, reason="the dry run is the CPU stand-in for the GPU run")
+def test_gpu_check_dry_run():
+    """The GPU check's CPU-side logic end to end on tiny sizes: a table, every bound certified, exit status 0."""
+    from core.perf import gpu_check
+
+    lines = []
+    assert gpu_check.main(["--dry-run", "--rounds", "1"], log=lines.append) == 0
+    text = "\n".join(lines)
+    for name in ("eager chain W (in,out)", "eager chain W (out,in)", "torch.nn + fuse_linear_bn_eval",
+                 "fused fp32", "fused tf32", "fused bf16", "all bounds hold"):
+        assert name in text
+
+
+def test_gpu_kernels_compile_for_sm90_without_spills():
+    """Every kernel the GPU check launches compiles for sm_90a with no register spills (a subprocess: Triton
+    builds interpreter helpers at import, so compiling for the GPU needs a process without TRITON_INTERPRET)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "core.perf.gpu_check", "--compile-only"], env=env, check=False,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("0 bytes spilled") == 6
