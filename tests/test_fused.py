@@ -23,9 +23,10 @@ pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch bu
 
 from torch import nn
 
+from core.bound import propagate, rounding_bound
 from core.data import random_rows
 from core.experiments import trained_e02
-from core.fold import _propagate, fold, gamma
+from core.fold import fold
 from core.layers import Linear, ReLU, Sigmoid, Tanh
 from core.perf import fused as fm
 from core.perf.fused import (
@@ -216,7 +217,7 @@ def test_tf32_and_bf16_round_their_operands(e02):
 
 
 def test_fp32_linear_step_is_core_folds_rule():
-    """With ρ = γ(n + 1, u) on both sides, (2) is core.fold's propagation rule for a Linear, bit for bit."""
+    """With ρ = γ(n + 1, u) on both sides, (2) is core.bound's propagation rule for a Linear, bit for bit."""
     g = torch.Generator().manual_seed(0)
     layer = Linear(7, 5, generator=g)
     with torch.no_grad():
@@ -225,8 +226,8 @@ def test_fp32_linear_step_is_core_folds_rule():
     D = torch.rand(3, 7, generator=g, dtype=F64) * 1e-6
     rho = linear_factor(7, "fp32")
     mine = linear_step(D, x.double(), layer.weight.double(), layer.bias.double(), rho, rho)
-    assert rho == gamma(8, 2.0**-24)
-    assert torch.equal(mine, _propagate(layer, x, D, "Linear"))
+    assert rho == rounding_bound(8, 2.0**-24)
+    assert torch.equal(mine, propagate(layer, x, D, "Linear"))
 
 
 def test_linear_factor_constants():
@@ -239,7 +240,7 @@ def test_linear_factor_constants():
         K = max(16, 1 << (n - 1).bit_length())
         for p, uf in (("tf32", 2.0**-11), ("bf16", 2.0**-8)):
             assert linear_factor(n, p) == (1 + 2 * uf) ** 2 * math.exp(3 * (K + 1) * 2.0**-23) - 1
-            assert gamma(n + 1, 2.0**-24) <= linear_factor(n, p) < 8 * uf
+            assert rounding_bound(n + 1, 2.0**-24) <= linear_factor(n, p) < 8 * uf
 
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU refusal")

@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from core.fold import fold
-from core.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
+from core.layers import ReLU, Sigmoid, Tanh
 from core.model import CharMLP
 from core.perf.fused import PRECISIONS, FusedMLP, evaluation_bound, fused_error_bound
+from properties.strategies import make_bn, make_linear
 
 F64 = torch.float64
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
@@ -83,25 +84,15 @@ class NetCase:
         return model.eval().to(DEVICE), X.to(DEVICE)
 
     def _linear(self, W, b):
-        if self.kind != "torch":
-            return Linear.from_tensors(W, b)
-        layer = nn.Linear(W.shape[0], W.shape[1], bias=b is not None, device="meta")
-        layer.weight = nn.Parameter(W.T.contiguous())
-        if b is not None:
-            layer.bias = nn.Parameter(b)
-        return layer
+        return make_linear("torch" if self.kind == "torch" else "core", W, b)
 
     def _bn(self, g, dim):
         """Random running statistics: |μ| = 10^U(−2, 1), v = 10^U(−2, 2), γ ~ N(0, 1), β ~ N(0, 1)."""
-        bn = (nn.BatchNorm1d if self.kind == "torch" else BatchNorm1d)(dim)
-        scale, shift = (bn.weight, bn.bias) if self.kind == "torch" else (bn.gamma, bn.beta)
-        with torch.no_grad():
-            sign = torch.randint(0, 2, (dim,), generator=g) * 2 - 1
-            bn.running_mean.copy_(sign * 10 ** (torch.rand(dim, generator=g) * 3 - 2))
-            bn.running_var.copy_(10 ** (torch.rand(dim, generator=g) * 4 - 2))
-            scale.copy_(torch.randn(dim, generator=g))
-            shift.copy_(torch.randn(dim, generator=g))
-        return bn.eval()
+        sign = torch.randint(0, 2, (dim,), generator=g) * 2 - 1
+        mean = sign * 10 ** (torch.rand(dim, generator=g) * 3 - 2)
+        var = 10 ** (torch.rand(dim, generator=g) * 4 - 2)
+        stats = (mean, var, torch.randn(dim, generator=g), torch.randn(dim, generator=g))
+        return make_bn("torch" if self.kind == "torch" else "core", stats, 1e-5, dtype=torch.float32)
 
 
 @st.composite

@@ -14,20 +14,20 @@ The certificate. u = 2⁻²⁴, γ(k, U) = kU/(1 − kU), unfolded a net whose B
 
     |unfolded(X) − FusedMLP(fold(unfolded), p)(X)| ≤ error_bound(unfolded, X) + E_p(X)        (1)
 
-`core.fold.error_bound` bounds |unfolded(X) − folded(X)| for `folded` evaluated eagerly in float32
+`core.bound.error_bound` bounds |unfolded(X) − folded(X)| for `folded` evaluated eagerly in float32
 on the CPU: the evaluation its chain of single folds uses (the same layers on the same inputs give
 the same bits). E_p = `evaluation_bound(folded, X, p)` bounds |folded(X) − FusedMLP(folded, p)(X)|,
 two evaluations of one net, by carrying a bound D on the difference of the two sides' activations
 through the layers, from D = 0 at the input (both read the same embedding rows or inputs, exactly):
 
     Linear, fan-in n:  D' = (1 + ρ_p(n))·D|W| + (γ(n + 1, u) + ρ_p(n))·(|x̂||W| + |b|)            (2)
-    activation:        core.fold's rule for one layer shared by two evaluations (`_propagate`)
+    activation:        core.bound's rule for one layer shared by two evaluations (`propagate`)
 
 x̂ is the eager side's input to the layer. Proof of (2): the eager side computes
 ŷ_j = Σ_i x̂_i W_ij (1 + φ_ij) + b_j (1 + φ_j) with |φ| ≤ γ(n + 1, u) (error_bound's model: n + 1
 roundings per term in any summation order), the fused side y_j = Σ_i x_i W_ij (1 + θ_ij) + b_j (1 + θ_j)
 with |θ| ≤ ρ_p(n) and x = x̂ + e, |e| ≤ D; so y − ŷ = Σ e_i W_ij (1 + θ_ij) + Σ x̂_i W_ij (θ_ij − φ_ij)
-+ b_j (θ_j − φ_j), and |·| ≤ (2). With ρ = γ(n + 1, u), (2) is core.fold's own rule for a Linear.
++ b_j (θ_j − φ_j), and |·| ≤ (2). With ρ = γ(n + 1, u), (2) is core.bound's own rule for a Linear.
 
 ρ_p(n), the fused side's per-term factor (`linear_factor`):
 
@@ -44,7 +44,7 @@ with |θ| ≤ ρ_p(n) and x = x̂ + e, |e| ≤ D; so y − ŷ = Σ e_i W_ij (1 +
     need a ρ of its own; FMA keeps "fp32" inside error_bound's model.
 
   tf32, bf16: ρ = (1 + U)²·exp(3(K + 1)·2⁻²³) − 1, U = 2u_f, u_f = 2⁻¹¹ (TF32) or 2⁻⁸ (bf16): the
-    format's unit roundoff, doubled as `core.fold.unit_roundoff` does; K = padded(n). A term meets two
+    format's unit roundoff, doubled as `core.bound.unit_roundoff` does; K = padded(n). A term meets two
     operand conversions, each with relative error below U (round to nearest: ≤ u_f; dropping the low
     bits, what tensor cores may do with fp32 registers: < 2u_f): factor (1 + U)². The product of two
     converted operands is exact in fp32 (11 + 11 and 8 + 8 significant bits ≤ 24). The fp32
@@ -89,7 +89,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.fold import SAFETY, _propagate, error_bound, fold, gamma, unit_roundoff
+from core.bound import SAFETY, error_bound, propagate, rounding_bound, unit_roundoff
+from core.fold import fold
 from core.layers import Linear, ReLU, Sigmoid, Tanh
 from core.model import CharMLP
 
@@ -108,7 +109,7 @@ ACTIVATIONS = {Tanh: 1, nn.Tanh: 1, ReLU: 2, nn.ReLU: 2, Sigmoid: 3, nn.Sigmoid:
 MAX_LINEARS = 4
 MAX_WIDTH = 128  # padded widths above this do not fit one program's registers and shared memory
 MIN_DOT = 16  # tl.dot needs every block dimension ≥ 16
-FALLBACK = ("use core.inference.FrozenChain(folded) (the minimal eager chain) or call the folded module itself")
+FALLBACK = ("use core.perf.chain.FrozenChain(folded) (the minimal eager chain) or call the folded module itself")
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def linear_factor(n: int, precision: str) -> float:
     two operand conversions, then tensor-core fp32 accumulation.
     """
     if precision == "fp32":
-        return gamma(n + 1, U32)
+        return rounding_bound(n + 1, U32)
     U = 2 * FORMAT_U[precision]
     accumulation = math.exp(ACCUMULATION_ULPS * (padded(n) + 1) * ULP32)
     return (1 + U) ** OPERAND_ROUNDINGS * accumulation - 1
@@ -232,7 +233,7 @@ def _cpu(model):
 def evaluation_bound(folded, X: torch.Tensor, precision: str) -> torch.Tensor:
     """E_p: |folded(X) − FusedMLP(folded, precision)(X)| ≤ E_p elementwise, folded eager in float32 on the CPU.
 
-    Float64, CPU, the shape of the logits. Carries (2) and core.fold's activation rule from D = 0.
+    Float64, CPU, the shape of the logits. Carries (2) and core.bound's activation rule from D = 0.
     """
     _check_precision(precision)
     folded = _cpu(folded)
@@ -243,11 +244,11 @@ def evaluation_bound(folded, X: torch.Tensor, precision: str) -> torch.Tensor:
     u_ref = unit_roundoff(x.dtype, x.device)
     for k, step in enumerate(steps):
         n = step.W.shape[0]
-        rho_ref, rho = gamma(n + 1, u_ref), linear_factor(n, precision)
+        rho_ref, rho = rounding_bound(n + 1, u_ref), linear_factor(n, precision)
         D = linear_step(D, x.double(), step.W.double(), step.b.double(), rho_ref, rho)
         x = step.linear(x)
         if step.after is not None:
-            D = _propagate(step.after, x, D, f"the activation after Linear {k}")
+            D = propagate(step.after, x, D, f"the activation after Linear {k}")
             x = step.after(x)
     return D * SAFETY
 
@@ -268,7 +269,7 @@ class FusedMLP:
     """X -> logits for a folded net in one Triton launch; a CharMLP takes int ids (B, context_length),
     an nn.Sequential float32 rows (B, fan_in). Certified by `fused_error_bound` (module docstring).
 
-    Weights are packed once: frozen like core.inference.FrozenChain, so later changes to the model
+    Weights are packed once: frozen like core.perf.chain.FrozenChain, so later changes to the model
     are not seen. `programs`, `block_m`, `num_warps`, `input_mode` override the launch configuration
     (LARGE, or SMALL for batches ≤ SMALL_ROWS); `input_mode` "table" or "gather" (CharMLP only).
     """
@@ -489,10 +490,10 @@ def fused_variants(folded) -> dict:
 def compiled_variants(folded_module) -> dict:
     """{"torch.compile default" | "torch.compile max-autotune": compiled minimal chain of the folded net}.
 
-    Compiles core.inference.FrozenChain's forward (embedding, addmm, in-place activation), which
+    Compiles core.perf.chain.FrozenChain's forward (embedding, addmm, in-place activation), which
     holds the folded tensors; compilation happens at the first call.
     """
-    from core.inference import FrozenChain
+    from core.perf.chain import FrozenChain
 
     chain = FrozenChain(folded_module)
 

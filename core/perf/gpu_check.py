@@ -1,13 +1,13 @@
 """The fused kernel against the eager and compiled baselines on a GPU: `python -m core.perf.gpu_check`.
 
-One interleaved run (A B C, C B A, ...; medians: core.bench.interleaved_medians) at B = 2^21 rows
-of the folded E02 net: the eager chain with W stored (in, out) and (out, in), torch.nn with
-fuse_linear_bn_eval, torch.compile default and max-autotune, the fused kernel in fp32, tf32 and
-bf16 (and fp32 with 32-row blocks and 4 warps, the runner-up configuration); then at B = 1 the fused kernels captured into CUDA graphs (and the captured eager chain for
-reference). Every output is checked on CHECK_ROWS rows against its certified bound
-(core.perf.fused.fused_error_bound); the table shows times, the H100/H200 targets and the worst
-err/bound. Exit status 1 when a certified check fails; a missed time target is reported, not failed.
-It finishes in a few minutes (torch.compile max-autotune's tuning is most of it).
+One interleaved run (A B C, C B A, ...; medians: core.perf.timing.interleaved_medians) at B = 2^21 rows of the
+folded E02 net: the eager chain with W stored (in, out) and (out, in), torch.nn with fuse_linear_bn_eval,
+torch.compile default and max-autotune, the fused kernel in fp32, tf32 and bf16 (and fp32 with 32-row blocks
+and 4 warps, the runner-up configuration); then at B = 1 the fused kernels captured into CUDA graphs (and the
+captured eager chain for reference). Every output is checked on CHECK_ROWS rows against its certified bound
+(core.perf.fused.fused_error_bound); the table shows times, the H100/H200 targets and the worst err/bound.
+Exit status 1 when a certified check fails; a missed time target is reported, not failed. It finishes in a few
+minutes (torch.compile max-autotune's tuning is most of it).
 
 --dry-run: tiny sizes on the CPU through Triton's interpreter (no torch.compile unless --compile,
 no CUDA graphs): the CPU-side logic. --compile-only: compile every fused kernel the check launches
@@ -25,11 +25,12 @@ import time
 
 import torch
 
-from core.bench import interleaved_medians, minimal_chain
 from core.data import random_rows
 from core.experiments import trained_e02
 from core.fold import fold
 from core.layers import Linear
+from core.perf.chain import minimal_chain
+from core.perf.timing import interleaved_medians
 from core.torchnn import to_torch_nn
 
 LARGE_ROWS = 2**21
@@ -101,7 +102,7 @@ def variants(model_d, folded_d, compile_: bool) -> tuple[dict, dict]:
 
 def small_variants(folded_d, X1, cuda: bool) -> tuple[dict, dict]:
     """The B = 1 cases: captured fused kernels and the captured eager chain (CUDA), the plain fused fp32 call."""
-    from core.inference import capture as capture_module
+    from core.perf.chain import capture as capture_module
     from core.perf.fused import PRECISIONS, FusedMLP, capture
 
     cases = {"fused fp32 (no graph)": FusedMLP(folded_d, "fp32")}
