@@ -23,6 +23,7 @@ from core.experiments import trained_e02
 from core.fold import fold
 from core.model import CharMLP, e02_mlp
 from core.perf.chain import FrozenChain, capture, minimal_chain
+from core.perf.fused import availability, compiled_variants, fused_variants
 from core.perf.timing import (
     ROUNDS,
     SAMPLE_S,
@@ -58,6 +59,16 @@ def inference_variants(model: CharMLP, folded: CharMLP) -> dict:
     }
 
 
+def fused_runs(folded, X, compiled: bool) -> dict:
+    """On CUDA with Triton: the fused kernel at every precision and its fp32 CUDA graph; with `compiled`, torch.compile
+    (default and max-autotune) of the folded frozen chain. Empty where FusedMLP cannot run."""
+    if availability() is not None:
+        return {}
+    runs = fused_variants(folded)
+    runs["fused fp32 CUDA graph"] = capture(runs["fused fp32"], X)
+    return {**runs, **(compiled_variants(folded) if compiled else {})}
+
+
 # The run: settings, the sets, ratios and their targets.
 
 @dataclass(frozen=True)
@@ -85,6 +96,12 @@ INFERENCE_RATIOS = [  # (label, ours, reference)
     ("folded / unfolded, frozen chains", "folded frozen", "unfolded frozen"),
 ]
 GRAPH_RATIO = ("CUDA graph / minimal chain", "folded CUDA graph", "minimal chain")
+# CUDA with Triton: the fused kernel at each precision against torch.compile max-autotune (timed at LARGE_BATCH
+# only, where its tuning pays) and, replayed from a CUDA graph, against the captured frozen chain.
+FUSED_RATIOS = [(f"fused {p} / torch.compile max-autotune", f"fused {p}", "torch.compile max-autotune")
+                for p in ("fp32", "tf32", "bf16")] + [
+    ("fused fp32 CUDA graph / CUDA graph", "fused fp32 CUDA graph", "folded CUDA graph")]
+FUSED_FP32_TARGET = 1 / 2.4  # fused fp32 at least 2.4x faster than torch.compile max-autotune in fp32
 OTHER_RATIOS = [  # CPU only, keyed without a batch size
     ("train step ours / notebook", "train step ours", "train step notebook"),
     ("build_dataset vectorised / loop", "build_dataset vectorised", "build_dataset loop"),
@@ -106,6 +123,8 @@ def target(device: str, batch, label: str) -> float | None:
         if batch == 1 and label in CPU_TARGETS_AT_B1:
             return CPU_TARGETS_AT_B1[label]
         return CPU_TARGETS.get(label)
+    if batch == LARGE_BATCH and label == FUSED_RATIOS[0][0]:
+        return FUSED_FP32_TARGET
     return 1.00 if (label == GRAPH_RATIO[0] and batch == LARGE_BATCH) else None
 
 
@@ -145,12 +164,14 @@ def measure(names, settings: Settings = Settings(), devices=("cpu",), log=None) 
             runs = dict(variants)
             if dev.type == "cuda":
                 runs[GRAPH_RATIO[1]] = capture(variants["folded frozen"], Xb)
+                runs.update(fused_runs(folded_d, Xb, compiled=batch == LARGE_BATCH))
             cases = {name: (lambda fn=fn, X=Xb: fn(X)) for name, fn in runs.items()}
             with torch.inference_mode():
                 timed = interleaved_medians(cases, dev, settings.rounds, settings.sample_s)
             medians.update({f"{device} B={batch}: {name}": t for name, t in timed.items()})
-            for label, ours, ref in INFERENCE_RATIOS + ([GRAPH_RATIO] if dev.type == "cuda" else []):
-                add(device, batch, label, f"{device} B={batch}: {ours}", f"{device} B={batch}: {ref}")
+            for label, ours, ref in INFERENCE_RATIOS + ([GRAPH_RATIO] + FUSED_RATIOS if dev.type == "cuda" else []):
+                if ours in runs and ref in runs:
+                    add(device, batch, label, f"{device} B={batch}: {ours}", f"{device} B={batch}: {ref}")
     model.cpu()
     folded.cpu()
 

@@ -76,7 +76,7 @@ rounded once, within 1 ulp) or code generation; tests compile the GPU kernel for
 device, and `python -m core.perf.gpu_check` measures and certifies on a GPU.
 
 Launches are CUDA-graph friendly: no host syncs, the output is allocated the same way every call or
-passed as `out=`; `capture(fn, example)` records one launch and replays it. docs/fused.md has the
+passed as `out=`; `core.perf.chain.capture(fn, example)` records one launch and replays it. docs/fused.md has the
 launch configurations and their reasoning.
 """
 
@@ -93,6 +93,7 @@ from core.bound import SAFETY, error_bound, propagate, rounding_bound, unit_roun
 from core.fold import fold
 from core.layers import Linear, ReLU, Sigmoid, Tanh
 from core.model import CharMLP
+from core.perf.chain import capture
 
 try:
     import triton
@@ -415,7 +416,7 @@ class FusedMLP:
         return out
 
     def capture(self, example: torch.Tensor, warmup: int = 3):
-        """This FusedMLP at example's shape as one CUDA-graph launch: see `capture`."""
+        """This FusedMLP at example's shape as one CUDA-graph launch: see `core.perf.chain.capture`."""
         return capture(self, example, warmup)
 
     def __repr__(self):
@@ -446,38 +447,6 @@ def compile_for_gpu(folded, precision: str, rows: int, arch: int = 90, **overrid
     signature.update({name: "constexpr" for name in constexprs})
     source = ASTSource(fn=kernels(False)["kernel"], signature=signature, constexprs=constexprs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
-
-
-def capture(fn, example: torch.Tensor, warmup: int = 3):
-    """A function X -> fn(X) replayed from a CUDA graph recorded at example's shape and device.
-
-    Warms fn up on a side stream (compiling any kernel), records one call, and on each call copies X
-    into the recorded input and replays. Returns the graph's own output, which the next call
-    overwrites: clone it to keep it. CUDA only.
-    """
-    if example.device.type != "cuda":
-        raise ValueError(f"capture needs an input on a CUDA device, got one on {example.device}")
-    with torch.cuda.device(example.device), torch.inference_mode(False), torch.no_grad():
-        static_in = example.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                fn(static_in)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = fn(static_in)
-
-    def replay(X):
-        if X.shape != static_in.shape:
-            raise ValueError(f"this graph was captured for inputs of shape {tuple(static_in.shape)}, "
-                             f"got {tuple(X.shape)}")
-        static_in.copy_(X)
-        graph.replay()
-        return static_out
-
-    return replay
 
 
 # Bench integration.

@@ -102,8 +102,8 @@ def variants(model_d, folded_d, compile_: bool) -> tuple[dict, dict]:
 
 def small_variants(folded_d, X1, cuda: bool) -> tuple[dict, dict]:
     """The B = 1 cases: captured fused kernels and the captured eager chain (CUDA), the plain fused fp32 call."""
-    from core.perf.chain import capture as capture_module
-    from core.perf.fused import PRECISIONS, FusedMLP, capture
+    from core.perf.chain import capture
+    from core.perf.fused import PRECISIONS, FusedMLP
 
     cases = {"fused fp32 (no graph)": FusedMLP(folded_d, "fp32")}
     precision = {"fused fp32 (no graph)": "fp32"}
@@ -111,7 +111,7 @@ def small_variants(folded_d, X1, cuda: bool) -> tuple[dict, dict]:
         for p in PRECISIONS:
             cases[f"captured fused {p}"] = capture(FusedMLP(folded_d, p), X1)
             precision[f"captured fused {p}"] = p
-        cases["captured eager chain"] = capture_module(folded_d, X1)
+        cases["captured eager chain"] = capture(folded_d, X1)
         precision["captured eager chain"] = eager_precision()
     return cases, precision
 
