@@ -201,8 +201,8 @@ def evaluation_split(checkpoint, seed, checkpoint_path):
     recorded = checkpoint.split
     if seed is None:
         if not checkpoint.split_recorded:
-            warn(f"{checkpoint_path} records no split (it predates split records): using the default split "
-                 f"({recorded.describe()}); pass --seed S if it was trained with another seed")
+            warn(f"{checkpoint_path} records no split (it was written before splits were recorded): using the "
+                 f"default split ({recorded.describe()}); pass --seed S if it was trained with another seed")
         return recorded
     if checkpoint.split_recorded and seed != recorded.seed:
         warn(f"--seed {seed} differs from the split seed {recorded.seed} recorded in {checkpoint_path}: "
@@ -289,7 +289,7 @@ def cmd_train(args):
                             f"lower --lr; nothing was saved")
     save(model.cpu(), args.out, split=split, names_sha256=file_sha256(path))
     print(f"trained {args.arch} for {args.steps} steps in {history.wall_time:.1f}s "
-          f"(last loss {history.losses[-1]:.4f}); saved {args.out}")
+          f"(last loss {history.losses[-1]:.4f}); saved {one_line(args.out)}")
 
 
 def check_initial_loss(model, X, Y, scheme: str) -> None:
@@ -360,7 +360,7 @@ def cmd_fold(args):
     print(f"dev loss: unfolded {dev.loss_unfolded:.10f}, folded {dev.loss_folded:.10f} "
           f"(certified |Δ| <= {dev.loss_bound:.3e})")
     print(f"max |Δlogit| on dev: {dev.max_abs_logit_diff:.3e} (certified bound {dev.max_bound:.3e})")
-    print(f"saved {args.out}")
+    print(f"saved {one_line(args.out)}")
 
 
 def check_out_dir(out, names) -> None:

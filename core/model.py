@@ -285,6 +285,9 @@ def _check_tensors(config: dict, state) -> torch.dtype:
     for key, value in state.items():
         if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
             raise _Invalid(f"state_dict entry {_describe(key)} is {type(value).__name__}; expected a dense tensor")
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise _Invalid(f"tensor {_describe(key)} of shape {_shape(value)} is a view of only "
+                           f"{value.untyped_storage().nbytes()} stored bytes; expected a tensor of its own")
     C = _entry(state, "C", "the state_dict")
     if not C.dtype.is_floating_point:
         raise _Invalid(f"tensor C is {C.dtype}; expected a floating-point dtype")

@@ -158,6 +158,7 @@ CORRUPTIONS = {
     "int weight": (set_tensor("layers.0.weight", torch.zeros(40, 100, dtype=torch.int64)), "torch.int64"),
     "mixed dtypes": (set_tensor("layers.0.weight", torch.zeros(40, 100, dtype=torch.float64)), "share one dtype"),
     "not a tensor": (set_tensor("layers.0.weight", [1.0, 2.0]), "expected a dense tensor"),
+    "broadcast view": (set_tensor("C", torch.zeros(1).expand(27, 10)), "is a view of only 4 stored bytes"),
     "negative variance": (set_tensor("layers.1.running_var", -torch.ones(100)), "negative entries"),
     "split seed negative": (lambda p: p.__setitem__("split", {"seed": -1, "fractions": [0.8, 0.1, 0.1]}),
                             "split seed is -1"),

@@ -60,9 +60,9 @@ def test_fold_uses_the_recorded_split_and_keeps_it(trained, small_names, tmp_pat
 def test_legacy_checkpoint_says_it_uses_the_default_split(checkpoints, small_names):
     result = run_cli("eval", checkpoints["legacy"], "--names", small_names)
     assert result.code == 0
-    assert result.err_lines == [(f"bnfold: warning: {checkpoints['legacy']} records no split (it predates split "
-                                 f"records): using the default split (seed 42, 0.8/0.1/0.1); pass --seed S if it was "
-                                 f"trained with another seed")]
+    assert result.err_lines == [(f"bnfold: warning: {checkpoints['legacy']} records no split (it was written before "
+                                 f"splits were recorded): using the default split (seed 42, 0.8/0.1/0.1); pass "
+                                 f"--seed S if it was trained with another seed")]
     assert len(result.out.split()) == 6  # train L  dev L  test L
 
 
