@@ -1,29 +1,240 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never a partial one."""
+"""Atomic file writes: a reader sees the old file or the whole new one, never a partial one.
 
+The new bytes go to a hidden sibling `.NAME.PID-TOKEN.tmp`, created with mode 0666 less the umask
+(or with the mode and owner of the file it replaces), flushed to disk, then renamed over NAME. A
+symlink is written through: its target is replaced and the link stays a link. Temporaries that a
+killed writer left behind are removed by the next write to the same file. `check_target` proves,
+before any work, that a later write can succeed.
+"""
+
+import errno
+import hashlib
 import os
-import tempfile
+import re
+import secrets
+import stat
+import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from core.errors import UsageError, WriteError, os_error_text
+
+TEMP_SUFFIX = ".tmp"
+TOKEN_BYTES = 8  # the random part of a temporary's name: 16 hex digits
+PID_DIGITS = 10  # room kept for the writer's pid, whatever this process's pid is (so the stem never depends on it)
+FALLBACK_NAME_MAX = 255  # bytes; POSIX file systems report theirs through pathconf
+STALE_AFTER_S = 24 * 3600  # a temporary this old is stale even if its writer's pid is alive (pid reuse)
+_WRITER = re.compile(r"(\d+)-[0-9a-f]+")  # the PID-TOKEN part of our own temporaries
+
+
+def name_max(directory) -> int:
+    """The longest file name (in bytes) the file system holding `directory` accepts."""
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return FALLBACK_NAME_MAX
+
+
+def _name_bytes(name: str) -> int:
+    return len(os.fsencode(name))
+
+
+def temp_stem(target_name: str, limit: int) -> str:
+    """The part of a temporary's name that identifies its target: the name itself, or, when the name leaves
+    no room for the suffix, a prefix of it plus a digest of the whole name (so any legal name has one)."""
+    room = limit - _name_bytes(f"..{'9' * PID_DIGITS}-{'0' * 2 * TOKEN_BYTES}{TEMP_SUFFIX}")
+    if _name_bytes(target_name) <= room:
+        return target_name
+    digest = hashlib.sha256(os.fsencode(target_name)).hexdigest()[:12]
+    prefix = target_name
+    while _name_bytes(prefix) > room - len(digest) - 1:
+        prefix = prefix[:-1]
+    return f"{prefix}~{digest}"
+
+
+def temp_path(target: Path) -> Path:
+    """A fresh temporary path beside `target`, unique to this process and call."""
+    stem = temp_stem(target.name, name_max(target.parent))
+    return target.parent / f".{stem}.{os.getpid()}-{secrets.token_hex(TOKEN_BYTES)}{TEMP_SUFFIX}"
+
+
+def _writer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process; no process can have that pid
+        return False
+    except OSError:  # e.g. PermissionError: the process exists but belongs to someone else
+        return True
+    return True
+
+
+def stale_temps(target: Path) -> list[Path]:
+    """Temporaries of `target` left by writers that died: ours whose pid is gone (or older than a day), and any
+    other hidden `.NAME.X.tmp` sibling (the form older versions wrote)."""
+    prefix = f".{temp_stem(target.name, name_max(target.parent))}."
+    try:
+        siblings = list(os.scandir(target.parent))
+    except OSError:
+        return []
+    stale = []
+    for entry in siblings:
+        name = entry.name
+        if not (name.startswith(prefix) and name.endswith(TEMP_SUFFIX)):
+            continue
+        tail = name[len(prefix) : -len(TEMP_SUFFIX)]
+        if not tail or "." in tail:
+            continue  # a temporary of another file whose name starts like this one
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        writer = _WRITER.fullmatch(tail)
+        fresh = time.time() - info.st_mtime < STALE_AFTER_S
+        if writer and fresh and _writer_alive(int(writer.group(1))):
+            continue  # another process is writing this file right now
+        stale.append(Path(entry.path))
+    return stale
+
+
+def remove_stale_temps(target: Path) -> None:
+    for path in stale_temps(target):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def resolve_target(path) -> Path:
+    """Where a write to `path` lands: the final target of a symlink (written through), else the path itself."""
+    path = Path(path)
+    if os.path.islink(path):
+        return Path(os.path.realpath(path))
+    return path
+
+
+def _create_temp(target: Path) -> Path:
+    """Create an empty temporary for `target`: mode 0666 less the umask, or the mode and owner of the file it
+    replaces (best effort for the owner)."""
+    tmp = temp_path(target)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        try:
+            old = os.stat(target)
+        except FileNotFoundError:
+            old = None
+        if old is not None and stat.S_ISREG(old.st_mode):
+            os.fchmod(fd, stat.S_IMODE(old.st_mode))
+            if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                try:
+                    os.fchown(fd, old.st_uid, old.st_gid)
+                except OSError:
+                    pass
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def _fsync_path(path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; on success it is renamed over `path`, else removed."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Yield a temporary path beside `path` (or beside a symlink's target); on success it is flushed and renamed
+    over it, else removed. An OSError becomes a WriteError that names `path`; the old file stays as it was."""
+    target = resolve_target(path)
+    remove_stale_temps(target)
+    tmp = None
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp = _create_temp(target)
+        yield tmp
+        _fsync_path(tmp)
+        os.replace(tmp, target)
+        tmp = None
+        try:
+            _fsync_path(target.parent, directory=True)
+        except OSError:
+            pass  # the rename is done; some file systems cannot fsync a directory
+    except WriteError:
         raise
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {os_error_text(e)}; the previous file, if any, is unchanged") from e
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def same_file(a, b) -> bool:
+    """True when paths a and b name one file: the same inode (hard links, symlinks), or the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_target(path, label: str = "--out", protected: dict | None = None) -> Path:
+    """Prove that a later atomic write to `path` can succeed, before any work: returns where it will land.
+
+    Refuses (UsageError naming `label`): an empty path, a directory, anything but a regular file or a new
+    path (devices such as /dev/full, pipes), a symlink loop, a read-only file, a missing parent directory,
+    a name longer than the file system allows, a place where no file can be created, and any path in
+    `protected` ({description: path}, e.g. the names file a command reads).
+    """
+    text = os.fspath(path)
+    if not text:
+        raise UsageError(f"{label}: the path is empty; give a file path such as model.pt")
+    if text.endswith(os.sep) or os.path.isdir(text):
+        raise UsageError(f"{label} {text}: is a directory; give a file path inside it, such as "
+                         f"{os.path.join(text, 'model.pt')}")
+    try:
+        os.stat(text)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UsageError(f"{label} {text}: is a loop of symlinks; point it at a file or choose another path") from e
+    target = resolve_target(text)
+    for what, other in (protected or {}).items():
+        if other is not None and same_file(target, other):
+            raise UsageError(f"{label} {text}: is {what} ({other}); writing there would destroy it; "
+                             f"choose another path")
+    if os.path.exists(target):
+        mode = os.stat(target).st_mode
+        if not stat.S_ISREG(mode):
+            raise UsageError(f"{label} {text}: is not a regular file (a device, pipe or socket); "
+                             f"bnfold writes only regular files: choose a file path")
+        if not os.access(target, os.W_OK):
+            raise UsageError(f"{label} {text}: the file is read-only; make it writable (chmod u+w) "
+                             f"or choose another path")
+    parent = target.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise UsageError(f"{label} {text}: the directory {parent} {what}; create it first (mkdir -p {parent}) "
+                         f"or choose another path")
+    limit = name_max(parent)
+    if _name_bytes(target.name) > limit:
+        raise UsageError(f"{label} {text}: the file name is {_name_bytes(target.name)} bytes, longer than the "
+                         f"{limit} this file system allows; choose a shorter name")
+    try:
+        _create_temp(target).unlink()
+    except OSError as e:
+        raise UsageError(f"{label} {text}: cannot create files in {parent} ({os_error_text(e)}); "
+                         f"choose a writable place") from e
+    return target

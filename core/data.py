@@ -1,20 +1,31 @@
 """The names data set: vocabulary, loading with line-exact errors, seeded split, windowed dataset, fetch."""
 
 import hashlib
+import http.client
+import math
 import os
 import random
+import re
+import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from core.atomic import atomic_write_bytes
-from core.errors import DataError
+from core.errors import DataError, os_error_text
+from core.limits import DEFAULT_FRACTIONS, DEFAULT_SPLIT_SEED, SPLIT_PARTS
 
 NAMES_URL = "https://raw.githubusercontent.com/karpathy/makemore/master/names.txt"
 NAMES_SHA256 = "0a30b5557f192f32ab962680889aac5f6fda0f4cecf40a6d0b5694f58ea8cc4d"
 DEFAULT_NAMES_PATH = Path("data/names.txt")
+MAX_NAMES_BYTES = 256 * 2**20  # a names file larger than this is refused (names.txt is 228 KB)
+MAX_DOWNLOAD_BYTES = 16 * 2**20  # a download larger than this is cut off and refused
+DOWNLOAD_DEADLINE_S = 120.0  # the whole download, however slowly the server sends
+CHUNK_ROWS = 65536  # rows per chunk when a split is evaluated piece by piece
+_NOT_A_Z = re.compile(rb"[^a-z]")
 
 
 class Vocab:
@@ -37,14 +48,24 @@ class Vocab:
         return "".join(self.itos[int(i)] for i in ids)
 
 
+def read_names_bytes(path, limit: int = MAX_NAMES_BYTES) -> bytes:
+    """The bytes of a names file, refusing (DataError) one that cannot be read or holds more than `limit` bytes."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(limit + 1)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read names file ({os_error_text(e)}); pass --names PATH") from e
+    if len(raw) > limit:
+        raise DataError(f"{path}: the names file is larger than {limit // 2**20} MiB, the most bnfold reads; "
+                        f"pass a smaller file with --names PATH")
+    return raw
+
+
 def load_names(path) -> list[str]:
     """One lowercase a-z name per line; CRLF and a missing final newline are fine, nothing is skipped."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read names file ({e.strerror}); pass --names PATH") from e
-    lines = raw.split(b"\n")
+    lines = read_names_bytes(path).split(b"\n")
     if lines[-1] == b"":
         lines.pop()
     if not lines:
@@ -54,17 +75,18 @@ def load_names(path) -> list[str]:
         line = line.removesuffix(b"\r")
         if not line:
             raise DataError(f"{path}:{lineno}: blank line; every line must hold one name")
-        for col, byte in enumerate(line, start=1):
-            if not 97 <= byte <= 122:
-                shown = chr(byte) if 32 <= byte < 127 else f"\\x{byte:02x}"
-                raise DataError(
-                    f"{path}:{lineno}:{col}: character {shown!r} is not in a-z; names are lowercase a-z only"
-                )
+        bad = _NOT_A_Z.search(line)
+        if bad:
+            byte = line[bad.start()]
+            shown = chr(byte) if 32 <= byte < 127 else f"\\x{byte:02x}"
+            raise DataError(
+                f"{path}:{lineno}:{bad.start() + 1}: character {shown!r} is not in a-z; names are lowercase a-z only"
+            )
         names.append(line.decode("ascii"))
     return names
 
 
-def split_sizes(n: int, fractions=(0.8, 0.1, 0.1)) -> tuple[int, int, int]:
+def split_sizes(n: int, fractions=DEFAULT_FRACTIONS) -> tuple[int, int, int]:
     """The seed's rule: int(0.8n) train, int(0.9n) - int(0.8n) dev, the rest test."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
@@ -73,7 +95,7 @@ def split_sizes(n: int, fractions=(0.8, 0.1, 0.1)) -> tuple[int, int, int]:
     return first, second - first, n - second
 
 
-def split_names(names, seed: int, fractions=(0.8, 0.1, 0.1)):
+def split_names(names, seed: int, fractions=DEFAULT_FRACTIONS):
     """Shuffle a copy with random.Random(seed) and cut it into (train, dev, test)."""
     shuffled = list(names)
     random.Random(seed).shuffle(shuffled)
@@ -83,6 +105,51 @@ def split_names(names, seed: int, fractions=(0.8, 0.1, 0.1)):
         shuffled[n_train : n_train + n_dev],
         shuffled[n_train + n_dev :],
     )
+
+
+def minimum_names(fractions=DEFAULT_FRACTIONS) -> int:
+    """The fewest names n such that every count from n up leaves each part of the split at least one name.
+
+    Each part of n names holds at least ⌊f·n⌋ (a floor of a sum minus a floor is at least the floor of the
+    difference), so every n ≥ 1/min(f) works; below that the counts are checked one by one.
+    """
+    if min(fractions) <= 0:
+        raise ValueError(f"every split fraction must be positive, got {tuple(fractions)}")
+    n = math.ceil(1 / min(fractions)) + 1  # one past the bound, for the rounding of f·n
+    while n > 1 and min(split_sizes(n - 1, fractions)) > 0:
+        n -= 1
+    return n
+
+
+def require_enough_names(count: int, path, fractions=DEFAULT_FRACTIONS) -> None:
+    """Refuse (DataError naming the file and the minimum) a names file whose split would leave a part empty."""
+    if min(split_sizes(count, fractions)) > 0:
+        return
+    shares = "/".join(f"{f:g}" for f in fractions)
+    raise DataError(f"{path}: {count} name{'s' if count != 1 else ''} are too few: the {shares} train/dev/test "
+                    f"split needs at least {minimum_names(fractions)} names so that no part is empty; "
+                    f"pass a larger names file with --names PATH")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which names go to train, dev and test: random.Random(seed) shuffles, then `fractions` cut."""
+
+    seed: int = DEFAULT_SPLIT_SEED
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+
+    def parts(self, names) -> dict[str, list[str]]:
+        return dict(zip(SPLIT_PARTS, split_names(names, self.seed, self.fractions)))
+
+    def describe(self) -> str:
+        return f"seed {self.seed}, {'/'.join(f'{f:g}' for f in self.fractions)}"
+
+
+def load_split(path, split: Split) -> tuple[list[str], dict[str, list[str]]]:
+    """(names, {'train'|'dev'|'test': names}) of a names file, refusing one too small for `split`."""
+    names = load_names(path)
+    require_enough_names(len(names), path, split.fractions)
+    return names, split.parts(names)
 
 
 def _code_table(vocab: Vocab) -> torch.Tensor:
@@ -101,6 +168,8 @@ def build_dataset(names, context_length: int, vocab: Vocab | None = None):
     """
     if context_length < 1:
         raise ValueError(f"context_length must be >= 1, got {context_length}")
+    if not names:
+        return torch.empty(0, context_length, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
     vocab = vocab or Vocab()
     pad, end = "." * context_length, "."
     text = "".join(pad + name + end for name in names)
@@ -123,15 +192,99 @@ def build_dataset(names, context_length: int, vocab: Vocab | None = None):
     return X, Y
 
 
-def fetch_names(dest=DEFAULT_NAMES_PATH, url: str = NAMES_URL, sha256: str = NAMES_SHA256, timeout: float = 30.0):
+def _long_name_chunks(name: str, context_length: int, max_rows: int, vocab: Vocab):
+    """The rows of one name in pieces of at most max_rows, each piece carrying its own context window."""
+    try:
+        text = ("." * context_length + name + ".").encode("ascii")
+    except UnicodeEncodeError as e:
+        raise DataError(f"character {name[e.start]!r} is not in the vocabulary") from e
+    table = _code_table(vocab)
+    for start in range(context_length, len(text), max_rows):
+        stop = min(start + max_rows, len(text))
+        ids = table[torch.frombuffer(bytearray(text[start - context_length : stop]), dtype=torch.uint8).long()]
+        if (ids < 0).any():
+            bad = text[start - context_length + int((ids < 0).nonzero()[0])]
+            raise DataError(f"character {chr(bad)!r} is not in the vocabulary")
+        yield ids.unfold(0, context_length, 1)[: stop - start].contiguous(), ids[context_length:].clone()
+
+
+def dataset_chunks(names, context_length: int, max_rows: int = CHUNK_ROWS, vocab: Vocab | None = None):
+    """build_dataset(names, context_length) in pieces of at most max_rows rows, in order, so memory stays bounded.
+
+    Names are grouped while their rows fit; a name with more rows than max_rows is cut into windows
+    that each start with the context_length ids before them, so concatenating the pieces gives back
+    build_dataset row for row.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    vocab = vocab or Vocab()
+    group, rows = [], 0
+    for name in names:
+        need = len(name) + 1
+        if rows + need > max_rows and group:
+            yield build_dataset(group, context_length, vocab)
+            group, rows = [], 0
+        if need > max_rows:
+            yield from _long_name_chunks(name, context_length, max_rows, vocab)
+            continue
+        group.append(name)
+        rows += need
+    if group:
+        yield build_dataset(group, context_length, vocab)
+
+
+def _failure_text(error: BaseException) -> str:
+    """Why a download failed, in words: a URLError's reason or an OSError's strerror, never '[Errno N]'."""
+    reason = getattr(error, "reason", None) or error
+    if isinstance(reason, OSError):
+        return os_error_text(reason)
+    return str(reason) or type(reason).__name__
+
+
+def download(url: str, timeout: float = 30.0, deadline: float = DOWNLOAD_DEADLINE_S,
+             max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
+    """The body at `url`, or a DataError: unreachable, slower than `deadline` seconds in all, larger than
+    `max_bytes`, or cut off before its Content-Length. `timeout` bounds each wait for the server."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=min(timeout, deadline)) as response:
+            declared = response.headers.get("Content-Length")
+            declared = int(declared) if declared and declared.strip().isdigit() else None
+            if declared is not None and declared > max_bytes:
+                raise DataError(f"{url}: the server announces {declared} bytes, more than the {max_bytes} "
+                                f"bnfold accepts")
+            pieces, size = [], 0
+            while True:
+                if time.monotonic() - started > deadline:
+                    raise DataError(f"{url}: the download took longer than {deadline:g} s and was stopped "
+                                    f"after {size} bytes")
+                piece = response.read1(65536)
+                if not piece:
+                    break
+                size += len(piece)
+                if size > max_bytes:
+                    raise DataError(f"{url}: the download exceeded {max_bytes} bytes and was stopped")
+                pieces.append(piece)
+    except DataError:
+        raise
+    except http.client.IncompleteRead as e:
+        raise DataError(f"{url}: the download was cut off after {len(e.partial)} bytes") from e
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+        raise DataError(f"cannot download {url} ({_failure_text(e)})") from e
+    if declared is not None and size != declared:
+        raise DataError(f"{url}: the download was cut off after {size} of {declared} bytes")
+    return b"".join(pieces)
+
+
+def fetch_names(dest=DEFAULT_NAMES_PATH, url: str = NAMES_URL, sha256: str = NAMES_SHA256, timeout: float = 30.0,
+                deadline: float = DOWNLOAD_DEADLINE_S, max_bytes: int = MAX_DOWNLOAD_BYTES):
     """Download names.txt, check its sha256, then write it atomically to dest (never a partial file)."""
     dest = Path(dest)
     by_hand = f"download {url} by hand to {dest} (sha256 {sha256}) or pass --names PATH"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            data = response.read()
-    except (urllib.error.URLError, OSError) as e:
-        raise DataError(f"cannot download {url} ({getattr(e, 'reason', e)}); {by_hand}") from e
+        data = download(url, timeout=timeout, deadline=deadline, max_bytes=max_bytes)
+    except DataError as e:
+        raise DataError(f"{e}; {by_hand}") from e
     digest = hashlib.sha256(data).hexdigest()
     if digest != sha256:
         raise DataError(f"{url}: sha256 {digest} does not match the expected {sha256}; {by_hand}")

@@ -19,3 +19,20 @@ class CheckpointError(BnfoldError, ValueError):
 
 class UsageError(BnfoldError, ValueError):
     """A command-line option cannot be honoured here (an unwritable --out, --device cuda without CUDA)."""
+
+
+class TrainingError(BnfoldError, RuntimeError):
+    """Training went wrong in a way its inputs caused (the loss or the parameters became nan or inf)."""
+
+
+class WriteError(BnfoldError, OSError):
+    """An output file could not be written (disk full, permission denied); the old file, if any, is untouched."""
+
+
+def os_error_text(error: OSError) -> str:
+    """'no such file or directory' for an OSError: its strerror in lower case, without '[Errno N]' or the path.
+
+    Callers put the path in front themselves, so a message names it once.
+    """
+    text = error.strerror or str(error) or type(error).__name__
+    return text[:1].lower() + text[1:]

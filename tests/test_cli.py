@@ -1,31 +1,25 @@
 """The command line end to end, and its one-line errors with exit code 2."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from core.cli import main
-
-
-def run(*args, env=None):
-    """Run `python -m core ARGS` as a user would; returns (exit code, stdout, stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, env=env)
-    return proc.returncode, proc.stdout, proc.stderr
+from tests.cli_runner import assert_one_line_error, run_cli
 
 
 def test_data_json(names_path):
-    code, out, _ = run("data", "--json", "--names", names_path)
-    assert code == 0
-    data = json.loads(out)
+    result = run_cli("data", "--json", "--names", names_path)
+    assert result.code == 0
+    data = json.loads(result.out)
     assert data["names"] == 32033 and data["vocab_size"] == 27 and data["checksum_ok"]
     assert data["splits"] == {"train": 25626, "dev": 3203, "test": 3204}
 
 
 def test_train_eval_sample(names_path, tmp_path, capsys):
     ckpt = tmp_path / "e02.pt"
-    assert main(["train", "--arch", "e02", "--steps", "2000", "--seed", "1", "--out", str(ckpt), "--names", str(names_path)]) == 0
+    assert main(["train", "--arch", "e02", "--steps", "2000", "--seed", "1", "--out", str(ckpt),
+                 "--names", str(names_path)]) == 0
     assert main(["eval", str(ckpt), "--json", "--names", str(names_path)]) == 0
     losses = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert set(losses) == {"train", "dev", "test"}
@@ -37,7 +31,8 @@ def test_train_eval_sample(names_path, tmp_path, capsys):
 
 def test_sample_is_seeded(names_path, tmp_path, capsys):
     ckpt = tmp_path / "e01.pt"
-    main(["train", "--arch", "e01", "--init", "kaiming", "--steps", "50", "--out", str(ckpt), "--names", str(names_path)])
+    main(["train", "--arch", "e01", "--init", "kaiming", "--steps", "50", "--out", str(ckpt),
+          "--names", str(names_path)])
     capsys.readouterr()
     outs = []
     for _ in range(2):
@@ -57,7 +52,4 @@ def test_sample_is_seeded(names_path, tmp_path, capsys):
 )
 def test_bad_input_is_one_line_exit_2(args, expected, tmp_path):
     (tmp_path / "bad.txt").write_text("anna\nBob\n")
-    code, out, err = run(*[a.format(tmp=tmp_path) for a in args])
-    assert code == 2
-    assert expected in err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert_one_line_error(run_cli(*[a.format(tmp=tmp_path) for a in args]), expected)

@@ -1,8 +1,6 @@
 """`bnfold reproduce`: the report contract, real images, agreement within the bound, and clean failures."""
 
 import json
-import subprocess
-import sys
 
 import matplotlib.image
 import pytest
@@ -11,6 +9,7 @@ import torch
 from core.cli import main
 from core.diagnostics import output_bias
 from core.model import e01_mlp
+from tests.cli_runner import assert_one_line_error, run_cli
 
 CONTRACT = {
     "e01": {"steps", "train_loss", "dev_loss", "dev_entropy", "alive"},
@@ -78,17 +77,12 @@ def test_same_seed_same_numbers(short_run, names_path, tmp_path):
     assert second["e01"] == first["e01"] and second["e02"] == first["e02"]
 
 
-def run_cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True)
-    return proc.returncode, proc.stderr
-
-
 @pytest.mark.parametrize(
     "make_args, expected",
     [
         (lambda t: ["--names", t / "missing.txt", "--out", t / "out"], "cannot read names file"),
         (lambda t: ["--names", t / "bad.txt", "--out", t / "out"], "bad.txt:2:"),
-        (lambda t: ["--out", t / "file.txt" / "out"], "cannot write there"),
+        (lambda t: ["--out", t / "file.txt" / "out"], "cannot create this directory (not a directory)"),
         (lambda t: ["--device", "cuda", "--out", t / "out"], "CUDA"),
     ],
     ids=["missing-names", "malformed-names", "unwritable-out", "no-cuda"],
@@ -101,7 +95,5 @@ def test_bad_input_fails_cleanly(make_args, expected, tmp_path, names_path):
     args = [str(a) for a in make_args(tmp_path)]
     if "--names" not in args:
         args += ["--names", str(names_path)]
-    code, err = run_cli("reproduce", "--steps", "50", *args)
-    assert code == 2 and expected in err, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert_one_line_error(run_cli("reproduce", "--steps", "50", *args), expected)
     assert not list(tmp_path.rglob("report.json"))

@@ -1,0 +1,91 @@
+"""Evaluation in bounded memory: losses over whole splits, computed chunk by chunk and summed in float64.
+
+Memory grows with the chunk (CHUNK_ROWS rows), never with the split: a split of one 50 MB name is
+evaluated in pieces like any other. Logits are cast to float64 before the cross-entropy, so a float16
+or bfloat16 model's mean is neither rounded nor overflowed in its own dtype.
+"""
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+
+from core.data import CHUNK_ROWS, dataset_chunks
+
+
+@torch.no_grad()
+def mean_loss(model, chunks) -> float:
+    """Mean cross-entropy of the eval-mode `model` over every row of the (X, Y) `chunks`: Σ CE / rows in float64.
+
+    Raises ValueError when there is no row at all (an empty split has no mean).
+    """
+    device = next(model.parameters()).device
+    total = torch.zeros((), dtype=torch.float64)
+    rows = 0
+    for X, Y in chunks:
+        logits = model(X.to(device)).double()
+        total += F.cross_entropy(logits, Y.to(device), reduction="sum").cpu()
+        rows += Y.shape[0]
+    if rows == 0:
+        raise ValueError("no rows to evaluate")
+    return (total / rows).item()
+
+
+def split_losses(model, parts: dict, chunk_rows: int = CHUNK_ROWS) -> dict[str, float]:
+    """{part: mean loss} for each {part: names} in `parts`, the model in eval mode, chunk_rows rows at a time."""
+    model.eval()
+    return {part: mean_loss(model, dataset_chunks(names, model.context_length, chunk_rows))
+            for part, names in parts.items()}
+
+
+@dataclass
+class Agreement:
+    """How closely a folded net matches its original over a whole split, both in eval (fields as FoldAgreement's)."""
+
+    loss_unfolded: float
+    loss_folded: float
+    loss_bound: float  # certified bound on |loss_folded − loss_unfolded|
+    max_abs_logit_diff: float
+    max_bound: float  # the largest certified bound on |Δlogit|
+    rows: int
+    chunks: int
+
+
+def combine_agreements(parts: list) -> Agreement:
+    """One Agreement from per-chunk (rows, FoldAgreement) pairs.
+
+    Means combine with weights w_c = rows_c / N, evaluated exactly in rationals and rounded once, so
+    each reported loss is within ulp/2 of the exact weighted mean of the chunk losses. Then
+    |L − L'| ≤ Σ w_c·|L_c − L'_c| + ulp(L) + ulp(L') ≤ Σ w_c·β_c + ulp(L) + ulp(L'), β_c each chunk's
+    certified loss bound; the sum is rounded up by one ulp. Logit bounds are elementwise, so their
+    maxima combine by max. A single chunk is returned as it is.
+    """
+    if not parts:
+        raise ValueError("no chunks to combine")
+    rows = sum(n for n, _ in parts)
+    if len(parts) == 1:
+        (n, a), = parts
+        return Agreement(a.loss_unfolded, a.loss_folded, a.loss_bound, a.max_abs_logit_diff, a.max_bound, n, 1)
+
+    def weighted(values) -> Fraction:
+        return sum(Fraction(n) * Fraction(v) for (n, _), v in zip(parts, values, strict=True)) / rows
+
+    unfolded = float(weighted(a.loss_unfolded for _, a in parts))
+    folded = float(weighted(a.loss_folded for _, a in parts))
+    bound = float(weighted(a.loss_bound for _, a in parts))
+    bound += math.ulp(bound) + math.ulp(unfolded) + math.ulp(folded)
+    return Agreement(unfolded, folded, bound, max(a.max_abs_logit_diff for _, a in parts),
+                     max(a.max_bound for _, a in parts), rows, len(parts))
+
+
+def split_agreement(model, folded, names, chunk_rows: int = CHUNK_ROWS) -> Agreement:
+    """`fold_agreement` of the eval-mode model and its fold over every row of `names`, chunk_rows rows at a time."""
+    from core.experiments import fold_agreement
+
+    model.eval()
+    folded.eval()
+    parts = [(X.shape[0], fold_agreement(model, folded, X, Y))
+             for X, Y in dataset_chunks(names, model.context_length, chunk_rows)]
+    return combine_agreements(parts)

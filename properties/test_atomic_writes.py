@@ -1,0 +1,133 @@
+"""Laws of atomic writes: modes, temporaries that always fit, stale ones found, failures that leave the old file."""
+
+import errno
+import os
+import stat
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from core.atomic import (
+    atomic_path,
+    atomic_write_bytes,
+    name_max,
+    stale_temps,
+    temp_path,
+)
+from core.errors import WriteError
+
+umasks = st.integers(0, 0o777)
+modes = st.integers(0, 0o777).map(lambda m: m | 0o600)  # the owner can still read and write
+file_names = st.text(st.sampled_from("abcxyz.-_0123456789é"), min_size=1, max_size=255).filter(
+    lambda n: n not in (".", "..") and len(os.fsencode(n)) <= 255)
+
+
+@given(umask=umasks)
+@example(umask=0o022)
+@example(umask=0o077)
+def test_new_file_mode_is_0666_less_the_umask(umask, tmp_path_factory):
+    """mode(new file) = 0o666 & ~umask.
+
+    The temporary is created with open(..., 0o666), which the kernel masks with the umask, and
+    rename keeps the mode; nothing chmods a new file.
+    """
+    path = tmp_path_factory.mktemp("w") / "out.bin"
+    previous = os.umask(umask)
+    try:
+        atomic_write_bytes(path, b"data")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+@given(mode=modes, umask=umasks)
+def test_replaced_file_keeps_its_mode(mode, umask, tmp_path_factory):
+    """mode(after replacing f) = mode(f), whatever the umask.
+
+    The temporary is given the old file's mode (fchmod ignores the umask) before it is renamed over it.
+    """
+    path = tmp_path_factory.mktemp("w") / "out.bin"
+    path.write_bytes(b"old")
+    path.chmod(mode)
+    previous = os.umask(umask)
+    try:
+        atomic_write_bytes(path, b"new")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == mode and path.read_bytes() == b"new"
+
+
+@given(name=file_names)
+@example(name="m" * 255)
+@example(name="é" * 127)
+def test_every_legal_name_has_a_temporary_that_fits_and_is_found_when_stale(name, tmp_path_factory):
+    """len(temp(name)) ≤ NAME_MAX for every legal name, and a dead writer's temporary of name is stale for name only.
+
+    The stem is the name itself while it leaves room for `.PID-TOKEN.tmp` (pid width fixed), else a
+    prefix plus a digest of the whole name; stale_temps matches the stem and a dot-free tail.
+    """
+    folder = tmp_path_factory.mktemp("t")
+    target = folder / name
+    tmp = temp_path(target)
+    assert len(os.fsencode(tmp.name)) <= name_max(folder)
+    stem = tmp.name[: -len(".tmp")].rsplit(".", 1)[0]
+    dead = folder / f"{stem}.4294967294-00ff.tmp"  # no process has this pid
+    dead.write_bytes(b"partial")
+    assert stale_temps(target) == [dead]
+    longer = folder / (name[:-1] + "Z") if len(os.fsencode(name + "Z")) > 255 else folder / (name + "Z")
+    assert stale_temps(longer) == []
+
+
+class Boom(Exception):
+    pass
+
+
+@given(old=st.one_of(st.none(), st.binary(max_size=64)), new=st.binary(max_size=64),
+       fail_at=st.sampled_from(["body", "fsync", "replace", None]))
+def test_a_write_leaves_the_old_file_or_the_whole_new_one(old, new, fail_at, tmp_path_factory):
+    """After a write, the file holds `new` if it succeeded, else exactly what it held before (or is absent); no
+    temporary remains either way.
+
+    The bytes go to a temporary that is flushed and renamed only when complete; every failure path
+    removes the temporary, and rename is atomic.
+    """
+    folder = tmp_path_factory.mktemp("w")
+    path = folder / "out.bin"
+    if old is not None:
+        path.write_bytes(old)
+    saved = os.fsync, os.replace
+
+    def fail(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if fail_at == "fsync":
+        os.fsync = fail
+    if fail_at == "replace":
+        os.replace = fail
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(new[: len(new) // 2])
+            if fail_at == "body":
+                raise Boom()
+            tmp.write_bytes(new)
+    except Boom:
+        assert fail_at == "body"
+    except WriteError as e:
+        assert fail_at in ("fsync", "replace")
+        assert str(e).startswith(f"cannot write {path}: no space left on device")
+    finally:
+        os.fsync, os.replace = saved
+    expected = new if fail_at is None else old
+    assert (path.read_bytes() if path.exists() else None) == expected
+    assert [p.name for p in folder.iterdir()] == ([] if expected is None else ["out.bin"])
+
+
+def test_write_through_a_symlink_keeps_the_link(tmp_path):
+    target = tmp_path / "real.bin"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.bin"
+    link.symlink_to(target)
+    atomic_write_bytes(link, b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"
+
+
