@@ -14,7 +14,18 @@ from torch import nn
 
 from core.kinds import KINDS
 from core.model import CharMLP
-from core.pairfold import AFTER, BEFORE, check_norm, f64, layer_name, linear_terms, norm_affine, norm_terms, plan, stages
+from core.pairfold import (
+    AFTER,
+    BEFORE,
+    check_norm,
+    f64,
+    layer_name,
+    linear_terms,
+    norm_affine,
+    norm_terms,
+    plan,
+    stages,
+)
 
 U64 = 2.0**-53  # unit roundoff of float64, in which folds are computed
 BN_ROUNDINGS = 8  # roundings on any term of an eval BatchNorm

@@ -15,8 +15,9 @@ means adding an entry here, its rule in `core.bound`, its strategy, and its laws
 Lookups are by exact type: a subclass may override `forward`, so nothing is assumed about it.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn

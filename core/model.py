@@ -91,7 +91,8 @@ def _embedding(generator, vocab_size=VOCAB_SIZE, emb_size=EMB_SIZE):
     return torch.randn(vocab_size, emb_size, generator=generator)
 
 
-def e01_mlp(generator: torch.Generator, init: str = "zeros", context_length=CONTEXT_LENGTH, emb_size=EMB_SIZE, n_hidden=N_HIDDEN) -> CharMLP:
+def e01_mlp(generator: torch.Generator, init: str = "zeros", context_length: int = CONTEXT_LENGTH,
+            emb_size: int = EMB_SIZE, n_hidden: int = N_HIDDEN) -> CharMLP:
     """The notebook's E01 net: Linear(40,100)+Tanh, three Linear(100,100)+Tanh, Linear(100,27), all with bias."""
     from core.init import apply_init
 
@@ -105,7 +106,8 @@ def e01_mlp(generator: torch.Generator, init: str = "zeros", context_length=CONT
     return apply_init(model, init, generator=generator)
 
 
-def e02_mlp(generator: torch.Generator, context_length=CONTEXT_LENGTH, emb_size=EMB_SIZE, n_hidden=N_HIDDEN) -> CharMLP:
+def e02_mlp(generator: torch.Generator, context_length: int = CONTEXT_LENGTH, emb_size: int = EMB_SIZE,
+            n_hidden: int = N_HIDDEN) -> CharMLP:
     """The notebook's E02 net: (Linear no bias, BatchNorm1d, Tanh) twice, then Linear no bias, BatchNorm1d.
 
     Linear weights carry the tanh gain 5/3; the last BatchNorm's gamma is 0.1 so the first

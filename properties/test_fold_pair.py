@@ -12,8 +12,8 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
-from core.errors import FoldError
 from core.bound import error_bound, unit_roundoff
+from core.errors import FoldError
 from core.pairfold import bn_affine, fold_after, fold_before, fold_bn_linear, fold_linear_bn
 from properties.strategies import PairCase, pair_cases
 
