@@ -550,6 +550,16 @@ def _discard_stdout() -> None:
         pass
 
 
+def _stdout_writable() -> bool:
+    """Flush stdout; if it fails, point it at /dev/null (so the interpreter's exit raises nothing) and say so."""
+    try:
+        sys.stdout.flush()
+        return True
+    except (OSError, ValueError):
+        _discard_stdout()
+        return False
+
+
 def run(argv=None) -> int:
     """Parse and run one command; every failure becomes one line on stderr and an exit code."""
     try:
@@ -576,7 +586,10 @@ def run(argv=None) -> int:
         report_error("out of memory; use a smaller input (--names, --batch-size, -n)")
         return EXIT_BAD_INPUT
     except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
+        if e.filename:
+            where = f"{e.filename}: "
+        else:  # no file named: standard output, if it cannot take what is still buffered for it
+            where = "" if _stdout_writable() else "cannot write standard output: "
         report_error(f"{where}{os_error_text(e)}")
         return EXIT_BAD_INPUT
     except Exception as e:
