@@ -310,8 +310,11 @@ def file_sha256(path) -> str:
 
 
 def resolve_names_path(cli_path=None, fetch: bool = True) -> Path:
-    """--names PATH, else $BNFOLD_NAMES, else data/names.txt, else fetch it there."""
-    if cli_path:
+    """--names PATH, else $BNFOLD_NAMES, else data/names.txt, else fetch it there. An empty --names is refused,
+    not taken for a missing one."""
+    if cli_path is not None:
+        if not os.fspath(cli_path):
+            raise DataError("--names: the path is empty; give a names file such as data/names.txt")
         return Path(cli_path)
     if os.environ.get("BNFOLD_NAMES"):
         return Path(os.environ["BNFOLD_NAMES"])
