@@ -156,7 +156,9 @@ def check_init(args) -> str:
             raise UsageError(f"--init {args.init}: --init applies to --arch e01 only; the e02 net is always "
                              f"built with kaiming(5/3) and BatchNorm; drop --init")
         return "kaiming(5/3)"
-    scheme = args.init if args.init is not None else "zeros"
+    if args.init is None:
+        return "zeros"
+    scheme = args.init
     from core.init import parse_scheme
 
     try:
@@ -260,15 +262,17 @@ def cmd_train(args):
     device = check_device(args.device) if args.device is not None else None
     check_out(args.out, "--out", the_names_file=names_path(args, fetch=False))
 
-    import torch
-
     from core.data import Split, dataset_chunks, file_sha256, load_split
-    from core.model import e01_mlp, e02_mlp, nonfinite_tensors, save
-    from core.train import train
 
     path = names_path(args)
     split = Split(args.seed)
     _, parts = load_split(path, split)
+
+    import torch
+
+    from core.model import e01_mlp, e02_mlp, nonfinite_tensors, save
+    from core.train import train
+
     chunks = list(dataset_chunks(parts["train"], 4))
     X, Y = torch.cat([x for x, _ in chunks]), torch.cat([y for _, y in chunks])
     del chunks
@@ -382,16 +386,19 @@ def check_out_dir(out, names) -> None:
 
 def cmd_reproduce(args):
     device = check_device(args.device)
-    from core.reproduce import default_out
+    if args.out is None:
+        from core.reproduce import default_out
 
     out = args.out or default_out()
     check_out_dir(out, names_path(args, fetch=False))
 
     from core.data import Split, build_dataset, load_split
+
+    _, parts = load_split(names_path(args), Split(args.seed))
+
     from core.report import summary_table
     from core.reproduce import reproduce
 
-    _, parts = load_split(names_path(args), Split(args.seed))
     splits = {k: build_dataset(v, 4) for k, v in parts.items()}
     report = reproduce(splits, steps=args.steps, seed=args.seed, out=out, device=device)
     print(summary_table(report))
@@ -542,6 +549,16 @@ def _discard_stdout() -> None:
         pass
 
 
+def _stdout_writable() -> bool:
+    """Flush stdout; if it fails, point it at /dev/null (so the interpreter's exit raises nothing) and say so."""
+    try:
+        sys.stdout.flush()
+        return True
+    except (OSError, ValueError):
+        _discard_stdout()
+        return False
+
+
 def run(argv=None) -> int:
     """Parse and run one command; every failure becomes one line on stderr and an exit code."""
     try:
@@ -568,7 +585,10 @@ def run(argv=None) -> int:
         report_error("out of memory; use a smaller input (--names, --batch-size, -n)")
         return EXIT_BAD_INPUT
     except OSError as e:
-        where = f"{e.filename}: " if e.filename else ""
+        if e.filename:
+            where = f"{e.filename}: "
+        else:  # no file named: standard output, if it cannot take what is still buffered for it
+            where = "" if _stdout_writable() else "cannot write standard output: "
         report_error(f"{where}{os_error_text(e)}")
         return EXIT_BAD_INPUT
     except Exception as e:

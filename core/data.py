@@ -1,4 +1,8 @@
-"""The names data set: vocabulary, loading with line-exact errors, seeded split, windowed dataset, fetch."""
+"""The names data set: vocabulary, loading with line-exact errors, seeded split, windowed dataset, fetch.
+
+torch is imported by the functions that build tensors, not with the module, so reading and checking
+a names file (`bnfold data`, every command's input checks) does not pay for torch's start-up.
+"""
 
 import hashlib
 import http.client
@@ -11,8 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from core.atomic import atomic_write_bytes
 from core.errors import DataError, os_error_text
@@ -26,6 +29,9 @@ MAX_DOWNLOAD_BYTES = 16 * 2**20  # a download larger than this is cut off and re
 DOWNLOAD_DEADLINE_S = 120.0  # the whole download, however slowly the server sends
 CHUNK_ROWS = 65536  # rows per chunk when a split is evaluated piece by piece
 _NOT_A_Z = re.compile(rb"[^a-z]")
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Vocab:
@@ -152,7 +158,9 @@ def load_split(path, split: Split) -> tuple[list[str], dict[str, list[str]]]:
     return names, split.parts(names)
 
 
-def _code_table(vocab: Vocab) -> torch.Tensor:
+def _code_table(vocab: Vocab) -> "torch.Tensor":
+    import torch
+
     table = torch.full((256,), -1, dtype=torch.int64)
     for ch, i in vocab.stoi.items():
         table[ord(ch)] = i
@@ -166,6 +174,8 @@ def build_dataset(names, context_length: int, vocab: Vocab | None = None):
     stream; labels are every position after a pad, and each window is the context_length ids
     before its label, so a window never reaches into the previous name.
     """
+    import torch
+
     if context_length < 1:
         raise ValueError(f"context_length must be >= 1, got {context_length}")
     if not names:
@@ -194,6 +204,8 @@ def build_dataset(names, context_length: int, vocab: Vocab | None = None):
 
 def _long_name_chunks(name: str, context_length: int, max_rows: int, vocab: Vocab):
     """The rows of one name in pieces of at most max_rows, each piece carrying its own context window."""
+    import torch
+
     try:
         text = ("." * context_length + name + ".").encode("ascii")
     except UnicodeEncodeError as e:
@@ -298,8 +310,11 @@ def file_sha256(path) -> str:
 
 
 def resolve_names_path(cli_path=None, fetch: bool = True) -> Path:
-    """--names PATH, else $BNFOLD_NAMES, else data/names.txt, else fetch it there."""
-    if cli_path:
+    """--names PATH, else $BNFOLD_NAMES, else data/names.txt, else fetch it there. An empty --names is refused,
+    not taken for a missing one."""
+    if cli_path is not None:
+        if not os.fspath(cli_path):
+            raise DataError("--names: the path is empty; give a names file such as data/names.txt")
         return Path(cli_path)
     if os.environ.get("BNFOLD_NAMES"):
         return Path(os.environ["BNFOLD_NAMES"])
@@ -308,8 +323,10 @@ def resolve_names_path(cli_path=None, fetch: bool = True) -> Path:
     return fetch_names(DEFAULT_NAMES_PATH)
 
 
-def random_rows(rows: int, generator: torch.Generator, context_length: int = 4):
+def random_rows(rows: int, generator: "torch.Generator", context_length: int = 4):
     """(X, Y) of uniformly random character ids, standing in for a split of names.txt."""
+    import torch
+
     vocab = Vocab().size
     X = torch.randint(0, vocab, (rows, context_length), generator=generator)
     return X, torch.randint(0, vocab, (rows,), generator=generator)

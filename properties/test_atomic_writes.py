@@ -120,14 +120,3 @@ def test_a_write_leaves_the_old_file_or_the_whole_new_one(old, new, fail_at, tmp
     expected = new if fail_at is None else old
     assert (path.read_bytes() if path.exists() else None) == expected
     assert [p.name for p in folder.iterdir()] == ([] if expected is None else ["out.bin"])
-
-
-def test_write_through_a_symlink_keeps_the_link(tmp_path):
-    target = tmp_path / "real.bin"
-    target.write_bytes(b"old")
-    link = tmp_path / "link.bin"
-    link.symlink_to(target)
-    atomic_write_bytes(link, b"new")
-    assert link.is_symlink() and target.read_bytes() == b"new"
-
-

@@ -25,7 +25,8 @@ class Result:
 def cli_env(**extra) -> dict:
     """The environment for a CLI subprocess: this one, one torch thread (steady on busy machines), plus `extra`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("BNFOLD_DEBUG", None)
+    for name in ("BNFOLD_DEBUG", "PYTHONUNBUFFERED"):  # output buffered as a user's is
+        env.pop(name, None)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -62,6 +62,8 @@ def test_bad_numbers(name, tmp_path):
     (["bench", "--threads", "0"], "argument --threads"),
     (["bench", "--threads", "nan"], "argument --threads"),
     (["train", "--arch", "e03", "--out", "{tmp}/m.pt"], "invalid choice: 'e03'"),
+    (["eval", "{ckpt}", "--names", ""], "--names: the path is empty"),
+    (["train", "--arch", "e01", "--out", "{tmp}/m.pt", "--names", ""], "--names: the path is empty"),
     (["train", "--arch", "e01"], "required: --out"),
     (["frobnicate"], "invalid choice"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)

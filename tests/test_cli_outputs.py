@@ -230,3 +230,12 @@ def five_names_file(tmp_path):
     path = tmp_path / "five.txt"
     path.write_text("anna\nbob\ncat\ndan\neve\n")
     return path
+
+
+def test_full_standard_output_is_one_line(small_names):
+    """`bnfold data --json > /dev/full`: one line, exit 2, and nothing more when the interpreter exits."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "core", "data", "--json", "--names", str(small_names)],
+                              stdout=full, stderr=subprocess.PIPE, text=True, env=cli_env(), check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == ["bnfold: error: cannot write standard output: no space left on device"]
