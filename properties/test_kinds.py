@@ -10,19 +10,16 @@ from hypothesis import strategies as st
 from core.bound import U64, rounding_bound
 from core.kinds import KINDS, LinearKind, NormKind, kind_of, rebuild_as
 from core.layers import BatchNorm1d, Linear
-from properties.strategies import KIND_STRATEGIES, tensors
+from properties.strategies import KIND_STRATEGIES, inputs_for
 
 ROLE_PARTNER = {Linear: torch.nn.Linear, torch.nn.Linear: Linear, BatchNorm1d: torch.nn.BatchNorm1d,
                 torch.nn.BatchNorm1d: BatchNorm1d}
 
 
 def layers_and_inputs(types):
-    """(layer, x): a layer of one of `types` from its kind's strategy and a float64 batch of 1..4 rows for it."""
+    """(layer, x): a layer of one of `types` from its kind's strategy and a float64 batch of inputs it accepts."""
     def with_input(layer):
-        kind = kind_of(layer)
-        width = (kind.matrix(layer).shape[0] if isinstance(kind, LinearKind)
-                 else kind.terms(layer).mean.shape[0] if isinstance(kind, NormKind) else 3)
-        return st.tuples(st.just(layer), st.integers(1, 4).flatmap(lambda rows: tensors((rows, width))))
+        return st.tuples(st.just(layer), inputs_for(layer))
     return st.sampled_from(types).flatmap(lambda t: KIND_STRATEGIES[t]).flatmap(with_input)
 
 
@@ -64,11 +61,13 @@ def test_linear_matrix_is_the_map(case):
     kind = kind_of(layer)
     W, b = kind.matrix(layer).detach(), kind.bias(layer)
     b = torch.zeros(W.shape[1], dtype=W.dtype) if b is None else b.detach()
-    exact = [[sum(Fraction(x[r, i].item()) * Fraction(W[i, j].item()) for i in range(W.shape[0])) + Fraction(b[j].item())
+    exact = [[sum(Fraction(x[r, i].item()) * Fraction(W[i, j].item()) for i in range(W.shape[0]))
+              + Fraction(b[j].item())
               for j in range(W.shape[1])] for r in range(x.shape[0])]
     with torch.no_grad():
         got = layer(x)
-    err = torch.tensor([[abs(Fraction(got[r, j].item()) - e) for j, e in enumerate(row)] for r, row in enumerate(exact)],
+    err = torch.tensor([[abs(Fraction(got[r, j].item()) - e) for j, e in enumerate(row)]
+                        for r, row in enumerate(exact)],
                        dtype=torch.float64)  # one rounding of an exact difference: sound against a float64 bound
     n = W.shape[0]
     # The bound is evaluated in float64: γ's division, the n + 1 magnitudes summed and the product are
