@@ -24,6 +24,8 @@ from core.model import CharMLP
 from core.pairfold import AFTER, check_norm, f64, norm_affine, norm_terms
 
 U64 = 2.0**-53  # unit roundoff of float64, in which folds are computed
+ETA64 = 2.0**-1074  # the smallest float64 subnormal: the most a float64 product or quotient loses to underflow
+TINY64 = torch.finfo(torch.float64).tiny  # added once to a bound: covers underflow in the bound's own evaluation
 BN_ROUNDINGS = 8  # roundings on any term of an eval BatchNorm
 BOUND_C = BN_ROUNDINGS + 1  # c of γ(n + c): the BN's roundings plus one for the Linear's bias
 FOLD_ROUNDINGS = 6  # float64 roundings on any term of a folded weight or bias (plus n for t·W)
@@ -68,6 +70,16 @@ def unit_roundoff(dtype: torch.dtype, device=None, op: str = "matmul") -> float:
             elif precision == "high" or cuda_tf32 or cpu == "tf32":
                 u = 2.0**-10
     return u
+
+
+def underflow(dtype: torch.dtype) -> float:
+    """η: the smallest subnormal of dtype, a bound on the absolute error of a product or quotient that underflows.
+
+    With gradual underflow fl(a·b) = a·b(1 + δ) + η', |δ| ≤ u, |η'| ≤ η; sums of floats that underflow are
+    exact. (Flush-to-zero, torch.set_flush_denormal(True), breaks this model: error_bound assumes it is off.)
+    """
+    info = torch.finfo(dtype)
+    return info.smallest_normal * info.eps
 
 
 def op_of(layer: nn.Module) -> str:
@@ -126,100 +138,127 @@ def pair_magnitude(layer: nn.Module, bn: nn.Module, direction: str, x: torch.Ten
     return z + per_output(layer, b, z.ndim)
 
 
+def pair_underflow(linear: nn.Module, bn: nn.Module, x: torch.Tensor, cache: dict | None = None) -> float:
+    """A: what underflow adds to |unfolded_j − folded_j|, with η = `underflow(dtype)`, n the terms per output:
+
+    A = η·(2n(2 + max|s|) + 2·8·(1 + max_j Σ_i |W_ij|) + n·max|x| + 1): n products of 2η each on both sides (after
+    the BN's |s| on the unfolded side), the BN's 8 roundings (through |W| when it comes first), and each folded
+    weight and bias cast down to the layer's dtype off by η on top of its rounding (times |x_i|).
+    """
+    n = KINDS[type(linear)].terms(linear)
+    s = norm_affine(bn)[0].abs().max().item() if len(bn.running_mean) else 0.0
+    W = absolute(linear.weight, cache)
+    rows = f64(KINDS[type(linear)].blocks(linear)).abs().sum(-2).max().item() if W.numel() else 0.0
+    largest = f64(x).abs().max().item() if x.numel() else 0.0
+    return underflow(x.dtype) * (2 * n * (2 + s) + 2 * BN_ROUNDINGS * (1 + rows) + n * largest + 1)
+
+
 def pair_bound(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor, spread: int = 1,
                cache: dict | None = None) -> torch.Tensor:
-    """ρ·M_j: the bound on |unfolded_j − folded_j| for one pair at input x."""
+    """ρ·M_j + A: the bound on |unfolded_j − folded_j| for one pair at input x."""
     n = KINDS[type(linear)].terms(linear)
     u = unit_roundoff(x.dtype, x.device, op_of(linear))
-    return pair_factor(n, direction, u) * pair_magnitude(linear, bn, direction, x, spread, cache)
+    return pair_factor(n, direction, u) * pair_magnitude(linear, bn, direction, x, spread, cache) \
+        + pair_underflow(linear, bn, x, cache)
 
 
 # Propagation: |layer(x̂) − layer(x̂')| given |x̂ − x̂'| ≤ D, for a layer both models share. Each side is its
 # exact value plus its own rounding; the exact values differ by at most the map's slope times D, and
-# x̂' is bounded by |x̂| + D. Every rule takes (layer, x̂ in float64, D, u, cache).
+# x̂' is bounded by |x̂| + D. Every rule takes (layer, x̂ in float64, D, u, η, cache); η (`underflow`) is the most
+# a product or quotient that underflows loses, added once per such operation on each side.
 
-def _affine_rule(layer, x64, D, u, cache):
+def _affine_rule(layer, x64, D, u, eta, cache):
     """Linear and conv: (1 + g)·|W|D + 2g·(|W||x̂| + |b|), g = γ(n + 1), as one map of (1 + g)D + 2g|x̂|."""
     kind = KINDS[type(layer)]
-    g = rounding_bound(kind.terms(layer) + 1, u)
-    out = kind.linear_map(layer, (1 + g) * D + 2 * g * x64.abs(), absolute(layer.weight, cache))
+    n = kind.terms(layer)
+    g = rounding_bound(n + 1, u)
+    out = kind.linear_map(layer, (1 + g) * D + 2 * g * x64.abs(), absolute(layer.weight, cache)) + 4 * n * eta
     b = kind.bias(layer)
     return out if b is None else out + 2 * g * per_output(layer, absolute(b, cache), out.ndim)
 
 
-def _batchnorm_rule(layer, x64, D, u, cache):
+def _batchnorm_rule(layer, x64, D, u, eta, cache):
     mean, _, _, beta, _ = norm_terms(layer)
     s = norm_affine(layer)[0].abs()
     s, mean, beta = (channelwise(v, x64.ndim) for v in (s, mean, beta))
     g = rounding_bound(BN_ROUNDINGS, u)
-    return (1 + g) * s * D + 2 * g * (s * (x64.abs() + mean.abs()) + beta.abs())
+    return (1 + g) * s * D + 2 * g * (s * (x64.abs() + mean.abs()) + beta.abs()) + 2 * BN_ROUNDINGS * eta
 
 
-def _tanh_rule(layer, x64, D, u, cache):
+def _tanh_rule(layer, x64, D, u, eta, cache):
     """tanh' = 1/cosh², largest on [|x̂| − D, |x̂| + D] at its point nearest 0; |tanh a| ≤ min(1, |a|), so the exact
     outputs also differ by at most 2."""
     ax = x64.abs()
     near0 = (ax - D).clamp(min=0)
-    return (D / near0.cosh() ** 2).clamp(max=2) + ACTIVATION_ROUNDINGS * u * (ax.clamp(max=1) + (ax + D).clamp(max=1))
+    return ((D / near0.cosh() ** 2).clamp(max=2) + ACTIVATION_ROUNDINGS * u * (ax.clamp(max=1) + (ax + D).clamp(max=1))
+            + 2 * ACTIVATION_ROUNDINGS * eta)
 
 
-def _sigmoid_rule(layer, x64, D, u, cache):
+def _sigmoid_rule(layer, x64, D, u, eta, cache):
     """σ' = σ(a)σ(−a), largest at the point of [|x̂| − D, |x̂| + D] nearest 0; σ ∈ [0, 1], so the exact outputs also
     differ by at most 1."""
     near0 = (x64.abs() - D).clamp(min=0)
-    return (D * near0.sigmoid() * (-near0).sigmoid()).clamp(max=1) + 2 * ACTIVATION_ROUNDINGS * u
+    return (D * near0.sigmoid() * (-near0).sigmoid()).clamp(max=1) + 2 * ACTIVATION_ROUNDINGS * u + 2 * eta
 
 
-def _relu_rule(layer, x64, D, u, cache):
+def _relu_rule(layer, x64, D, u, eta, cache):
     """Exact; both inputs are ≤ 0, so both outputs 0, where x̂ + D ≤ 0."""
     return torch.where(x64 + D <= 0, 0.0, D)
 
 
-def _hardtanh_rule(layer, x64, D, u, cache):
+def _hardtanh_rule(layer, x64, D, u, eta, cache):
     """clamp(·, lo, hi) is exact and 1-Lipschitz, its outputs differ by at most hi − lo, and are equal where both
     inputs are ≤ lo or both ≥ hi."""
-    flat = (x64 + D <= layer.min_val) | (x64 - D >= layer.max_val)
-    return torch.where(flat, 0.0, D.clamp(max=layer.max_val - layer.min_val))
+    lo, hi = thresholds(layer.min_val, min), thresholds(layer.max_val, max)
+    flat = (x64 + D <= lo) | (x64 - D >= hi)
+    return torch.where(flat, 0.0, D.clamp(max=hi - lo))
 
 
-def _leaky_relu_rule(layer, x64, D, u, cache):
+def thresholds(value: float, pick) -> float:
+    """The threshold a kernel compares with, rounded to whichever float dtype the input has: `pick` (min for a lower
+    threshold, max for an upper one) of its roundings, so a flat region is only claimed where it is flat in every one."""
+    return pick(torch.tensor(value, dtype=t).double().item() for t in (torch.float64, torch.float32, torch.float16,
+                                                                         torch.bfloat16))
+
+
+def _leaky_relu_rule(layer, x64, D, u, eta, cache):
     """Slope max(1, |a|); a·x is one rounding, u·|a||x| on each side."""
     a = abs(layer.negative_slope)
-    return max(1.0, a) * D + u * a * (2 * x64.abs() + D)
+    return max(1.0, a) * D + u * a * (2 * x64.abs() + D) + 2 * eta
 
 
-def _hardswish_rule(layer, x64, D, u, cache):
+def _hardswish_rule(layer, x64, D, u, eta, cache):
     """f = x·relu6(x + 3)/6: f' = (2x + 3)/6 on (−3, 3), 0 below, 1 above; |f'| is convex on [−3, 3], so its
     largest value on [x̂ − D, x̂ + D] is at an end clamped to [−3, 3]; 0 where x̂ + D ≤ −3. |f(x)| ≤ |x|."""
     slope = torch.maximum(((2 * (x64 - D).clamp(-3, 3) + 3) / 6).abs(), ((2 * (x64 + D).clamp(-3, 3) + 3) / 6).abs())
     slope = torch.where(x64 + D <= -3, 0.0, slope)
-    return slope * D + rounding_bound(ACTIVATION_ROUNDINGS, u) * (2 * x64.abs() + D)
+    return slope * D + rounding_bound(ACTIVATION_ROUNDINGS, u) * (2 * x64.abs() + D) + 2 * ACTIVATION_ROUNDINGS * eta
 
 
-def _hardsigmoid_rule(layer, x64, D, u, cache):
+def _hardsigmoid_rule(layer, x64, D, u, eta, cache):
     """f = relu6(x + 3)/6: slope 1/6 where [x̂ − D, x̂ + D] meets (−3, 3), else both outputs equal; f ∈ [0, 1]."""
     flat = (x64 + D <= -3) | (x64 - D >= 3)
-    return torch.where(flat, 0.0, (D / 6).clamp(max=1)) + 2 * ACTIVATION_ROUNDINGS * u
+    return torch.where(flat, 0.0, (D / 6).clamp(max=1)) + 2 * ACTIVATION_ROUNDINGS * u + 2 * eta
 
 
 def _gate_rule(slope):
     """x·φ(x) with sup |f'| ≤ slope and |f(x)| ≤ |x|: slope·D + γ(16)·(|x̂| + |x̂'|) (SiLU, GELU)."""
-    def rule(layer, x64, D, u, cache):
-        return slope * D + rounding_bound(GATE_ROUNDINGS, u) * (2 * x64.abs() + D)
+    def rule(layer, x64, D, u, eta, cache):
+        return slope * D + rounding_bound(GATE_ROUNDINGS, u) * (2 * x64.abs() + D) + 2 * GATE_ROUNDINGS * eta
     return rule
 
 
-def _identity_rule(layer, x64, D, u, cache):
+def _identity_rule(layer, x64, D, u, eta, cache):
     return D
 
 
-def _dropout_rule(layer, x64, D, u, cache):
+def _dropout_rule(layer, x64, D, u, eta, cache):
     if layer.training:
         raise TypeError("error_bound needs Dropout in eval mode (in training it is random): call model.eval()")
     return D
 
 
-def _max_pool_rule(layer, x64, D, u, cache):
+def _max_pool_rule(layer, x64, D, u, eta, cache):
     """Exact: |max_w a − max_w a'| ≤ max_w |a − a'|, so the same pooling of D bounds it."""
     return layer(D)
 
@@ -228,11 +267,11 @@ def _window(kernel, ndim: int) -> int:
     return math.prod(kernel) if isinstance(kernel, tuple | list) else kernel ** ndim
 
 
-def _avg_pool_rule(layer, x64, D, u, cache):
+def _avg_pool_rule(layer, x64, D, u, eta, cache):
     """Sum of N ≤ kernel-volume terms and a division: (1 + g)·avg(D) + 2g·avg(|x̂|), g = γ(N + 1)."""
     spatial = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}[type(layer)]
     g = rounding_bound(_window(layer.kernel_size, spatial) + 1, u)
-    return layer((1 + g) * D + 2 * g * x64.abs())
+    return layer((1 + g) * D + 2 * g * x64.abs()) + 4 * eta
 
 
 def adaptive_window(size: int, out: int | None) -> int:
@@ -241,16 +280,16 @@ def adaptive_window(size: int, out: int | None) -> int:
     return max(-(-(i + 1) * size // out) - (i * size) // out for i in range(out))
 
 
-def _adaptive_avg_pool_rule(layer, x64, D, u, cache):
+def _adaptive_avg_pool_rule(layer, x64, D, u, eta, cache):
     """As avg_pool, with N the largest window (`adaptive_window` per spatial dim)."""
     spatial = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}[type(layer)]
     sizes = layer.output_size if isinstance(layer.output_size, tuple | list) else (layer.output_size,) * spatial
     N = math.prod(adaptive_window(n, o) for n, o in zip(x64.shape[-spatial:], sizes))
     g = rounding_bound(N + 1, u)
-    return layer((1 + g) * D + 2 * g * x64.abs())
+    return layer((1 + g) * D + 2 * g * x64.abs()) + 4 * eta
 
 
-def _move_rule(layer, x64, D, u, cache):
+def _move_rule(layer, x64, D, u, eta, cache):
     """Flatten copies values: the same flatten of D bounds the difference exactly."""
     return layer(D)
 
@@ -271,7 +310,7 @@ def propagate(layer: nn.Module, x: torch.Tensor, D: torch.Tensor, name: str, cac
                         f"to core.bound.RULES")
     if kind.rule == "batchnorm":
         check_norm(layer, name)
-    return RULES[kind.rule](layer, f64(x), D, unit_roundoff(x.dtype, x.device, op_of(layer)), cache)
+    return RULES[kind.rule](layer, f64(x), D, unit_roundoff(x.dtype, x.device, op_of(layer)), underflow(x.dtype), cache)
 
 
 # Functions and methods of a traced graph, read as the layer they compute: call(*rest) -> that layer.
@@ -302,7 +341,7 @@ METHOD_LAYERS = {
 # Graph rules: ops with several inputs, or that move values around. Each takes (args, Ds, u) where args are
 # the call's values (x̂ side) and Ds the same structure with a bound (float64) or None (no difference).
 
-def _add_rule(args, kwargs, Ds, u):
+def _add_rule(args, kwargs, Ds, u, eta):
     """a + b (or a − b): (1 + u)(D_a + D_b) + 2u(|â| + |b̂|): one rounding of |a ± b| ≤ |a| + |b| per side."""
     if kwargs.get("alpha", 1) != 1:
         raise TypeError("error_bound models add/sub without alpha")
@@ -311,23 +350,23 @@ def _add_rule(args, kwargs, Ds, u):
     return (1 + u) * (Da + Db) + 2 * u * (a + b)
 
 
-def _mul_rule(args, kwargs, Ds, u):
+def _mul_rule(args, kwargs, Ds, u, eta):
     """a·b: |â|D_b + |b̂|D_a + D_aD_b, plus one rounding of |ab| per side, the other's ≤ (|â| + D_a)(|b̂| + D_b)."""
     a, b = (_magnitude(v) for v in args[:2])
     Da, Db = (_or_zero(d) for d in Ds[:2])
-    return a * Db + b * Da + Da * Db + u * (a * b + (a + Da) * (b + Db))
+    return a * Db + b * Da + Da * Db + u * (a * b + (a + Da) * (b + Db)) + 2 * eta
 
 
-def _mean_rule(args, kwargs, Ds, u):
+def _mean_rule(args, kwargs, Ds, u, eta):
     """mean over N elements is a sum and a division: (1 + g)·mean(D) + 2g·mean(|x̂|), g = γ(N + 1)."""
     x, rest = args[0], args[1:]
     out = x.mean(*rest, **kwargs)
     N = x.numel() // max(out.numel(), 1)
     g = rounding_bound(N + 1, u)
-    return ((1 + g) * Ds[0] + 2 * g * f64(x).abs()).mean(*rest, **kwargs)
+    return ((1 + g) * Ds[0] + 2 * g * f64(x).abs()).mean(*rest, **kwargs) + 4 * eta
 
 
-def _stochastic_depth_rule(args, kwargs, Ds, u):
+def _stochastic_depth_rule(args, kwargs, Ds, u, eta):
     """torchvision's stochastic_depth(x, p, mode, training) is x itself when not training or p = 0."""
     p = args[1] if len(args) > 1 else kwargs["p"]
     training = args[3] if len(args) > 3 else kwargs.get("training", True)
@@ -354,6 +393,7 @@ MOVES = {torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.uns
 JOINS = {torch.cat, torch.concat, torch.stack}  # moves of several inputs: a missing bound is 0
 META_METHODS = {"size", "dim", "numel", "nelement", "ndimension"}
 META_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout"}
+SHAPE_ONLY = {torch.ones_like, torch.zeros_like, torch.empty_like, torch.full_like}
 
 
 def _is_stochastic_depth(target) -> bool:
@@ -390,9 +430,9 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict, ca
     if not any(Ds.get(a) is not None for a in inputs):
         return None
     op, target = node.op, node.target
-    if op == "call_method" and target in META_METHODS or \
+    if op == "call_method" and target in META_METHODS or op == "call_function" and target in SHAPE_ONLY or \
             op == "call_function" and target is getattr and node.args[1] in META_ATTRIBUTES:
-        return None  # shapes and types: the same in both models
+        return None  # shapes and types, and tensors made from them alone: the same in both models
     if op == "output":
         return fx.node.map_aggregate(node.args[0], lambda a: _bound_or_zero(a, env, Ds))
     name = graph.name(target) if op == "call_module" else f"{graph.describe(node)} (node '{node.name}')"
@@ -402,6 +442,7 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict, ca
     x = args[0] if args else None
     first = next((a for a in args if isinstance(a, torch.Tensor)), None)
     u = unit_roundoff(first.dtype, first.device) if first is not None else U64
+    eta = underflow(first.dtype) if first is not None else ETA64
     if op == "call_module":
         if len(node.args) != 1 or node.kwargs:
             raise TypeError(f"error_bound has no error model for {name} called with more than one input")
@@ -411,13 +452,13 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict, ca
     if key in layers:
         return propagate(layers[key](*args[1:], **kwargs), x, arg_D[0], name, cache)
     if key in ADD:
-        return _add_rule(args, kwargs, arg_D, u)
+        return _add_rule(args, kwargs, arg_D, u, eta)
     if key in MUL:
-        return _mul_rule(args, kwargs, arg_D, u)
+        return _mul_rule(args, kwargs, arg_D, u, eta)
     if key in MEAN:
-        return _mean_rule(args, kwargs, arg_D, u)
+        return _mean_rule(args, kwargs, arg_D, u, eta)
     if op == "call_function" and _is_stochastic_depth(target):
-        return _stochastic_depth_rule(args, kwargs, arg_D, u)
+        return _stochastic_depth_rule(args, kwargs, arg_D, u, eta)
     if key in MOVES and arg_D[0] is not None and all(d is None for d in arg_D[1:]):
         D = arg_D[0]
         return getattr(D, target)(*args[1:], **kwargs) if op == "call_method" else target(D, *args[1:], **kwargs)
@@ -433,6 +474,20 @@ def _bound_or_zero(a, env, Ds):
         return a
     D = Ds.get(a)
     return _zeros_like(env[a]) if D is None else D
+
+
+def propagate_graph(graph, modules: dict, bypassed: set, env: dict, D: dict, cache: dict | None = None):
+    """The bound at the output, carried from the bounds D at some nodes ({node: bound}) through every node after
+    them, each by its rule (a bypassed node passes its input's on); env holds the values of the model at hand."""
+    Ds = dict(D)
+    for node in graph.nodes[min(graph.position[n] for n in D) + 1:]:
+        if node in Ds:
+            continue
+        bound = Ds.get(node.args[0]) if node in bypassed else propagate_node(graph, node, modules, env, Ds, cache)
+        if bound is not None:
+            Ds[node] = bound
+    out = Ds.get(graph.nodes[-1])
+    return _zeros_like(env[graph.nodes[-1]]) if out is None else out
 
 
 def model_input(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
@@ -463,21 +518,15 @@ def error_bound(model: nn.Module, X):
             start, x = step.bn, env[step.layer.args[0]]
         else:
             start, x = step.layer, env[step.bn.args[0]]
-        Ds = {start: pair_bound(layer, bn, step.direction, x, step.spread, cache)}
-        for node in graph.nodes[graph.position[start] + 1:]:
-            D = Ds.get(node.args[0]) if node in bypassed else propagate_node(graph, node, modules, env, Ds, cache)
-            if D is not None:
-                Ds[node] = D
-        out = Ds.get(graph.nodes[-1])
-        if out is None:  # the pair does not reach the output
-            out = _zeros_like(env[graph.nodes[-1]])
+        D = {start: pair_bound(layer, bn, step.direction, x, step.spread, cache)}
+        out = propagate_graph(graph, modules, bypassed, env, D, cache)
         total = out if total is None else _add_bounds(total, out)
         modules[step.layer.target] = graph.fold_step(modules, step)
         bypassed.add(step.bn)
         env = graph.evaluate(modules, bypassed, inputs, env, changed=(step.layer, step.bn))
     if total is None:  # nothing to fold: folded(X) is computed exactly as model(X)
         return _zeros_like(env[graph.nodes[-1]])
-    return _scale(total, SAFETY)
+    return _scale(total, SAFETY, TINY64)
 
 
 def _add_bounds(a, b):
@@ -486,10 +535,10 @@ def _add_bounds(a, b):
     return type(a)(_add_bounds(x, y) for x, y in zip(a, b)) if isinstance(a, tuple | list) else a
 
 
-def _scale(bound, factor: float):
+def _scale(bound, factor: float, floor: float):
     if isinstance(bound, torch.Tensor):
-        return bound * factor
-    return type(bound)(_scale(v, factor) for v in bound) if isinstance(bound, tuple | list) else bound
+        return bound * factor + floor
+    return type(bound)(_scale(v, factor, floor) for v in bound) if isinstance(bound, tuple | list) else bound
 
 
 def loss_bound(logits: torch.Tensor, bound: torch.Tensor, Y: torch.Tensor) -> float:

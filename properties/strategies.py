@@ -272,6 +272,8 @@ def spatial_min(layer) -> tuple[int, ...]:
     if name.startswith("Adaptive"):
         return (1,) * d
     kernel, padding = kernel_tuple(layer.kernel_size, d), kernel_tuple(layer.padding, d)
+    if name.startswith("Avg"):  # avg_pool3d wants the kernel inside the unpadded input
+        return kernel
     dilation = kernel_tuple(getattr(layer, "dilation", 1), d)
     return tuple(max(dl * (k - 1) + 1 - 2 * p, 1) for k, dl, p in zip(kernel, dilation, padding))
 
