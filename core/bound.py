@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from core.graph import model_graph
-from core.kinds import KINDS, ConvKind
+from core.kinds import KINDS, ConvKind, hooked
 from core.model import CharMLP
 from core.pairfold import AFTER, check_norm, f64, norm_affine, norm_terms
 
@@ -216,14 +216,14 @@ def _hardtanh_rule(layer, x64, D, u, eta, cache):
 
 def thresholds(value: float, pick) -> float:
     """The threshold a kernel compares with, rounded to whichever float dtype the input has: `pick` (min for a lower
-    threshold, max for an upper one) of its roundings, so a flat region is only claimed where it is flat in every one."""
+    threshold, max for an upper one) of its roundings, so a flat region is claimed only where it is flat in each."""
     return pick(torch.tensor(value, dtype=t).double().item() for t in (torch.float64, torch.float32, torch.float16,
                                                                          torch.bfloat16))
 
 
 def _leaky_relu_rule(layer, x64, D, u, eta, cache):
-    """Slope max(1, |a|); a·x is one rounding, u·|a||x| on each side."""
-    a = abs(layer.negative_slope)
+    """Slope max(1, |a|); a·x is one rounding, u·|a||x| on each side; a as large as the kernel's dtype rounds it."""
+    a = thresholds(abs(layer.negative_slope), max)
     return max(1.0, a) * D + u * a * (2 * x64.abs() + D) + 2 * eta
 
 
@@ -259,8 +259,9 @@ def _dropout_rule(layer, x64, D, u, eta, cache):
 
 
 def _max_pool_rule(layer, x64, D, u, eta, cache):
-    """Exact: |max_w a − max_w a'| ≤ max_w |a − a'|, so the same pooling of D bounds it."""
-    return layer(D)
+    """Exact: |max_w a − max_w a'| ≤ max_w |a − a'|, so the same pooling of D bounds it (a window of padding
+    alone is −∞ on both sides: 0)."""
+    return layer(D).clamp(min=0)
 
 
 def _window(kernel, ndim: int) -> int:
@@ -446,6 +447,9 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict, ca
     if op == "call_module":
         if len(node.args) != 1 or node.kwargs:
             raise TypeError(f"error_bound has no error model for {name} called with more than one input")
+        if hooked(modules[target]):
+            raise TypeError(f"error_bound has no error model for {name}: it has a hook registered, which may change "
+                            f"its output; remove the hook to bound the model")
         return propagate(modules[target], x, arg_D[0], name, cache)
     key = target
     layers = FUNCTION_LAYERS if op == "call_function" else METHOD_LAYERS if op == "call_method" else {}
