@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from core.cli_vision import add_arguments as add_torchvision_args
 from core.errors import BnfoldError
 
 EXIT_BAD_INPUT = 2
@@ -89,10 +90,16 @@ def cmd_sample(args):
 
 
 def cmd_fold(args):
+    from core.cli_vision import cmd_fold_torchvision
+    from core.errors import UsageError
     from core.experiments import fold_agreement
     from core.fold import fold
     from core.model import load, save
 
+    if args.torchvision:
+        return cmd_fold_torchvision(args)
+    if args.checkpoint is None or args.out is None:
+        raise UsageError("fold needs a checkpoint and -o/--out (or --torchvision NAME)")
     model = load(args.checkpoint).eval()
     folded, report = fold(model)
     _, _, splits = load_splits(args, args.seed, model.context_length)
@@ -201,10 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("fold", help="fold every foldable BatchNorm into its Linear and save the folded checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("-o", "--out", required=True, help="folded checkpoint path")
+    p.add_argument("checkpoint", nargs="?")
+    p.add_argument("-o", "--out", help="folded checkpoint path")
     p.add_argument("--seed", type=int, default=42, help="split seed (the one used to train)")
     add_names_arg(p)
+    add_torchvision_args(p)
     p.set_defaults(func=cmd_fold)
 
     p = sub.add_parser("reproduce", help="run E01 and E02 with the seed's recipe; write report.json, report.md, plots")

@@ -1,0 +1,1 @@
+"""The performance layer: fast inference and timing; the library never imports it."""
