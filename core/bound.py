@@ -1,37 +1,38 @@
 """The certified error bound of folding: rounding model, per-pair factor, propagation rules, whole-model bound.
 
 Floating point follows the standard model fl(a ∘ b) = (a ∘ b)(1 + δ), |δ| ≤ u. A term that passes
-through k roundings is off by at most γ(k)·|term|. docs/design.md derives every constant here:
-the pair factor ρ (`pair_factor`), each layer kind's propagation rule (`RULES`, named by the kind
-table's `rule`), the whole-model sum (`error_bound`) and the loss bound (`loss_bound`).
+through k roundings is off by at most γ(k)·|term|. docs/design.md derives the constants of the
+Linear/BatchNorm1d case: the pair factor ρ (`pair_factor`), the rules of the seed's layers, the
+whole-model sum (`error_bound`) and the loss bound (`loss_bound`); docs/design-conv.md derives the
+rest: convolutions and their fan-in, channelwise BatchNorms, pooling, the ReLU family, hard and
+smooth gates, and the graph rules (add, mul, mean, moves) that carry a bound through any traced model.
+
+Each layer kind names its rule in `core.kinds`; a function or method in a traced graph is read as the
+layer it computes (`FUNCTION_LAYERS`, `METHOD_LAYERS`) or has a graph rule of its own (`GRAPH_RULES`).
 """
 
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
-from core.kinds import KINDS
+from core.graph import model_graph
+from core.kinds import KINDS, ConvKind, hooked
 from core.model import CharMLP
-from core.pairfold import (
-    AFTER,
-    BEFORE,
-    check_norm,
-    f64,
-    layer_name,
-    linear_terms,
-    norm_affine,
-    norm_terms,
-    plan,
-    stages,
-)
+from core.pairfold import AFTER, check_norm, f64, norm_affine, norm_terms
 
 U64 = 2.0**-53  # unit roundoff of float64, in which folds are computed
+ETA64 = 2.0**-1074  # the smallest float64 subnormal: the most a float64 product or quotient loses to underflow
+TINY64 = torch.finfo(torch.float64).tiny  # added once to a bound: covers underflow in the bound's own evaluation
 BN_ROUNDINGS = 8  # roundings on any term of an eval BatchNorm
 BOUND_C = BN_ROUNDINGS + 1  # c of γ(n + c): the BN's roundings plus one for the Linear's bias
 FOLD_ROUNDINGS = 6  # float64 roundings on any term of a folded weight or bias (plus n for t·W)
 ACTIVATION_ROUNDINGS = 8  # tanh and sigmoid kernels are within 4 ulp, i.e. 8u relative
+GATE_ROUNDINGS = ACTIVATION_ROUNDINGS + 8  # x·φ(x) gates (SiLU, GELU): a 4-ulp kernel, then ≤ 8 roundings
+SILU_SLOPE = 1.1  # sup |d/dx x·σ(x)| = 1.0998... (docs/design-conv.md)
+GELU_SLOPE = 1.13  # sup |d/dx x·Φ(x)| = 1.1289..., and 1.1288... for the tanh form
 SAFETY = 1 + 2.0**-30  # the bound is itself evaluated in float64: this covers its own rounding
 
 
@@ -40,100 +41,269 @@ def rounding_bound(k: float, u: float) -> float:
     return k * u / (1 - k * u) if k * u < 1 else math.inf
 
 
-def unit_roundoff(dtype: torch.dtype, device=None) -> float:
-    """u of `dtype`; float32 matmuls allowed to run in TF32 or bfloat16 get 2u of that format.
+def _fp32_precision(backend: str, op: str) -> str:
+    """torch.backends.<backend>.<op>.fp32_precision where this torch has it ('none' otherwise)."""
+    return getattr(getattr(getattr(torch.backends, backend, None), op, None), "fp32_precision", "none")
+
+
+def unit_roundoff(dtype: torch.dtype, device=None, op: str = "matmul") -> float:
+    """u of `dtype`; float32 matmuls (op "matmul") or convolutions ("conv") allowed to run in TF32 or bfloat16
+    get 2u of that format.
 
     Twice the narrower format's u makes each counted rounding cover two, which pays for
     the rounding of both operands of every product (TF32: u = 2^-11, bfloat16: u = 2^-8).
+    cuDNN convolutions run float32 in TF32 unless torch.backends.cudnn.allow_tf32 is False.
     """
     u = torch.finfo(dtype).eps / 2
     if dtype == torch.float32:
-        precision = torch.get_float32_matmul_precision()
-        cuda_tf32 = device is not None and torch.device(device).type == "cuda" and torch.backends.cuda.matmul.allow_tf32
-        if precision == "medium":
-            u = 2.0**-7
-        elif precision == "high" or cuda_tf32:
-            u = 2.0**-10
+        cuda = device is not None and torch.device(device).type == "cuda"
+        if op == "conv":
+            precision = ("tf32" if torch.backends.cudnn.allow_tf32 else _fp32_precision("cudnn", "conv")) if cuda \
+                else _fp32_precision("mkldnn", "conv")
+            u = {"tf32": 2.0**-10, "bf16": 2.0**-7}.get(precision, u)
+        else:
+            precision = torch.get_float32_matmul_precision()
+            cuda_tf32 = cuda and torch.backends.cuda.matmul.allow_tf32
+            cpu = _fp32_precision("mkldnn", "matmul") if not cuda else "none"
+            if precision == "medium" or cpu == "bf16":
+                u = 2.0**-7
+            elif precision == "high" or cuda_tf32 or cpu == "tf32":
+                u = 2.0**-10
     return u
+
+
+def underflow(dtype: torch.dtype) -> float:
+    """η: the smallest subnormal of dtype, a bound on the absolute error of a product or quotient that underflows.
+
+    With gradual underflow fl(a·b) = a·b(1 + δ) + η', |δ| ≤ u, |η'| ≤ η; sums of floats that underflow are
+    exact. (Flush-to-zero, torch.set_flush_denormal(True), breaks this model: error_bound assumes it is off.)
+    """
+    info = torch.finfo(dtype)
+    return info.smallest_normal * info.eps
+
+
+def op_of(layer: nn.Module) -> str:
+    """Which float32 precision setting governs the layer's products: "conv" or "matmul"."""
+    return "conv" if isinstance(KINDS.get(type(layer)), ConvKind) else "matmul"
 
 
 def pair_factor(n: int, direction: str, u: float) -> float:
     """ρ = γ(n + c) + (1 + γ₆₄(k))(1 + γ(n + 2)) − 1, k = 6 (+ n before): |unfolded_j − folded_j| ≤ ρ·M_j."""
-    k = FOLD_ROUNDINGS + (n if direction == BEFORE else 0)
+    k = FOLD_ROUNDINGS + (n if direction != AFTER else 0)
     return rounding_bound(n + BOUND_C, u) + (1 + rounding_bound(k, U64)) * (1 + rounding_bound(n + 2, u)) - 1
 
 
-def pair_magnitude(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor) -> torch.Tensor:
+def channelwise(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A per-channel vector shaped to broadcast over dim 1 of an ndim-D tensor (N, C, *spatial)."""
+    return v.reshape(-1, *([1] * (ndim - 2))) if ndim > 2 else v
+
+
+def per_output(layer: nn.Module, v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A per-output vector of an affine layer, shaped for its ndim-D output: dim 1 for a conv, last for a Linear."""
+    return channelwise(v, ndim) if isinstance(KINDS[type(layer)], ConvKind) else v
+
+
+def absolute(t: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    """|t| in float64 on the CPU, computed once per tensor when a cache is given."""
+    if cache is None:
+        return f64(t).abs()
+    hit = cache.get(id(t))
+    if hit is None or hit[0] is not t:
+        hit = cache[id(t)] = (t, f64(t).abs())
+    return hit[1]
+
+
+def pair_magnitude(layer: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor, spread: int = 1,
+                   cache: dict | None = None) -> torch.Tensor:
     """M_j: the sum of the magnitudes of the terms of output j of the unfolded pair, in float64.
 
     after:  M_j = |s_j|·(Σ_i |x_i||W_ij| + |b_j| + |μ_j|) + |β_j|
     before: M_j = Σ_i (|x_i||s_i| + |μ_i s_i| + |β_i|)·|W_ij| + |b_j|
+    where Σ_i runs over a conv's patch, and before a Linear through a Flatten over every flattened input.
     """
-    W, b = linear_terms(linear)
+    kind = KINDS[type(layer)]
     mean, _, _, beta, _ = norm_terms(bn)
     s = norm_affine(bn)[0].abs()
-    ax, aW = f64(x).abs(), W.abs()
+    W, b = absolute(layer.weight, cache), kind.bias(layer)
+    b = torch.zeros(kind.channels(layer)[1], dtype=torch.float64) if b is None else absolute(b, cache)
+    ax = f64(x).abs()
     if direction == AFTER:
-        return s * (ax @ aW + b.abs() + mean.abs()) + beta.abs()
-    return (ax * s + (mean * s).abs() + beta.abs()) @ aW + b.abs()
+        z = kind.linear_map(layer, ax, W)
+        return per_output(layer, s, z.ndim) * (z + per_output(layer, b + mean.abs(), z.ndim)) \
+            + per_output(layer, beta.abs(), z.ndim)
+    m = ax * channelwise(s, ax.ndim) + channelwise((mean * s).abs() + beta.abs(), ax.ndim)
+    if isinstance(kind, ConvKind) is False and m.ndim > 2:  # a Linear after a Flatten
+        m = m.flatten(1)
+    z = kind.linear_map(layer, m, W)
+    return z + per_output(layer, b, z.ndim)
 
 
-def pair_bound(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor) -> torch.Tensor:
-    """ρ·M_j: the bound on |unfolded_j − folded_j| for one pair at input x."""
-    n = linear_terms(linear)[0].shape[0]
-    return pair_factor(n, direction, unit_roundoff(x.dtype, x.device)) * pair_magnitude(linear, bn, direction, x)
+def pair_underflow(linear: nn.Module, bn: nn.Module, x: torch.Tensor, cache: dict | None = None) -> float:
+    """A: what underflow adds to |unfolded_j − folded_j|, with η = `underflow(dtype)`, n the terms per output:
+
+    A = η·(2n(2 + max|s|) + 2·8·(1 + max_j Σ_i |W_ij|) + n·max|x| + 1): n products of 2η each on both sides (after
+    the BN's |s| on the unfolded side), the BN's 8 roundings (through |W| when it comes first), and each folded
+    weight and bias cast down to the layer's dtype off by η on top of its rounding (times |x_i|).
+    """
+    n = KINDS[type(linear)].terms(linear)
+    s = norm_affine(bn)[0].abs().max().item() if len(bn.running_mean) else 0.0
+    W = absolute(linear.weight, cache)
+    rows = f64(KINDS[type(linear)].blocks(linear)).abs().sum(-2).max().item() if W.numel() else 0.0
+    largest = f64(x).abs().max().item() if x.numel() else 0.0
+    return underflow(x.dtype) * (2 * n * (2 + s) + 2 * BN_ROUNDINGS * (1 + rows) + n * largest + 1)
+
+
+def pair_bound(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor, spread: int = 1,
+               cache: dict | None = None) -> torch.Tensor:
+    """ρ·M_j + A: the bound on |unfolded_j − folded_j| for one pair at input x."""
+    n = KINDS[type(linear)].terms(linear)
+    u = unit_roundoff(x.dtype, x.device, op_of(linear))
+    return pair_factor(n, direction, u) * pair_magnitude(linear, bn, direction, x, spread, cache) \
+        + pair_underflow(linear, bn, x, cache)
 
 
 # Propagation: |layer(x̂) − layer(x̂')| given |x̂ − x̂'| ≤ D, for a layer both models share. Each side is its
 # exact value plus its own rounding; the exact values differ by at most the map's slope times D, and
-# x̂' is bounded by |x̂| + D.
+# x̂' is bounded by |x̂| + D. Every rule takes (layer, x̂ in float64, D, u, η, cache); η (`underflow`) is the most
+# a product or quotient that underflows loses, added once per such operation on each side.
 
-def _linear_rule(layer, x64, D, u):
-    W, b = linear_terms(layer)
-    g = rounding_bound(W.shape[0] + 1, u)
-    return (1 + g) * (D @ W.abs()) + 2 * g * (x64.abs() @ W.abs() + b.abs())
+def _affine_rule(layer, x64, D, u, eta, cache):
+    """Linear and conv: (1 + g)·|W|D + 2g·(|W||x̂| + |b|), g = γ(n + 1), as one map of (1 + g)D + 2g|x̂|."""
+    kind = KINDS[type(layer)]
+    n = kind.terms(layer)
+    g = rounding_bound(n + 1, u)
+    out = kind.linear_map(layer, (1 + g) * D + 2 * g * x64.abs(), absolute(layer.weight, cache)) + 4 * n * eta
+    b = kind.bias(layer)
+    return out if b is None else out + 2 * g * per_output(layer, absolute(b, cache), out.ndim)
 
 
-def _batchnorm_rule(layer, x64, D, u):
+def _batchnorm_rule(layer, x64, D, u, eta, cache):
     mean, _, _, beta, _ = norm_terms(layer)
     s = norm_affine(layer)[0].abs()
+    s, mean, beta = (channelwise(v, x64.ndim) for v in (s, mean, beta))
     g = rounding_bound(BN_ROUNDINGS, u)
-    return (1 + g) * s * D + 2 * g * (s * (x64.abs() + mean.abs()) + beta.abs())
+    return (1 + g) * s * D + 2 * g * (s * (x64.abs() + mean.abs()) + beta.abs()) + 2 * BN_ROUNDINGS * eta
 
 
-def _tanh_rule(layer, x64, D, u):
-    """tanh' = 1/cosh², largest on [|x̂| − D, |x̂| + D] at its point nearest 0; |tanh a| ≤ min(1, |a|)."""
+def _tanh_rule(layer, x64, D, u, eta, cache):
+    """tanh' = 1/cosh², largest on [|x̂| − D, |x̂| + D] at its point nearest 0; |tanh a| ≤ min(1, |a|), so the exact
+    outputs also differ by at most 2."""
     ax = x64.abs()
     near0 = (ax - D).clamp(min=0)
-    return D / near0.cosh() ** 2 + ACTIVATION_ROUNDINGS * u * (ax.clamp(max=1) + (ax + D).clamp(max=1))
+    return ((D / near0.cosh() ** 2).clamp(max=2) + ACTIVATION_ROUNDINGS * u * (ax.clamp(max=1) + (ax + D).clamp(max=1))
+            + 2 * ACTIVATION_ROUNDINGS * eta)
 
 
-def _sigmoid_rule(layer, x64, D, u):
-    """σ' = σ(a)σ(−a), largest at the point of [|x̂| − D, |x̂| + D] nearest 0; |σ| ≤ 1."""
+def _sigmoid_rule(layer, x64, D, u, eta, cache):
+    """σ' = σ(a)σ(−a), largest at the point of [|x̂| − D, |x̂| + D] nearest 0; σ ∈ [0, 1], so the exact outputs also
+    differ by at most 1."""
     near0 = (x64.abs() - D).clamp(min=0)
-    return D * near0.sigmoid() * (-near0).sigmoid() + 2 * ACTIVATION_ROUNDINGS * u
+    return (D * near0.sigmoid() * (-near0).sigmoid()).clamp(max=1) + 2 * ACTIVATION_ROUNDINGS * u + 2 * eta
 
 
-def _relu_rule(layer, x64, D, u):
+def _relu_rule(layer, x64, D, u, eta, cache):
     """Exact; both inputs are ≤ 0, so both outputs 0, where x̂ + D ≤ 0."""
     return torch.where(x64 + D <= 0, 0.0, D)
 
 
-def _identity_rule(layer, x64, D, u):
+def _hardtanh_rule(layer, x64, D, u, eta, cache):
+    """clamp(·, lo, hi) is exact and 1-Lipschitz, its outputs differ by at most hi − lo, and are equal where both
+    inputs are ≤ lo or both ≥ hi."""
+    lo, hi = thresholds(layer.min_val, min), thresholds(layer.max_val, max)
+    flat = (x64 + D <= lo) | (x64 - D >= hi)
+    return torch.where(flat, 0.0, D.clamp(max=hi - lo))
+
+
+def thresholds(value: float, pick) -> float:
+    """The threshold a kernel compares with, rounded to whichever float dtype the input has: `pick` (min for a lower
+    threshold, max for an upper one) of its roundings, so a flat region is claimed only where it is flat in each."""
+    return pick(torch.tensor(value, dtype=t).double().item() for t in (torch.float64, torch.float32, torch.float16,
+                                                                         torch.bfloat16))
+
+
+def _leaky_relu_rule(layer, x64, D, u, eta, cache):
+    """Slope max(1, |a|); a·x is one rounding, u·|a||x| on each side; a as large as the kernel's dtype rounds it."""
+    a = thresholds(abs(layer.negative_slope), max)
+    return max(1.0, a) * D + u * a * (2 * x64.abs() + D) + 2 * eta
+
+
+def _hardswish_rule(layer, x64, D, u, eta, cache):
+    """f = x·relu6(x + 3)/6: f' = (2x + 3)/6 on (−3, 3), 0 below, 1 above; |f'| is convex on [−3, 3], so its
+    largest value on [x̂ − D, x̂ + D] is at an end clamped to [−3, 3]; 0 where x̂ + D ≤ −3. |f(x)| ≤ |x|."""
+    slope = torch.maximum(((2 * (x64 - D).clamp(-3, 3) + 3) / 6).abs(), ((2 * (x64 + D).clamp(-3, 3) + 3) / 6).abs())
+    slope = torch.where(x64 + D <= -3, 0.0, slope)
+    return slope * D + rounding_bound(ACTIVATION_ROUNDINGS, u) * (2 * x64.abs() + D) + 2 * ACTIVATION_ROUNDINGS * eta
+
+
+def _hardsigmoid_rule(layer, x64, D, u, eta, cache):
+    """f = relu6(x + 3)/6: slope 1/6 where [x̂ − D, x̂ + D] meets (−3, 3), else both outputs equal; f ∈ [0, 1]."""
+    flat = (x64 + D <= -3) | (x64 - D >= 3)
+    return torch.where(flat, 0.0, (D / 6).clamp(max=1)) + 2 * ACTIVATION_ROUNDINGS * u + 2 * eta
+
+
+def _gate_rule(slope):
+    """x·φ(x) with sup |f'| ≤ slope and |f(x)| ≤ |x|: slope·D + γ(16)·(|x̂| + |x̂'|) (SiLU, GELU)."""
+    def rule(layer, x64, D, u, eta, cache):
+        return slope * D + rounding_bound(GATE_ROUNDINGS, u) * (2 * x64.abs() + D) + 2 * GATE_ROUNDINGS * eta
+    return rule
+
+
+def _identity_rule(layer, x64, D, u, eta, cache):
     return D
 
 
-def _dropout_rule(layer, x64, D, u):
+def _dropout_rule(layer, x64, D, u, eta, cache):
     if layer.training:
         raise TypeError("error_bound needs Dropout in eval mode (in training it is random): call model.eval()")
     return D
 
 
-RULES = {"linear": _linear_rule, "batchnorm": _batchnorm_rule, "tanh": _tanh_rule, "sigmoid": _sigmoid_rule,
-         "relu": _relu_rule, "identity": _identity_rule, "dropout": _dropout_rule}
+def _max_pool_rule(layer, x64, D, u, eta, cache):
+    """Exact: |max_w a − max_w a'| ≤ max_w |a − a'|, so the same pooling of D bounds it (a window of padding
+    alone is −∞ on both sides: 0)."""
+    return layer(D).clamp(min=0)
 
 
-def propagate(layer: nn.Module, x: torch.Tensor, D: torch.Tensor, name: str) -> torch.Tensor:
+def _window(kernel, ndim: int) -> int:
+    return math.prod(kernel) if isinstance(kernel, tuple | list) else kernel ** ndim
+
+
+def _avg_pool_rule(layer, x64, D, u, eta, cache):
+    """Sum of N ≤ kernel-volume terms and a division: (1 + g)·avg(D) + 2g·avg(|x̂|), g = γ(N + 1)."""
+    spatial = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}[type(layer)]
+    g = rounding_bound(_window(layer.kernel_size, spatial) + 1, u)
+    return layer((1 + g) * D + 2 * g * x64.abs()) + 4 * eta
+
+
+def adaptive_window(size: int, out: int | None) -> int:
+    """The largest window of adaptive pooling from `size` to `out`: max_i ⌈(i+1)·size/out⌉ − ⌊i·size/out⌋."""
+    out = size if out is None else out
+    return max(-(-(i + 1) * size // out) - (i * size) // out for i in range(out))
+
+
+def _adaptive_avg_pool_rule(layer, x64, D, u, eta, cache):
+    """As avg_pool, with N the largest window (`adaptive_window` per spatial dim)."""
+    spatial = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}[type(layer)]
+    sizes = layer.output_size if isinstance(layer.output_size, tuple | list) else (layer.output_size,) * spatial
+    N = math.prod(adaptive_window(n, o) for n, o in zip(x64.shape[-spatial:], sizes))
+    g = rounding_bound(N + 1, u)
+    return layer((1 + g) * D + 2 * g * x64.abs()) + 4 * eta
+
+
+def _move_rule(layer, x64, D, u, eta, cache):
+    """Flatten copies values: the same flatten of D bounds the difference exactly."""
+    return layer(D)
+
+
+RULES = {"linear": _affine_rule, "conv": _affine_rule, "batchnorm": _batchnorm_rule, "tanh": _tanh_rule,
+         "sigmoid": _sigmoid_rule, "relu": _relu_rule, "hardtanh": _hardtanh_rule, "leaky_relu": _leaky_relu_rule,
+         "hardswish": _hardswish_rule, "hardsigmoid": _hardsigmoid_rule, "silu": _gate_rule(SILU_SLOPE),
+         "gelu": _gate_rule(GELU_SLOPE), "identity": _identity_rule, "dropout": _dropout_rule,
+         "max_pool": _max_pool_rule, "avg_pool": _avg_pool_rule, "adaptive_avg_pool": _adaptive_avg_pool_rule,
+         "move": _move_rule}
+
+
+def propagate(layer: nn.Module, x: torch.Tensor, D: torch.Tensor, name: str, cache: dict | None = None) -> torch.Tensor:
     """Bound on |layer(x̂) − layer(x̂')| given |x̂ − x̂'| ≤ D, by the rule its kind names."""
     kind = KINDS.get(type(layer))
     if kind is None or kind.rule not in RULES:
@@ -141,50 +311,238 @@ def propagate(layer: nn.Module, x: torch.Tensor, D: torch.Tensor, name: str) -> 
                         f"to core.bound.RULES")
     if kind.rule == "batchnorm":
         check_norm(layer, name)
-    return RULES[kind.rule](layer, f64(x), D, unit_roundoff(x.dtype, x.device))
+    return RULES[kind.rule](layer, f64(x), D, unit_roundoff(x.dtype, x.device, op_of(layer)), underflow(x.dtype), cache)
 
 
-def model_layers(model: nn.Module) -> list[nn.Module]:
-    """The layer list that fold and the bound walk: a CharMLP's stack or a Sequential's modules."""
-    if isinstance(model, CharMLP):
-        return list(model.layers)
-    if isinstance(model, nn.Sequential):
-        return list(model)
-    raise TypeError(f"fold works on a CharMLP or a torch.nn.Sequential, not a {type(model).__name__}")
+# Functions and methods of a traced graph, read as the layer they compute: call(*rest) -> that layer.
+
+FUNCTION_LAYERS = {
+    F.relu: lambda inplace=False: nn.ReLU(), torch.relu: nn.ReLU, torch.relu_: nn.ReLU,
+    F.relu6: lambda inplace=False: nn.ReLU6(),
+    F.hardtanh: lambda min_val=-1.0, max_val=1.0, inplace=False: nn.Hardtanh(min_val, max_val),
+    F.leaky_relu: lambda negative_slope=0.01, inplace=False: nn.LeakyReLU(negative_slope),
+    F.hardswish: lambda inplace=False: nn.Hardswish(), F.hardsigmoid: lambda inplace=False: nn.Hardsigmoid(),
+    F.silu: lambda inplace=False: nn.SiLU(), F.gelu: lambda approximate="none": nn.GELU(approximate),
+    torch.sigmoid: nn.Sigmoid, F.sigmoid: nn.Sigmoid, torch.tanh: nn.Tanh, F.tanh: nn.Tanh,
+    F.dropout: lambda p=0.5, training=True, inplace=False: nn.Dropout(p).train(training),
+    torch.flatten: lambda start_dim=0, end_dim=-1: nn.Flatten(start_dim, end_dim),
+    F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+    F.adaptive_avg_pool3d: nn.AdaptiveAvgPool3d,
+    F.adaptive_max_pool1d: nn.AdaptiveMaxPool1d, F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d,
+    F.adaptive_max_pool3d: nn.AdaptiveMaxPool3d,
+    F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: nn.MaxPool3d,
+    F.avg_pool1d: nn.AvgPool1d, F.avg_pool2d: nn.AvgPool2d, F.avg_pool3d: nn.AvgPool3d,
+}
+METHOD_LAYERS = {
+    "relu": nn.ReLU, "relu_": nn.ReLU, "sigmoid": nn.Sigmoid, "sigmoid_": nn.Sigmoid, "tanh": nn.Tanh,
+    "tanh_": nn.Tanh, "flatten": lambda start_dim=0, end_dim=-1: nn.Flatten(start_dim, end_dim),
+}
+
+
+# Graph rules: ops with several inputs, or that move values around. Each takes (args, Ds, u) where args are
+# the call's values (x̂ side) and Ds the same structure with a bound (float64) or None (no difference).
+
+def _add_rule(args, kwargs, Ds, u, eta):
+    """a + b (or a − b): (1 + u)(D_a + D_b) + 2u(|â| + |b̂|): one rounding of |a ± b| ≤ |a| + |b| per side."""
+    if kwargs.get("alpha", 1) != 1:
+        raise TypeError("error_bound models add/sub without alpha")
+    a, b = (_magnitude(v) for v in args[:2])
+    Da, Db = (_or_zero(d) for d in Ds[:2])
+    return (1 + u) * (Da + Db) + 2 * u * (a + b)
+
+
+def _mul_rule(args, kwargs, Ds, u, eta):
+    """a·b: |â|D_b + |b̂|D_a + D_aD_b, plus one rounding of |ab| per side, the other's ≤ (|â| + D_a)(|b̂| + D_b)."""
+    a, b = (_magnitude(v) for v in args[:2])
+    Da, Db = (_or_zero(d) for d in Ds[:2])
+    return a * Db + b * Da + Da * Db + u * (a * b + (a + Da) * (b + Db)) + 2 * eta
+
+
+def _mean_rule(args, kwargs, Ds, u, eta):
+    """mean over N elements is a sum and a division: (1 + g)·mean(D) + 2g·mean(|x̂|), g = γ(N + 1)."""
+    x, rest = args[0], args[1:]
+    out = x.mean(*rest, **kwargs)
+    N = x.numel() // max(out.numel(), 1)
+    g = rounding_bound(N + 1, u)
+    return ((1 + g) * Ds[0] + 2 * g * f64(x).abs()).mean(*rest, **kwargs) + 4 * eta
+
+
+def _stochastic_depth_rule(args, kwargs, Ds, u, eta):
+    """torchvision's stochastic_depth(x, p, mode, training) is x itself when not training or p = 0."""
+    p = args[1] if len(args) > 1 else kwargs["p"]
+    training = args[3] if len(args) > 3 else kwargs.get("training", True)
+    if training and p > 0:
+        raise TypeError("error_bound needs stochastic_depth in eval mode (in training it is random): call model.eval()")
+    return Ds[0]
+
+
+def _magnitude(v):
+    return f64(v).abs() if isinstance(v, torch.Tensor) else torch.tensor(abs(float(v)), dtype=torch.float64)
+
+
+def _or_zero(d):
+    return torch.zeros((), dtype=torch.float64) if d is None else d
+
+
+ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub, "add", "add_", "sub", "sub_"}
+MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+MEAN = {torch.mean, "mean"}
+# Moves copy values to new places (views, reshapes, transposes, splits, selections): f(D) bounds f(x̂) − f(x̂').
+MOVES = {torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze, torch.chunk, torch.split,
+         torch.narrow, torch.t, operator.getitem, "view", "reshape", "transpose", "permute", "contiguous", "chunk",
+         "split", "squeeze", "unsqueeze", "expand", "narrow", "t", "unflatten", "clone"}
+JOINS = {torch.cat, torch.concat, torch.stack}  # moves of several inputs: a missing bound is 0
+META_METHODS = {"size", "dim", "numel", "nelement", "ndimension"}
+META_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout"}
+SHAPE_ONLY = {torch.ones_like, torch.zeros_like, torch.empty_like, torch.full_like}
+
+
+def _is_stochastic_depth(target) -> bool:
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" == \
+        "torchvision.ops.stochastic_depth.stochastic_depth"
+
+
+def _zeros_like(value):
+    """A zero bound shaped like a value (a tensor, or a tuple or list holding tensors); other values as they are."""
+    if isinstance(value, torch.Tensor):
+        return torch.zeros(value.shape, dtype=torch.float64)
+    if isinstance(value, tuple | list):
+        return type(value)(_zeros_like(v) for v in value)
+    return value
+
+
+def propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict, cache: dict | None = None):
+    """Bound on the difference at node given the bounds Ds at its inputs (None: no difference), or None.
+
+    A bound that overflows float64 is +inf, still a bound; a rule meeting one may compute ∞·0 = nan, which
+    becomes +inf too, so a bound is never nan.
+    """
+    return _no_nan(_propagate_node(graph, node, modules, env, Ds, cache))
+
+
+def _no_nan(D):
+    if isinstance(D, torch.Tensor):
+        return D.nan_to_num(nan=math.inf, posinf=math.inf)
+    return type(D)(_no_nan(d) for d in D) if isinstance(D, tuple | list) else D
+
+
+def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict, cache: dict | None = None):
+    inputs = node.all_input_nodes
+    if not any(Ds.get(a) is not None for a in inputs):
+        return None
+    op, target = node.op, node.target
+    if op == "call_method" and target in META_METHODS or op == "call_function" and target in SHAPE_ONLY or \
+            op == "call_function" and target is getattr and node.args[1] in META_ATTRIBUTES:
+        return None  # shapes and types, and tensors made from them alone: the same in both models
+    if op == "output":
+        return fx.node.map_aggregate(node.args[0], lambda a: _bound_or_zero(a, env, Ds))
+    name = graph.name(target) if op == "call_module" else f"{graph.describe(node)} (node '{node.name}')"
+    args = fx.node.map_arg(node.args, env.__getitem__)
+    kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+    arg_D = tuple(Ds.get(a) if isinstance(a, fx.Node) else None for a in node.args)
+    x = args[0] if args else None
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+    u = unit_roundoff(first.dtype, first.device) if first is not None else U64
+    eta = underflow(first.dtype) if first is not None else ETA64
+    if op == "call_module":
+        if len(node.args) != 1 or node.kwargs:
+            raise TypeError(f"error_bound has no error model for {name} called with more than one input")
+        if hooked(modules[target]):
+            raise TypeError(f"error_bound has no error model for {name}: it has a hook registered, which may change "
+                            f"its output; remove the hook to bound the model")
+        return propagate(modules[target], x, arg_D[0], name, cache)
+    key = target
+    layers = FUNCTION_LAYERS if op == "call_function" else METHOD_LAYERS if op == "call_method" else {}
+    if key in layers:
+        return propagate(layers[key](*args[1:], **kwargs), x, arg_D[0], name, cache)
+    if key in ADD:
+        return _add_rule(args, kwargs, arg_D, u, eta)
+    if key in MUL:
+        return _mul_rule(args, kwargs, arg_D, u, eta)
+    if key in MEAN:
+        return _mean_rule(args, kwargs, arg_D, u, eta)
+    if op == "call_function" and _is_stochastic_depth(target):
+        return _stochastic_depth_rule(args, kwargs, arg_D, u, eta)
+    if key in MOVES and arg_D[0] is not None and all(d is None for d in arg_D[1:]):
+        D = arg_D[0]
+        return getattr(D, target)(*args[1:], **kwargs) if op == "call_method" else target(D, *args[1:], **kwargs)
+    if key in JOINS:
+        tensors = [Ds.get(a) if Ds.get(a) is not None else _zeros_like(env[a]) for a in node.args[0]]
+        return target(tensors, *args[1:], **kwargs)
+    raise TypeError(f"error_bound has no error model for {name}: add a rule for it to core.bound "
+                    f"(docs/design-conv.md says how)")
+
+
+def _bound_or_zero(a, env, Ds):
+    if not isinstance(a, fx.Node):
+        return a
+    D = Ds.get(a)
+    return _zeros_like(env[a]) if D is None else D
+
+
+def propagate_graph(graph, modules: dict, bypassed: set, env: dict, D: dict, cache: dict | None = None):
+    """The bound at the output, carried from the bounds D at some nodes ({node: bound}) through every node after
+    them, each by its rule (a bypassed node passes its input's on); env holds the values of the model at hand."""
+    Ds = dict(D)
+    for node in graph.nodes[min(graph.position[n] for n in D) + 1:]:
+        if node in Ds:
+            continue
+        bound = Ds.get(node.args[0]) if node in bypassed else propagate_node(graph, node, modules, env, Ds, cache)
+        if bound is not None:
+            Ds[node] = bound
+    out = Ds.get(graph.nodes[-1])
+    return _zeros_like(env[graph.nodes[-1]]) if out is None else out
 
 
 def model_input(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
-    """What the layer stack sees: C[X] flattened for a CharMLP, X itself for a Sequential."""
+    """What the layer graph sees: C[X] flattened for a CharMLP, X itself otherwise."""
     return F.embedding(X, model.C).view(X.shape[0], -1) if isinstance(model, CharMLP) else X
 
 
 @torch.no_grad()
-def error_bound(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
+def error_bound(model: nn.Module, X):
     """Certified elementwise bound B (float64, CPU) with |model(X) − fold(model)[0](X)| ≤ B, both in eval.
 
     The folds apply one at a time, and consecutive models M_{k−1}, M_k differ in one pair only, so
     |M_0(X) − M_K(X)| ≤ Σ_k |M_{k−1}(X) − M_k(X)|. Each term is the pair bound ρ·M_j at the pair
-    (identical inputs there), carried through the layers after it by their rules. The bound is itself
-    computed in float64; the factor 1 + 2⁻³⁰ covers that rounding. Derivation: docs/design.md.
+    (identical inputs there), carried by the rules through every node of M_{k−1} downstream of the pair;
+    nodes elsewhere compute the same values in both. The bound is itself computed in float64; the factor
+    1 + 2⁻³⁰ covers that rounding. X is the input (a tuple for a model of several inputs); the result has
+    the structure of the output. Derivation: docs/design.md, docs/design-conv.md.
     """
-    layers = model_layers(model)
-    steps, _ = plan(layers)
-    h0 = model_input(model, X)
+    graph = model_graph(model)
+    steps, _ = graph.plan()
+    inputs = X if isinstance(X, tuple) else (model_input(model, X),)
+    modules, bypassed, cache = dict(graph.modules), set(), {}
+    env = graph.evaluate(modules, bypassed, inputs)
     total = None
-    for (lin, bn, direction), stage in zip(steps, stages(layers, steps)):
-        indices, current = list(stage), list(stage.values())
-        p = indices.index(min(lin, bn))
-        trace = [h0]
-        for layer in current[:-1]:
-            trace.append(layer(trace[-1]))
-        linear, norm = (current[p], current[p + 1]) if direction == AFTER else (current[p + 1], current[p])
-        D = pair_bound(linear, norm, direction, trace[p])
-        for q in range(p + 2, len(current)):
-            D = propagate(current[q], trace[q], D, layer_name(layers, indices[q]))
-        total = D if total is None else total + D
+    for step in steps:
+        layer, bn = modules[step.layer.target], modules[step.bn.target]
+        if step.direction == AFTER:
+            start, x = step.bn, env[step.layer.args[0]]
+        else:
+            start, x = step.layer, env[step.bn.args[0]]
+        D = {start: pair_bound(layer, bn, step.direction, x, step.spread, cache)}
+        out = propagate_graph(graph, modules, bypassed, env, D, cache)
+        total = out if total is None else _add_bounds(total, out)
+        modules[step.layer.target] = graph.fold_step(modules, step)
+        bypassed.add(step.bn)
+        env = graph.evaluate(modules, bypassed, inputs, env, changed=(step.layer, step.bn))
     if total is None:  # nothing to fold: folded(X) is computed exactly as model(X)
-        return torch.zeros(model(X).shape, dtype=torch.float64)
-    return total * SAFETY
+        return _zeros_like(env[graph.nodes[-1]])
+    return _scale(total, SAFETY, TINY64)
+
+
+def _add_bounds(a, b):
+    if isinstance(a, torch.Tensor):
+        return a + b
+    return type(a)(_add_bounds(x, y) for x, y in zip(a, b)) if isinstance(a, tuple | list) else a
+
+
+def _scale(bound, factor: float, floor: float):
+    if isinstance(bound, torch.Tensor):
+        return bound * factor + floor
+    return type(bound)(_scale(v, factor, floor) for v in bound) if isinstance(bound, tuple | list) else bound
 
 
 def loss_bound(logits: torch.Tensor, bound: torch.Tensor, Y: torch.Tensor) -> float:

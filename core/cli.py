@@ -341,6 +341,14 @@ def cmd_sample(args):
 
 
 def cmd_fold(args):
+    from core.errors import UsageError
+
+    if args.torchvision:
+        from core.cli_vision import cmd_fold_torchvision
+
+        return cmd_fold_torchvision(args)
+    if args.checkpoint is None or args.out is None:
+        raise UsageError("fold needs a checkpoint and -o/--out (or --torchvision NAME)")
     check_out(args.out, "-o", the_checkpoint_being_folded=args.checkpoint,
               the_names_file=names_path(args, fetch=False))
 
@@ -498,10 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("fold", help="fold every foldable BatchNorm into its Linear and save the folded checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("-o", "--out", required=True, help="folded checkpoint path (never the input checkpoint)")
+    p.add_argument("checkpoint", nargs="?")
+    p.add_argument("-o", "--out", help="folded checkpoint path (never the input checkpoint)")
     p.add_argument("--seed", type=seed_arg, default=None, help=seed_help)
     add_names_arg(p)
+    add_torchvision_args(p)
     p.set_defaults(func=cmd_fold)
 
     p = sub.add_parser("reproduce", help="run E01 and E02 with the seed's recipe; write report.json, report.md, plots")

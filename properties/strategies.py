@@ -1,5 +1,6 @@
 """Shared hypothesis strategies. Each builds valid inputs directly rather than filtering."""
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -8,7 +9,7 @@ import torch
 from hypothesis import strategies as st
 
 from core.init import apply_init
-from core.kinds import KINDS, NormTerms
+from core.kinds import KINDS, ConvKind, LinearKind, MapKind, NormKind, NormTerms
 from core.layers import ACTIVATIONS, BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
 from core.model import CharMLP
 
@@ -147,7 +148,8 @@ class ModelCase:
                     layers.append(activations[token]())
             if k + 1 < len(self.widths):
                 W = torch.randn(width, self.widths[k + 1], generator=g, dtype=F64) / math.sqrt(width)
-                b = torch.randn(self.widths[k + 1], generator=g, dtype=F64) if torch.rand(1, generator=g) < 0.5 else None
+                with_bias = torch.rand(1, generator=g) < 0.5
+                b = torch.randn(self.widths[k + 1], generator=g, dtype=F64) if with_bias else None
                 layers.append(make_linear(layer_kind, W.to(self.dtype), None if b is None else b.to(self.dtype)))
                 width = self.widths[k + 1]
         if self.kind == "charmlp":
@@ -160,13 +162,110 @@ class ModelCase:
 
 @st.composite
 def model_cases(draw, dtypes=(torch.float32, torch.float64), max_width=32, max_batch=64):
-    """Depth 1..6, widths 1..max_width, each gap 0..3 of BatchNorm/Tanh/ReLU: BNs land after, before and away from Linears."""
+    """Depth 1..6, widths 1..max_width, gaps of 0..3 BatchNorm/Tanh/ReLU: BNs after, before and away from Linears."""
     depth = draw(st.integers(1, 6))
     widths = tuple(draw(st.lists(st.integers(1, max_width), min_size=depth + 1, max_size=depth + 1)))
     gap = st.lists(st.sampled_from(("bn", "bn", "tanh", "relu")), max_size=3).map(tuple)
     gaps = tuple(draw(st.lists(gap, min_size=depth + 1, max_size=depth + 1)))
     return ModelCase(draw(st.sampled_from(("core", "torch", "charmlp"))), widths, gaps,
                      draw(st.integers(1, max_batch)), draw(st.sampled_from(dtypes)), draw(st.integers(0, 2**32 - 1)))
+
+
+# Convolutions with a BatchNorm after or before them, described by plain fields and built from a seed.
+
+CONV_TYPES = {(d, transposed): t for t, kind in KINDS.items() if isinstance(kind, ConvKind)
+              for d, transposed in [(kind.spatial, kind.transposed)]}
+BN_TYPES = {1: torch.nn.BatchNorm1d, 2: torch.nn.BatchNorm2d, 3: torch.nn.BatchNorm3d}
+
+
+@dataclass(frozen=True)
+class ConvPairCase:
+    """A Conv{d}d (or ConvTranspose{d}d) and a BatchNorm{d}d after it ('after') or before it ('before')."""
+
+    spatial: int = 2
+    transposed: bool = False
+    direction: str = "after"
+    groups: int = 1
+    in_per_group: int = 1
+    out_per_group: int = 1
+    kernel: tuple = (1, 1)
+    stride: tuple = (1, 1)
+    dilation: tuple = (1, 1)
+    padding: tuple = (0, 0)
+    padding_mode: str = "zeros"
+    size: tuple = (3, 3)  # spatial input size
+    batch: int = 1
+    bias: bool = True
+    affine: bool = True
+    dtype: torch.dtype = torch.float32
+    eps: float = 1e-5
+    var: str = "loguniform"
+    gamma: str = "normal"
+    seed: int = 0
+
+    def build(self):
+        """(conv, bn, x): eval-mode layers of self.dtype, weights from the seed, and an input batch for the pair."""
+        g = torch.Generator().manual_seed(self.seed)
+        c_in, c_out = self.groups * self.in_per_group, self.groups * self.out_per_group
+        conv_type = CONV_TYPES[self.spatial, self.transposed]
+        if self.transposed:
+            conv = conv_type(c_in, c_out, self.kernel, self.stride, self.padding, 0, self.groups, self.bias,
+                             self.dilation, device="meta")
+            shape = (c_in, self.out_per_group, *self.kernel)
+        else:
+            conv = conv_type(c_in, c_out, self.kernel, self.stride, self.padding, self.dilation, self.groups,
+                             self.bias, self.padding_mode, device="meta")
+            shape = (c_out, self.in_per_group, *self.kernel)
+        fan_in = self.in_per_group * math.prod(self.kernel)
+        W = torch.randn(shape, generator=g, dtype=F64) / math.sqrt(fan_in)
+        conv.weight = torch.nn.Parameter(W.to(self.dtype))
+        conv.bias = torch.nn.Parameter(torch.randn(c_out, generator=g, dtype=F64).to(self.dtype)) if self.bias else None
+        channels = c_out if self.direction == "after" else c_in
+        stats = bn_stats(g, channels, self.var, self.gamma)
+        mean, var, gm, beta = (t.to(self.dtype) for t in stats)
+        terms = NormTerms(mean, var, gm if self.affine else None, beta if self.affine else None, self.eps)
+        bn = KINDS[BN_TYPES[self.spatial]].build(terms, 0.1).eval()
+        x = torch.randn(self.batch, c_in, *self.size, generator=g, dtype=F64) * log_uniform(g, 1, -1, 2)
+        if self.direction == "before":  # around the running mean, as a BatchNorm's inputs are
+            x = x + channelwise(stats[0], x.ndim)
+        return conv.eval(), bn, x.to(self.dtype)
+
+    def sequential(self):
+        conv, bn, x = self.build()
+        return torch.nn.Sequential(*((conv, bn) if self.direction == "after" else (bn, conv))), x
+
+
+def channelwise(v, ndim):
+    return v.reshape(-1, *([1] * (ndim - 2)))
+
+
+@st.composite
+def conv_pair_cases(draw, dtypes=(torch.float32, torch.float64), directions=("after", "before"), exact=True):
+    """A conv/BN pair of any spatial dims, groups, kernel, stride, dilation, padding and padding mode.
+
+    With exact, a BN before its conv gets padding 0 or a padding mode other than zeros (the folds that are
+    exact); without, a BN before a conv may meet a zero-padded border.
+    """
+    d = draw(st.integers(1, 3))
+    direction = draw(st.sampled_from(directions))
+    transposed = direction == "after" and draw(st.booleans())
+    per_dim = st.tuples(*[st.integers(1, 3 if d < 3 else 2)] * d)
+    kernel, dilation, stride = draw(per_dim), draw(st.tuples(*[st.integers(1, 2)] * d)), draw(per_dim)
+    mode = "zeros" if transposed else draw(st.sampled_from(("zeros", "reflect", "replicate", "circular")))
+    if transposed:
+        padding = tuple(draw(st.integers(0, dl * (k - 1) // 2)) for k, dl in zip(kernel, dilation))
+    elif direction == "before" and mode == "zeros" and exact:
+        padding = (0,) * d
+    else:
+        padding = draw(st.tuples(*[st.integers(0, 2)] * d))
+    size = tuple(draw(st.integers(max(dl * (k - 1) + 1 - 2 * p, p + 1, 1), max(dl * (k - 1) + 1, p + 1) + 3))
+                 for k, dl, p in zip(kernel, dilation, padding))
+    return ConvPairCase(d, transposed, direction, draw(st.integers(1, 3)), draw(st.integers(1, 3)),
+                        draw(st.integers(1, 3)), kernel, stride, dilation, padding, mode, size,
+                        draw(st.integers(1, 4)), draw(st.booleans()), draw(st.booleans()),
+                        draw(st.sampled_from(dtypes)),
+                        draw(st.floats(-8, -1).map(lambda e: 10.0**e)), draw(st.sampled_from(VAR_MODES)),
+                        draw(st.sampled_from(GAMMA_MODES)), draw(st.integers(0, 2**32 - 1)))
 
 
 # One strategy per layer kind of core.kinds.KINDS (keyed by the same types): values drawn by hypothesis.
@@ -197,16 +296,120 @@ def norm_layers(draw, layer_type, max_dim=8):
     var = draw(tensors((dim,), st.floats(0, 1e6)))
     affine = draw(st.booleans())
     eps = draw(st.floats(1e-8, 1e-1))
-    return KINDS[layer_type].build(NormTerms(mean, var, gm if affine else None, beta if affine else None, eps), 0.1).eval()
+    terms = NormTerms(mean, var, gm if affine else None, beta if affine else None, eps)
+    return KINDS[layer_type].build(terms, 0.1).eval()
 
 
+@st.composite
+def conv_layers(draw, layer_type, max_group_channels=2, max_groups=3):
+    """A layer of the conv kind `layer_type`: any groups (depthwise included), kernel, stride, dilation, padding and
+    padding mode its type accepts, with or without bias, float64 weights drawn by hypothesis, eval mode."""
+    kind = KINDS[layer_type]
+    d = kind.spatial
+    groups = draw(st.integers(1, max_groups))
+    c_in, c_out = (groups * draw(st.integers(1, max_group_channels)) for _ in range(2))
+    per_dim = st.tuples(*[st.integers(1, 3 if d < 3 else 2)] * d)
+    kernel, dilation = draw(per_dim), draw(st.tuples(*[st.integers(1, 2)] * d))
+    stride = draw(st.tuples(*[st.integers(1, 2)] * d))
+    bias = draw(st.booleans())
+    if kind.transposed:  # output size (L-1)s - 2p + dil(k-1) + op + 1 > 0 for every L >= 1 when 2p <= dil(k-1)
+        padding = tuple(draw(st.integers(0, dl * (k - 1) // 2)) for k, dl in zip(kernel, dilation))
+        output_padding = tuple(draw(st.integers(0, max(s, dl) - 1)) for s, dl in zip(stride, dilation))
+        layer = layer_type(c_in, c_out, kernel, stride, padding, output_padding, groups, bias, dilation, device="meta")
+        shape = (c_in, c_out // groups, *kernel)
+    else:
+        mode = draw(st.sampled_from(("zeros", "zeros", "reflect", "replicate", "circular")))
+        same = all(s == 1 for s in stride) and draw(st.booleans())
+        padding = "same" if same else draw(st.tuples(*[st.integers(0, 1)] * d))
+        layer = layer_type(c_in, c_out, kernel, stride, padding, dilation, groups, bias, mode, device="meta")
+        shape = (c_out, c_in // groups, *kernel)
+    layer.weight = torch.nn.Parameter(draw(tensors(shape)))
+    layer.bias = torch.nn.Parameter(draw(tensors((c_out,)))) if bias else None
+    return layer.eval()
+
+
+def kernel_tuple(k, d):
+    return tuple(k) if isinstance(k, tuple | list) else (k,) * d
+
+
+@st.composite
+def pool_layers(draw, layer_type):
+    """A pooling layer of `layer_type` with a kernel, stride, padding (at most half the kernel), dilation, ceil mode and
+    divisor its type accepts; adaptive ones with an output size per dim (None keeps the input's)."""
+    name = layer_type.__name__
+    d = int(name[-2])
+    if name.startswith("Adaptive"):
+        size = draw(st.tuples(*[st.none() | st.integers(1, 3)] * d)) if d > 1 else draw(st.integers(1, 3))
+        return layer_type(size).eval()
+    kernel = draw(st.tuples(*[st.integers(1, 3)] * d))
+    stride = draw(st.none() | st.tuples(*[st.integers(1, 2)] * d))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    ceil_mode = draw(st.booleans())
+    if name.startswith("Max"):
+        dilation = draw(st.tuples(*[st.integers(1, 2)] * d))
+        padding = tuple(min(p, ((k - 1) * dl + 1) // 2) for p, k, dl in zip(padding, kernel, dilation))
+        return layer_type(kernel, stride, padding, dilation, ceil_mode=ceil_mode).eval()
+    extra = {"divisor_override": draw(st.none() | st.integers(1, 4))} if d > 1 else {}
+    return layer_type(kernel, stride, padding, ceil_mode, draw(st.booleans()), **extra).eval()
+
+
+def spatial_min(layer) -> tuple[int, ...]:
+    """The smallest spatial input size (per dim) the layer accepts."""
+    kind = KINDS.get(type(layer))
+    if isinstance(kind, ConvKind):
+        d = kind.spatial
+        if kind.transposed:
+            return (1,) * d
+        if layer.padding == "same":  # dil(k-1) split in two, the larger half on the right; reflect needs pad < L
+            totals = [dl * (k - 1) for k, dl in zip(layer.kernel_size, layer.dilation)]
+            return tuple(t - t // 2 + 1 if layer.padding_mode != "zeros" else 1 for t in totals)
+        return tuple(max(dl * (k - 1) + 1 - 2 * p, p + 1, 1)
+                     for k, dl, p in zip(layer.kernel_size, layer.dilation, layer.padding))
+    name = type(layer).__name__
+    d = int(name[-2])
+    if name.startswith("Adaptive"):
+        return (1,) * d
+    kernel, padding = kernel_tuple(layer.kernel_size, d), kernel_tuple(layer.padding, d)
+    if name.startswith("Avg"):  # avg_pool3d wants the kernel inside the unpadded input
+        return kernel
+    dilation = kernel_tuple(getattr(layer, "dilation", 1), d)
+    return tuple(max(dl * (k - 1) + 1 - 2 * p, 1) for k, dl, p in zip(kernel, dilation, padding))
+
+
+@st.composite
+def inputs_for(draw, layer, max_rows=3):
+    """A float64 batch of 1..max_rows inputs that `layer` accepts, every value drawn by hypothesis."""
+    kind = KINDS.get(type(layer))
+    rows = draw(st.integers(1, max_rows))
+    if isinstance(kind, LinearKind):
+        return draw(tensors((rows, kind.matrix(layer).shape[0])))
+    if isinstance(kind, NormKind):
+        width = kind.terms(layer).mean.shape[0]
+        spatial = draw(st.sampled_from(kind.spatial if type(layer) is not BatchNorm1d else (0,)))
+        return draw(tensors((rows, width, *draw(st.tuples(*[st.integers(1, 3)] * spatial)))))
+    if isinstance(kind, ConvKind) or isinstance(kind, MapKind) and kind.rule != "move":
+        channels = layer.in_channels if isinstance(kind, ConvKind) else draw(st.integers(1, 2))
+        low = spatial_min(layer)
+        extra = 2 if len(low) < 3 else 1
+        sizes = tuple(draw(st.integers(lo, lo + extra)) for lo in low)
+        return draw(tensors((rows, channels, *sizes)))
+    return draw(tensors((rows, *draw(st.lists(st.integers(1, 3), min_size=1, max_size=3)))))
+
+
+ELEMENTWISE_TYPES = (Tanh, torch.nn.Tanh, Sigmoid, torch.nn.Sigmoid, ReLU, torch.nn.ReLU, torch.nn.ReLU6,
+                     torch.nn.Identity, torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.SiLU)
 KIND_STRATEGIES = {
     Linear: linear_layers(Linear),
     torch.nn.Linear: linear_layers(torch.nn.Linear),
-    BatchNorm1d: norm_layers(BatchNorm1d),
-    torch.nn.BatchNorm1d: norm_layers(torch.nn.BatchNorm1d),
-    **{t: st.builds(t).map(torch.nn.Module.eval) for t in (Tanh, torch.nn.Tanh, Sigmoid, torch.nn.Sigmoid, ReLU, torch.nn.ReLU, torch.nn.Identity)},
+    **{t: conv_layers(t) for t, kind in KINDS.items() if isinstance(kind, ConvKind)},
+    **{t: norm_layers(t) for t, kind in KINDS.items() if isinstance(kind, NormKind)},
+    **{t: st.builds(t).map(torch.nn.Module.eval) for t in ELEMENTWISE_TYPES},
+    torch.nn.Hardtanh: st.builds(torch.nn.Hardtanh, st.floats(-4, 0), st.floats(0.125, 8)).map(torch.nn.Module.eval),
+    torch.nn.LeakyReLU: st.builds(torch.nn.LeakyReLU, st.floats(-2, 2)).map(torch.nn.Module.eval),
+    torch.nn.GELU: st.builds(torch.nn.GELU, st.sampled_from(("none", "tanh"))).map(torch.nn.Module.eval),
     torch.nn.Dropout: st.floats(0, 0.9).map(lambda p: torch.nn.Dropout(p).eval()),
+    **{t: pool_layers(t) for t, kind in KINDS.items() if isinstance(kind, MapKind) and kind.rule != "move"},
+    torch.nn.Flatten: st.builds(torch.nn.Flatten, st.integers(0, 1)).map(torch.nn.Module.eval),
 }
 
 
@@ -246,7 +449,7 @@ class MLPCase:
         g = torch.Generator().manual_seed(self.seed)
         widths = (self.context_length * self.emb_size, *self.hidden, 27)
         layers = []
-        for k, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
+        for k, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
             layers.append(Linear(fan_in, fan_out, bias=not self.batchnorm, generator=g, dtype=self.dtype))
             if self.batchnorm:
                 layers.append(BatchNorm1d(fan_out, dtype=self.dtype))
@@ -337,3 +540,194 @@ UNDERFLOW_FLOOR = 1e-100
 def floats_without_underflow(lo: float, hi: float):
     """Floats in [lo, hi] (lo ≤ 0 ≤ hi; ±0 included) whose magnitude is 0 or ≥ UNDERFLOW_FLOOR."""
     return st.floats(lo, hi, allow_subnormal=False).map(lambda v: 0.0 if abs(v) < UNDERFLOW_FLOOR else v)
+
+
+# Random conv nets (test_fold_graph.py): blocks drawn by hypothesis, weights and statistics from a seed. Every
+# block ends with an op that is no affine layer, so whether a BatchNorm folds depends on its own block alone:
+# each block records, per BatchNorm, "folded" or a phrase its kept reason must hold.
+
+MODELLED_BLOCKS = ("conv_bn", "bn_conv", "bn_conv_zero_padded", "bn_run", "residual", "bn_after_add", "shared",
+                   "two_users", "concat", "depthwise", "transposed", "squeeze_excite", "pool")
+BLOCKS = (*MODELLED_BLOCKS, "hooked", "subclass")  # error_bound has no error model for a hooked or subclassed BN
+HEADS = ("none", "flatten_linear", "linear_bn")
+CONV_ND = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
+CONV_T_ND = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}
+POOL_ND = {1: torch.nn.MaxPool1d, 2: torch.nn.MaxPool2d, 3: torch.nn.MaxPool3d}
+GAP_ND = {1: torch.nn.AdaptiveAvgPool1d, 2: torch.nn.AdaptiveAvgPool2d, 3: torch.nn.AdaptiveAvgPool3d}
+
+
+class SubclassBatchNorm2d(torch.nn.BatchNorm2d):
+    """A BatchNorm subclass: its forward could differ, so fold keeps it."""
+
+
+def silent_hook(module, inputs, output):
+    return None
+
+
+@dataclass(frozen=True)
+class NetCase:
+    """A conv net over `spatial` dims: input (batch, channels, size^spatial), then `blocks`, then `head`."""
+
+    spatial: int = 2
+    channels: int = 1
+    size: int = 3
+    blocks: tuple = ("conv_bn",)
+    head: str = "none"
+    batch: int = 1
+    dtype: torch.dtype = torch.float32
+    seed: int = 0
+
+    def build(self):
+        """(model, X, expected): an eval-mode RandomNet, an input batch and {BN name: "folded" or a reason phrase}."""
+        g = torch.Generator().manual_seed(self.seed)
+        net = RandomNet(self, g)
+        X = torch.randn(self.batch, self.channels, *(self.size,) * self.spatial, generator=g, dtype=F64) * 2
+        return net.to(self.dtype).eval(), X.to(self.dtype), net.expected
+
+
+class RandomNet(torch.nn.Module):
+    """The net a NetCase describes; `expected` maps each BatchNorm's name to "folded" or a phrase of its reason."""
+
+    def __init__(self, case: NetCase, g: torch.Generator):
+        super().__init__()
+        self.case, self.g, self.plan, self.expected = case, g, [], {}
+        d, c, size = case.spatial, case.channels, case.size
+        self.layers = torch.nn.ModuleDict()
+        for i, block in enumerate(case.blocks):
+            c, size = self.add_block(f"b{i}", block, c, size)
+        self.head = case.head
+        if case.head == "flatten_linear":
+            self.bn_layer("head_bn", c, "folded")
+            self.linear_layer("head_linear", c * size**d, 3)
+        elif case.head == "linear_bn":
+            self.layers["head_pool"] = GAP_ND[d](1)
+            self.linear_layer("head_linear", c, 3)
+            self.layers["head_bn"] = self.make_bn(torch.nn.BatchNorm1d, 3)
+            self.expected["layers.head_bn"] = "folded"
+        del self.g
+
+    def make_bn(self, bn_type, c):
+        """An eval-mode bn_type(c) (any BatchNorm class; its own init draws nothing) with statistics from the seed."""
+        bn = bn_type(c, dtype=F64)
+        with torch.no_grad():
+            for tensor, value in zip((bn.running_mean, bn.running_var, bn.weight, bn.bias),
+                                     bn_stats(self.g, c, mean_decades=(-2, 1), var_decades=(-2, 2))):
+                tensor.copy_(value)
+        return bn.eval()
+
+    def bn_layer(self, name, c, expect, bn_type=None):
+        self.layers[name] = self.make_bn(bn_type or BN_TYPES[self.case.spatial], c)
+        self.expected[f"layers.{name}"] = expect
+
+    def conv_layer(self, name, c_in, c_out, kernel=1, padding=0, mode="zeros", groups=1, transposed=False):
+        conv_type = (CONV_T_ND if transposed else CONV_ND)[self.case.spatial]
+        extra = {} if transposed else {"padding_mode": mode}
+        bias = bool(torch.rand(1, generator=self.g) < 0.5)
+        conv = conv_type(c_in, c_out, kernel, padding=padding, groups=groups, bias=bias, device="meta", **extra)
+        fan_in = c_in // groups * kernel**self.case.spatial
+        shape = conv.weight.shape
+        conv.weight = torch.nn.Parameter(torch.randn(shape, generator=self.g, dtype=F64) / math.sqrt(fan_in))
+        if conv.bias is not None:
+            conv.bias = torch.nn.Parameter(torch.randn(c_out, generator=self.g, dtype=F64) / 4)
+        self.layers[name] = conv
+
+    def linear_layer(self, name, fan_in, fan_out):
+        W = torch.randn(fan_in, fan_out, generator=self.g, dtype=F64) / math.sqrt(fan_in)
+        self.layers[name] = KINDS[torch.nn.Linear].build(W, torch.randn(fan_out, generator=self.g, dtype=F64) / 4)
+
+    def add_block(self, p, block, c, size):
+        """Adds block's layers under prefix p; returns (channels, size) after it."""
+        d = self.case.spatial
+        widen = 1 + int(torch.randint(0, 3, (1,), generator=self.g))
+        if block == "conv_bn":
+            self.conv_layer(f"{p}_conv", c, widen, 3, 1)
+            self.bn_layer(f"{p}_bn", widen, "folded")
+            c = widen
+        elif block in ("bn_conv", "bn_conv_zero_padded"):
+            zero = block == "bn_conv_zero_padded"
+            modes = ("reflect", "replicate", "circular") if size > 1 else ("replicate", "circular")
+            mode = "zeros" if zero else modes[int(torch.randint(0, len(modes), (1,), generator=self.g))]
+            self.bn_layer(f"{p}_bn", c, "pads with zeros" if zero else "folded")
+            self.conv_layer(f"{p}_conv", c, widen, 3, 1, mode)
+            c = widen
+        elif block == "bn_run":
+            self.bn_layer(f"{p}_bn1", c, "folded")
+            self.bn_layer(f"{p}_bn2", c, "folded")
+            self.conv_layer(f"{p}_conv", c, widen, 1, 0)
+            c = widen
+        elif block in ("residual", "bn_after_add", "shared"):
+            self.conv_layer(f"{p}_conv", c, c, 3, 1)
+            expect = {"residual": "folded", "bn_after_add": "producer is add", "shared": "has other users"}[block]
+            self.bn_layer(f"{p}_bn", c, expect)
+        elif block == "two_users":
+            self.bn_layer(f"{p}_bn", c, "has 2 users")
+            self.conv_layer(f"{p}_conv", c, c, 1, 0)
+        elif block == "concat":
+            self.conv_layer(f"{p}_conv", c, widen, 3, 1)
+            self.bn_layer(f"{p}_bn", widen, "folded")
+            c = c + widen
+        elif block == "depthwise":
+            self.conv_layer(f"{p}_conv", c, c, 3, 1, groups=c)
+            self.bn_layer(f"{p}_bn", c, "folded")
+        elif block == "transposed":
+            self.conv_layer(f"{p}_conv", c, widen, 2, transposed=True)
+            self.bn_layer(f"{p}_bn", widen, "folded")
+            c, size = widen, size + 1
+        elif block == "squeeze_excite":
+            self.layers[f"{p}_pool"] = GAP_ND[d](1)
+            self.conv_layer(f"{p}_conv", c, c, 1, 0)
+        elif block == "pool":
+            self.layers[f"{p}_pool"] = POOL_ND[d](2, 1) if size > 1 else torch.nn.Identity()
+            size = size - 1 if size > 1 else size
+        elif block == "hooked":
+            self.conv_layer(f"{p}_conv", c, c, 1, 0)
+            self.bn_layer(f"{p}_bn", c, "has a hook")
+            self.layers[f"{p}_bn"].register_forward_hook(silent_hook)
+        elif block == "subclass":
+            self.conv_layer(f"{p}_conv", c, c, 1, 0)
+            self.bn_layer(f"{p}_bn", c, "subclass", SubclassBatchNorm2d if d == 2 else None)
+            if d != 2:
+                self.expected[f"layers.{p}_bn"] = "folded"
+        self.plan.append((p, block))
+        return c, size
+
+    def forward(self, x):
+        L = self.layers
+        for p, block in self.plan:
+            if block in ("conv_bn", "depthwise", "transposed", "hooked", "subclass"):
+                x = torch.relu(L[f"{p}_bn"](L[f"{p}_conv"](x)))
+            elif block in ("bn_conv", "bn_conv_zero_padded"):
+                x = torch.nn.functional.hardswish(L[f"{p}_conv"](L[f"{p}_bn"](x)))
+            elif block == "bn_run":
+                x = torch.sigmoid(L[f"{p}_conv"](L[f"{p}_bn2"](L[f"{p}_bn1"](x))))
+            elif block == "residual":
+                x = x + L[f"{p}_bn"](L[f"{p}_conv"](torch.relu(x)))
+            elif block == "bn_after_add":
+                x = torch.relu(L[f"{p}_bn"](x + L[f"{p}_conv"](x)))
+            elif block == "shared":
+                z = L[f"{p}_conv"](x)
+                x = torch.relu(L[f"{p}_bn"](z) + z)
+            elif block == "two_users":
+                b = L[f"{p}_bn"](x)
+                x = torch.relu(b) + torch.relu(L[f"{p}_conv"](b))
+            elif block == "concat":
+                x = torch.cat([x, torch.nn.functional.relu6(L[f"{p}_bn"](L[f"{p}_conv"](x)))], 1)
+            elif block == "squeeze_excite":
+                x = x * torch.sigmoid(L[f"{p}_conv"](L[f"{p}_pool"](x)))
+            elif block == "pool":
+                x = L[f"{p}_pool"](x)
+        if self.head == "flatten_linear":
+            x = L["head_linear"](torch.flatten(L["head_bn"](x), 1))
+        elif self.head == "linear_bn":
+            x = L["head_bn"](L["head_linear"](L["head_pool"](x).flatten(1)))
+        return x
+
+
+@st.composite
+def net_cases(draw, dtypes=(torch.float32, torch.float64), max_blocks=5, blocks=BLOCKS):
+    """Spatial dims 1..3, 1..3 input channels, size 2..4 (3-D: 2..3), 1..max_blocks blocks, a head, batch 1..2."""
+    d = draw(st.integers(1, 3))
+    return NetCase(d, draw(st.integers(1, 3)), draw(st.integers(2, 4 if d < 3 else 3)),
+                   tuple(draw(st.lists(st.sampled_from(blocks), min_size=1, max_size=max_blocks))),
+                   draw(st.sampled_from(HEADS)), draw(st.integers(1, 2)), draw(st.sampled_from(dtypes)),
+                   draw(st.integers(0, 2**32 - 1)))

@@ -7,7 +7,7 @@ import torch
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
-from core.bound import U64, rounding_bound
+from core.bound import ETA64, U64, rounding_bound
 from core.kinds import (
     KINDS,
     LinearKind,
@@ -21,23 +21,16 @@ from core.kinds import (
     rebuild_as,
 )
 from core.layers import BatchNorm1d, Linear
-from properties.strategies import KIND_STRATEGIES, tensors
-
-# Half the smallest subnormal, doubled to a float: a product that underflows is off by at most 2⁻¹⁰⁷⁵ absolute
-# (Higham §2.1; additions and subtractions never lose to underflow). The drawn values reach 1e-300.
-UNDERFLOW = 2.0**-1074
+from properties.strategies import KIND_STRATEGIES, inputs_for
 
 ROLE_PARTNER = {Linear: torch.nn.Linear, torch.nn.Linear: Linear, BatchNorm1d: torch.nn.BatchNorm1d,
                 torch.nn.BatchNorm1d: BatchNorm1d}
 
 
 def layers_and_inputs(types):
-    """(layer, x): a layer of one of `types` from its kind's strategy and a float64 batch of 1..4 rows for it."""
+    """(layer, x): a layer of one of `types` from its kind's strategy and a float64 batch of inputs it accepts."""
     def with_input(layer):
-        kind = kind_of(layer)
-        width = (kind.matrix(layer).shape[0] if isinstance(kind, LinearKind)
-                 else kind.terms(layer).mean.shape[0] if isinstance(kind, NormKind) else 3)
-        return st.tuples(st.just(layer), st.integers(1, 4).flatmap(lambda rows: tensors((rows, width))))
+        return st.tuples(st.just(layer), inputs_for(layer))
     return st.sampled_from(types).flatmap(lambda t: KIND_STRATEGIES[t]).flatmap(with_input)
 
 
@@ -82,21 +75,20 @@ def test_linear_matrix_is_the_map(case):
     kind = kind_of(layer)
     W, b = kind.matrix(layer).detach(), kind.bias(layer)
     b = torch.zeros(W.shape[1], dtype=W.dtype) if b is None else b.detach()
-
-    def exact(r, j):
-        products = (Fraction(x[r, i].item()) * Fraction(W[i, j].item()) for i in range(W.shape[0]))
-        return sum(products) + Fraction(b[j].item())
-
+    exact = [[sum(Fraction(x[r, i].item()) * Fraction(W[i, j].item()) for i in range(W.shape[0]))
+              + Fraction(b[j].item())
+              for j in range(W.shape[1])] for r in range(x.shape[0])]
     with torch.no_grad():
         got = layer(x)
-    err = torch.tensor([[abs(Fraction(got[r, j].item()) - exact(r, j)) for j in range(W.shape[1])]
-                        for r in range(x.shape[0])], dtype=torch.float64)  # one rounding of an exact difference
+    err = torch.tensor([[abs(Fraction(got[r, j].item()) - e) for j, e in enumerate(row)]
+                        for r, row in enumerate(exact)],
+                       dtype=torch.float64)  # one rounding of an exact difference: sound against a float64 bound
     n = W.shape[0]
     # The bound is evaluated in float64: γ's division, the n + 1 magnitudes summed and the product are
-    # n + 3 roundings, so the computed value times 1 + γ(n + 3) is at least the exact bound, up to the
-    # underflow of its own n products |x_i||W_ij|: a second n·2⁻¹⁰⁷⁵.
+    # n + 3 roundings, so the computed value times 1 + γ(n + 3) is at least the exact bound; a product that
+    # underflows loses at most η = 2⁻¹⁰⁷⁴ more, n of them in all (docs/design-conv.md).
     bound = (rounding_bound(n + 1, U64) * (x.abs() @ W.abs() + b.abs()) * (1 + rounding_bound(n + 3, U64))
-             + n * UNDERFLOW)
+             + 2 * n * ETA64)
     note(f"max err {err.max().item():.3e}, max bound {bound.max().item():.3e}")
     assert (err <= bound).all()
 
@@ -121,7 +113,7 @@ def test_rebuilding_as_the_other_family_keeps_the_map(case):
     W, b = kind.matrix(layer).detach(), kind.bias(layer)
     b = 0 if b is None else b.detach().abs()
     n = W.shape[0]
-    bound = (rounding_bound(n + 1, U64) * (x.abs() @ W.abs() + b) * (1 + rounding_bound(n + 3, U64)) + n * UNDERFLOW)
+    bound = (rounding_bound(n + 1, U64) * (x.abs() @ W.abs() + b) * (1 + rounding_bound(n + 3, U64)) + n * ETA64)  # each side: n products, each off by ≤ 2⁻¹⁰⁷⁵ to underflow
     assert ((ours - theirs).abs() <= 2 * bound).all()
 
 

@@ -196,9 +196,19 @@ def measure(names, settings: Settings = Settings(), devices=("cpu",), log=None) 
     for label, ours, ref in OTHER_RATIOS:
         add("cpu", None, label, f"cpu: {ours}", f"cpu: {ref}")
 
-    return {"format": FORMAT, "machine": machine_info(),
-            "settings": {**asdict(settings), "devices": list(devices), "rows": rows, "names": len(names)},
-            "medians_s": medians, "ratios": ratios, "targets": targets}
+    result = {"format": FORMAT, "machine": machine_info(),
+              "settings": {**asdict(settings), "devices": list(devices), "rows": rows, "names": len(names)},
+              "medians_s": medians, "ratios": ratios, "targets": targets}
+    return torchvision_rows(result, settings, log)
+
+
+# torchvision rows (core.perf.bench_models): resnet18 and mobilenet_v2 on the CPU, unfolded / folded / torch.fx fused.
+
+def torchvision_rows(result: dict, settings: Settings, log) -> dict:
+    from core.perf import bench_models
+
+    quick = settings.rounds <= QUICK.rounds
+    return bench_models.extend(result, bench_models.QUICK if quick else bench_models.Settings(), log)
 
 
 def _batch(X_dev, batch, generator):
@@ -239,7 +249,9 @@ def format_table(result: dict) -> str:
         bound = f"<= {targets[key]:.2f}" if key in targets else ""
         times = _time_cell(medians, f"cpu: {ours}") + _time_cell(medians, f"cpu: {ref}")
         lines.append(f"  {label:<34}{times}{_ratio_cell(result, key)}  {bound}")
-    return "\n".join(lines)
+    from core.perf import bench_models  # the torchvision rows, when the run has them
+
+    return "\n".join(lines) + bench_models.format_rows(result)
 
 
 def target_cell(targets: dict, keys: list[str], batches) -> str:

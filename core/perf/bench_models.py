@@ -1,0 +1,140 @@
+"""torchvision rows of `bnfold bench`, and the timing of `bnfold fold --torchvision`: unfolded, folded (core.fold)
+and torch.fx-fused (torch.fx.experimental.optimization.fuse) inference of one architecture, interleaved in one run.
+
+The rows are ratios of medians, like every bench ratio: folded / torch.fx fused (target ≤ 1.00 at each batch
+size: folding along graph edges costs nothing over torch's fuser), folded / unfolded. Keys read
+"cpu/torchvision B=<batch>: <model> <ours> / <reference>", so they sit apart from the E02 grid. `fold()`'s own
+time on resnet50 (tracing included) is recorded beside them, with its target of 2 s.
+"""
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core import vision
+from core.bench import _ratio_cell, _time_cell, interleaved_medians
+from core.errors import UsageError
+from core.fold import fold
+
+DEVICE = "cpu/torchvision"  # the device part of every key here
+FOLD_TIME_MODEL = "resnet50"
+FOLD_TIME_TARGET_S = 2.0
+RATIOS = [("folded / torch.fx fused", "folded", "torch.fx fused"), ("folded / unfolded", "folded", "unfolded")]
+TARGETS = {"folded / torch.fx fused": 1.00}
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: tuple = ("resnet18", "mobilenet_v2")
+    image_size: int = 224
+    batch_sizes: tuple = (1, 8)
+    rounds: int = 15
+    fold_runs: int = 5  # fold() of resnet50, median of these
+    threads: int | None = None  # torch threads while these rows run (None: as the caller set them)
+
+
+# A smoke run: that the rows appear. One thread: on a busy machine two OpenMP threads that wait on each other
+# can make a small forward fifty times slower.
+QUICK = Settings(models=("resnet18",), image_size=16, rounds=1, fold_runs=0, threads=1)
+
+
+def variants(model: nn.Module) -> dict[str, nn.Module]:
+    """name -> module: the model itself, folded by core.fold, and fused by torch.fx's fuse (a deep copy)."""
+    from torch.fx.experimental.optimization import fuse
+
+    return {"unfolded": model, "folded": fold(model)[0], "torch.fx fused": fuse(copy.deepcopy(model))}
+
+
+def speed(model: nn.Module, image_size: int, batch_sizes, rounds: int, seed: int = 0) -> dict:
+    """{batch: {variant: median seconds per call}}, the variants timed interleaved under inference mode."""
+    timed = {}
+    for batch in batch_sizes:
+        X = vision.images(batch, image_size, seed + batch, next(model.parameters()).dtype)
+        cases = {name: (lambda m=m, X=X: m(X)) for name, m in variants(model).items()}
+        with torch.inference_mode():
+            timed[batch] = interleaved_medians(cases, rounds=rounds)
+    return timed
+
+
+def fold_time(name: str = FOLD_TIME_MODEL, runs: int = 5, image_size: int = 32) -> float:
+    """Median seconds of fold(model) (tracing included) on torchvision's `name`."""
+    model = vision.build(name, image_size=image_size)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fold(model)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def key(batch, label: str) -> str:
+    return f"{DEVICE} B={batch}: {label}"
+
+
+def extend(result: dict, settings: Settings = Settings(), log=None) -> dict:
+    """Adds the torchvision rows to a bench result (medians_s, ratios, targets); nothing without torchvision."""
+    log = log or (lambda msg: None)
+    try:
+        vision.torchvision_models()
+    except UsageError:
+        log("torchvision is not installed: no torchvision rows")
+        return result
+    threads = torch.get_num_threads()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        _extend(result, settings, log)
+    finally:
+        torch.set_num_threads(threads)
+    return result
+
+
+def _extend(result: dict, settings: Settings, log) -> None:
+    medians, ratios, targets = result["medians_s"], result["ratios"], result["targets"]
+    for name in settings.models:
+        log(f"cpu: {name} unfolded / folded / torch.fx fused, {settings.image_size}² images")
+        model = vision.build(name, image_size=min(settings.image_size, 64))
+        for batch, timed in speed(model, settings.image_size, settings.batch_sizes, settings.rounds).items():
+            medians.update({key(batch, f"{name} {variant}"): t for variant, t in timed.items()})
+            for label, ours, reference in RATIOS:
+                ratios[key(batch, f"{name} {label}")] = timed[ours] / timed[reference]
+                if label in TARGETS:
+                    targets[key(batch, f"{name} {label}")] = TARGETS[label]
+    if settings.fold_runs:
+        log(f"cpu: fold() of {FOLD_TIME_MODEL}, {settings.fold_runs} run(s)")
+        medians[f"{DEVICE}: fold() {FOLD_TIME_MODEL}"] = fold_time(runs=settings.fold_runs)
+    result.setdefault("settings", {})["torchvision"] = {"models": list(settings.models),
+                                                        "image_size": settings.image_size,
+                                                        "batch_sizes": list(settings.batch_sizes),
+                                                        "rounds": settings.rounds,
+                                                        "threads": torch.get_num_threads()}
+
+
+def format_rows(result: dict) -> str:
+    """The torchvision rows of a bench result as a table ('' when it has none); * marks a missed target."""
+    medians, ratios, targets = result["medians_s"], result["ratios"], result["targets"]
+    keys = [k for k in ratios if k.startswith(DEVICE + " ")]
+    if not keys:
+        return ""
+    batches = list(dict.fromkeys(k.split(":")[0].split("B=")[1] for k in keys))
+    labels = list(dict.fromkeys(k.split(": ", 1)[1] for k in keys))
+    head = "".join(f"{'B=' + b:>11}" for b in batches)
+    size = result.get("settings", {}).get("torchvision", {}).get("image_size", "?")
+    lines = ["", f"{'torchvision on cpu (' + str(size) + '² images)':<44}{head}  target"]
+    names = list(dict.fromkeys(k.split(": ", 1)[1] for k in medians if k.startswith(DEVICE + " ")))
+    for name in names:
+        lines.append(f"  {name:<42}" + "".join(_time_cell(medians, f"{DEVICE} B={b}: {name}") for b in batches))
+    for label in labels:
+        cells = "".join(_ratio_cell(result, f"{DEVICE} B={b}: {label}") for b in batches)
+        bound = targets.get(f"{DEVICE} B={batches[0]}: {label}")
+        lines.append(f"  {label:<42}{cells}  {f'<= {bound:.2f}' if bound is not None else ''}")
+    seconds = medians.get(f"{DEVICE}: fold() {FOLD_TIME_MODEL}")
+    if seconds is not None:
+        star = "*" if seconds > FOLD_TIME_TARGET_S else " "
+        cell = _time_cell(medians, f"{DEVICE}: fold() {FOLD_TIME_MODEL}")
+        label = f"fold() {FOLD_TIME_MODEL}, tracing included"
+        lines.append(f"  {label:<42}{cell}{star} <= {FOLD_TIME_TARGET_S:.2f} s")
+    return "\n".join(lines)

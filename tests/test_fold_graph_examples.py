@@ -1,0 +1,159 @@
+"""Folding traced models by example: refusals, what is kept and why, the report of a graph model, hooks, shared and
+nested modules, inference mode, and why a BatchNorm before a zero-padded conv is kept."""
+
+import re
+
+import pytest
+import torch
+from torch import fx, nn
+
+from core.bound import error_bound, pair_bound
+from core.errors import FoldError
+from core.fold import fold
+from core.pairfold import BEFORE, fold_pair
+from properties.strategies import NetCase
+
+g = torch.Generator().manual_seed(0)
+
+
+def with_statistics(model: nn.Module) -> nn.Module:
+    """The model in eval mode, every BatchNorm's statistics and affine terms drawn from the module's generator."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.randn(m.num_features, generator=g))
+                m.bias.copy_(torch.randn(m.num_features, generator=g))
+    return model.eval()
+
+
+def conv(c_in, c_out, k=3, padding=1, **kw):
+    with torch.random.fork_rng(devices=[]):  # nn.Conv2d draws its init from the global RNG
+        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
+        return nn.Conv2d(c_in, c_out, k, padding=padding, **kw)
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv(3, 4), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        return x.relu() if x.sum() > 0 else x  # control flow on values: torch.fx cannot trace it
+
+
+def test_an_untraceable_model_is_refused_with_a_way_out():
+    with pytest.raises(FoldError, match=r"DataDependent cannot be traced by torch\.fx") as info:
+        fold(with_statistics(DataDependent()))
+    assert "fold its traceable submodules instead (model.conv, model.bn)" in str(info.value)
+
+
+class Blocks(nn.Module):
+    """stem conv → bn (folds); a residual whose conv output is also added (bn kept: other users); a bn after the add
+    (kept: producer is add); a bn before a zero-padded conv (kept) and one before a reflect-padded conv (folds)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.stem_bn = conv(3, 4), nn.BatchNorm2d(4)
+        self.res, self.res_bn, self.add_bn = conv(4, 4), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        self.pre_bn, self.padded = nn.BatchNorm2d(4), conv(4, 4)
+        self.pre_bn2, self.reflect = nn.BatchNorm2d(4), conv(4, 2, padding_mode="reflect")
+
+    def forward(self, x):
+        x = torch.relu(self.stem_bn(self.stem(x)))
+        r = self.res(x)
+        x = self.add_bn(x + self.res_bn(r) + r)
+        x = torch.relu(self.padded(self.pre_bn(x)))
+        return self.reflect(self.pre_bn2(x))
+
+
+def test_a_graph_report_names_layers_and_reasons():
+    model = with_statistics(Blocks())
+    folded, report = fold(model)
+    assert isinstance(folded, fx.GraphModule) and not folded.training
+    assert [(p.bn_index, p.linear_index, p.direction, p.layer_type) for p in report.folded] == [
+        ("stem_bn", "stem", "after", "Conv2d"), ("pre_bn2", "reflect", "before", "Conv2d")]
+    reasons = {k.index: k.reason for k in report.kept}
+    assert reasons["res_bn"].startswith("BatchNorm2d 'res_bn' is kept: its producer Conv2d 'res' has other users (add")
+    assert "its producer is add, not a Linear or convolution" in reasons["add_bn"]
+    assert "it is before Conv2d 'padded': the Conv2d pads with zeros (padding (1, 1))" in reasons["pre_bn"]
+    text = str(report)
+    assert text.startswith("BatchNorm folding: 2 folded, 3 kept\n  BatchNorm  into layer  direction")
+    assert re.search(r"stem_bn\s+stem\s+Conv2d -> BN\s+27\s+ρ = ", text)
+    assert re.search(r"pre_bn2\s+reflect\s+BN -> Conv2d\s+36\s+ρ = ", text)
+    X = torch.randn(2, 3, 5, 5, generator=g)
+    with torch.no_grad():
+        assert ((model(X) - folded(X)).abs() <= error_bound(model, X)).all()
+
+
+def test_why_a_bn_before_a_zero_padded_conv_is_kept():
+    """Folding it anyway is exact inside and wrong at the border: there the conv saw 0, not the BN's shift."""
+    bn, padded = with_statistics(nn.BatchNorm2d(2)), conv(2, 3).eval()
+    with torch.no_grad():
+        bn.bias.fill_(5.0)
+    model = nn.Sequential(bn, padded).eval()
+    naive = fold_pair(padded, bn, BEFORE)
+    x = torch.randn(1, 2, 5, 5, generator=g)
+    with torch.no_grad():
+        err = (model(x) - naive(x)).abs().double()
+    bound = pair_bound(padded, bn, BEFORE, x)
+    assert (err[..., 1:-1, 1:-1] <= bound[..., 1:-1, 1:-1]).all()
+    assert (err[..., 0, 0] > 1e3 * bound[..., 0, 0]).all()
+    assert fold(model)[1].kept[0].reason.endswith("pads with zeros (padding (1, 1)): its border would see 0, not the "
+                                                  "BatchNorm's shift")
+
+
+class Shared(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv(3, 3), nn.BatchNorm2d(3)
+        self.block = nn.Sequential(conv(3, 3), nn.BatchNorm2d(3))
+        self.unused = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.block(self.bn(self.conv(self.conv(x))))
+
+
+def test_shared_hooked_and_unused_modules():
+    """A conv called twice takes no fold; a hooked block is one opaque layer whose BN is kept (and its hook still
+    runs); a BN forward never calls is reported too."""
+    model = with_statistics(Shared())
+    calls = []
+    model.block.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    folded, report = fold(model)
+    reasons = {k.index: k.reason for k in report.kept}
+    assert set(reasons) == {"bn", "block.1", "unused"} and report.folded == ()
+    assert "its producer Conv2d 'conv' is called at 2 places in forward" in reasons["bn"]
+    assert "inside Sequential 'block', which fold calls as one layer (it has a hook registered)" in reasons["block.1"]
+    assert "never called by forward" in reasons["unused"]
+    with torch.no_grad():
+        folded(torch.randn(1, 3, 4, 4, generator=g))
+    assert calls == [1]
+
+
+def test_a_nested_sequential_is_traced_and_folded():
+    model = with_statistics(nn.Sequential(nn.Sequential(conv(3, 4), nn.BatchNorm2d(4)), nn.ReLU(),
+                                          nn.Sequential(nn.BatchNorm2d(4), conv(4, 2, padding=0))))
+    folded, report = fold(model)
+    assert [(p.bn_index, p.direction) for p in report.folded] == [("0.1", "after"), ("2.0", "before")]
+    assert isinstance(folded, fx.GraphModule) and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+
+
+def test_fold_under_inference_mode_gives_trainable_layers_that_keep_requires_grad():
+    model = with_statistics(Blocks())
+    model.stem.requires_grad_(False)
+    with torch.inference_mode():
+        folded, _ = fold(model)
+    stem, reflect = folded.get_submodule("stem"), folded.get_submodule("reflect")
+    assert not stem.weight.requires_grad and reflect.weight.requires_grad
+    assert not stem.weight.is_inference() and isinstance(reflect.bias, nn.Parameter)
+
+
+def test_global_rng_is_untouched_by_fold_and_bound():
+    model, X, _ = NetCase(2, 2, 3, ("conv_bn", "bn_conv", "concat"), "linear_bn", 2).build()
+    state = torch.random.get_rng_state()
+    fold(model)
+    error_bound(model, X)
+    assert torch.equal(state, torch.random.get_rng_state())
