@@ -510,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="folded checkpoint path (never the input checkpoint)")
     p.add_argument("--seed", type=seed_arg, default=None, help=seed_help)
     add_names_arg(p)
+    from core.cli_vision import add_arguments as add_torchvision_args
+
     add_torchvision_args(p)
     p.set_defaults(func=cmd_fold)
 

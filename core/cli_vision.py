@@ -5,27 +5,30 @@ bound, and the speed-up at B = 1 and 8 (interleaved medians)."""
 import sys
 import time
 
-import torch
-
 from core.errors import UsageError
 
 
 def add_arguments(p) -> None:
     """The fold subcommand's torchvision options."""
-    from core.cli import positive_int
+    from core.cli import integer_in, threads_arg
+    from core.limits import MAX_ROUNDS
+
+    image_size = integer_in(1, 4096, "an image size")
 
     p.add_argument("--torchvision", metavar="NAME", help="fold torchvision's NAME (e.g. resnet18) with random weights "
                                                          "instead of a checkpoint; needs torchvision")
-    p.add_argument("--image-size", type=positive_int, default=224, help="with --torchvision: image size of the "
+    p.add_argument("--image-size", type=image_size, default=224, help="with --torchvision: image size of the "
                                                                          "timing (default 224)")
-    p.add_argument("--bound-size", type=positive_int, default=64, help="with --torchvision: image size of the "
+    p.add_argument("--bound-size", type=image_size, default=64, help="with --torchvision: image size of the "
                                                                         "max |Δ| vs bound check (default 64)")
-    p.add_argument("--rounds", type=positive_int, default=9, help="with --torchvision: interleaved timing rounds "
-                                                                  "(default 9)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's own)")
+    p.add_argument("--rounds", type=integer_in(1, MAX_ROUNDS, "a round count"), default=9,
+                   help="with --torchvision: interleaved timing rounds (default 9)")
+    p.add_argument("--threads", type=threads_arg, default=None, help="torch CPU threads (default: torch's own)")
 
 
 def cmd_fold_torchvision(args) -> None:
+    import torch
+
     from core import vision
     from core.bound import error_bound
     from core.fold import fold
@@ -36,9 +39,10 @@ def cmd_fold_torchvision(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     name = args.torchvision
-    print(f"torchvision {name}: random weights and BatchNorm statistics (seed {args.seed}), "
+    seed = 0 if args.seed is None else args.seed
+    print(f"torchvision {name}: random weights and BatchNorm statistics (seed {seed}), "
           f"{torch.get_num_threads()} thread(s)", file=sys.stderr)
-    model = vision.build(name, seed=args.seed, image_size=args.bound_size)
+    model = vision.build(name, seed=seed, image_size=args.bound_size)
     start = time.perf_counter()
     folded, report = fold(model)
     seconds = time.perf_counter() - start
@@ -48,12 +52,12 @@ def cmd_fold_torchvision(args) -> None:
     covers = "every pair it folds, fold folds too" if theirs <= ours else f"it folds {sorted(theirs - ours)} too"
     print(f"fold: {len(report.folded)} folded, {len(report.kept)} kept in {seconds:.2f} s; torch.fx fuse: "
           f"{len(theirs)} folded ({covers})")
-    X = vision.images(2, args.bound_size, args.seed + 1)
+    X = vision.images(2, args.bound_size, seed + 1)
     with torch.no_grad():
         delta = (model(X).double() - folded(X).double()).abs().max().item()
     bound = error_bound(model, X).max().item()
     print(f"max |Δ| on 2 images of {args.bound_size}²: {delta:.3e} (certified bound {bound:.3e})")
-    timed = bench_models.speed(model, args.image_size, (1, 8), args.rounds, args.seed)
+    timed = bench_models.speed(model, args.image_size, (1, 8), args.rounds, seed)
     print(f"speed, median per call ({args.image_size}² images, {args.rounds} interleaved rounds):")
     for batch, t in timed.items():
         print(f"  B={batch}: unfolded {t['unfolded'] * 1e3:.2f} ms, folded {t['folded'] * 1e3:.2f} ms, "

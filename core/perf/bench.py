@@ -235,11 +235,11 @@ def format_table(result: dict) -> str:
         prefix = f"{device} B={batches[0]}: "
         lines += ["", f"{device + ' inference, time per call':<36}{head}"]
         for name in (k[len(prefix):] for k in medians if k.startswith(prefix)):
-            lines.append(f"  {name:<34}" + "".join(_time_cell(medians, f"{device} B={b}: {name}") for b in batches))
+            lines.append(f"  {name:<34}" + "".join(time_cell(medians, f"{device} B={b}: {name}") for b in batches))
         lines.append(f"{device + ' ratios, lower is better':<36}{head}  target")
         for label in (k[len(prefix):] for k in ratios if k.startswith(prefix)):
             keys = [ratio_key(device, b, label) for b in batches]
-            cells = "".join(_ratio_cell(result, k) for k in keys)
+            cells = "".join(ratio_cell(result, k) for k in keys)
             lines.append(f"  {label:<34}{cells}  {target_cell(targets, keys, batches)}")
     lines += ["", f"{'cpu, per call':<36}{'ours':>11}{'reference':>11}{'ratio':>11}  target"]
     for label, ours, ref in OTHER_RATIOS:
@@ -247,8 +247,8 @@ def format_table(result: dict) -> str:
         if key not in ratios:
             continue
         bound = f"<= {targets[key]:.2f}" if key in targets else ""
-        times = _time_cell(medians, f"cpu: {ours}") + _time_cell(medians, f"cpu: {ref}")
-        lines.append(f"  {label:<34}{times}{_ratio_cell(result, key)}  {bound}")
+        times = time_cell(medians, f"cpu: {ours}") + time_cell(medians, f"cpu: {ref}")
+        lines.append(f"  {label:<34}{times}{ratio_cell(result, key)}  {bound}")
     from core.perf import bench_models  # the torchvision rows, when the run has them
 
     return "\n".join(lines) + bench_models.format_rows(result)
@@ -264,14 +264,14 @@ def target_cell(targets: dict, keys: list[str], batches) -> str:
     return ", ".join(f"<= {t:.2f} at B={b}" for b, t in held)
 
 
-def _ratio_cell(result: dict, key: str) -> str:
+def ratio_cell(result: dict, key: str) -> str:
     value, bound = result["ratios"].get(key), result["targets"].get(key)
     if value is None:
         return f"{'-':>10} "
     return f"{value:>10.3f}{'*' if bound is not None and value > bound else ' '}"
 
 
-def _time_cell(medians: dict, key: str) -> str:
+def time_cell(medians: dict, key: str) -> str:
     seconds = medians.get(key)
     if seconds is None:
         return f"{'-':>11}"

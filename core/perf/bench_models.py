@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from core import vision
-from core.bench import _ratio_cell, _time_cell, interleaved_medians
 from core.errors import UsageError
 from core.fold import fold
+from core.perf.bench import ratio_cell, time_cell
+from core.perf.timing import interleaved_medians
 
 DEVICE = "cpu/torchvision"  # the device part of every key here
 FOLD_TIME_MODEL = "resnet50"
@@ -126,15 +127,15 @@ def format_rows(result: dict) -> str:
     lines = ["", f"{'torchvision on cpu (' + str(size) + '² images)':<44}{head}  target"]
     names = list(dict.fromkeys(k.split(": ", 1)[1] for k in medians if k.startswith(DEVICE + " ")))
     for name in names:
-        lines.append(f"  {name:<42}" + "".join(_time_cell(medians, f"{DEVICE} B={b}: {name}") for b in batches))
+        lines.append(f"  {name:<42}" + "".join(time_cell(medians, f"{DEVICE} B={b}: {name}") for b in batches))
     for label in labels:
-        cells = "".join(_ratio_cell(result, f"{DEVICE} B={b}: {label}") for b in batches)
+        cells = "".join(ratio_cell(result, f"{DEVICE} B={b}: {label}") for b in batches)
         bound = targets.get(f"{DEVICE} B={batches[0]}: {label}")
         lines.append(f"  {label:<42}{cells}  {f'<= {bound:.2f}' if bound is not None else ''}")
     seconds = medians.get(f"{DEVICE}: fold() {FOLD_TIME_MODEL}")
     if seconds is not None:
         star = "*" if seconds > FOLD_TIME_TARGET_S else " "
-        cell = _time_cell(medians, f"{DEVICE}: fold() {FOLD_TIME_MODEL}")
+        cell = time_cell(medians, f"{DEVICE}: fold() {FOLD_TIME_MODEL}")
         label = f"fold() {FOLD_TIME_MODEL}, tracing included"
         lines.append(f"  {label:<42}{cell}{star} <= {FOLD_TIME_TARGET_S:.2f} s")
     return "\n".join(lines)
