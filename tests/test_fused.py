@@ -23,7 +23,7 @@ pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch bu
 
 from torch import nn
 
-from core.bound import propagate, rounding_bound
+from core.bound import propagate, rounding_bound, underflow
 from core.data import random_rows
 from core.experiments import trained_e02
 from core.fold import fold
@@ -225,7 +225,7 @@ def test_fp32_linear_step_is_core_folds_rule():
     x = torch.randn(3, 7, generator=g)
     D = torch.rand(3, 7, generator=g, dtype=F64) * 1e-6
     rho = linear_factor(7, "fp32")
-    mine = linear_step(D, x.double(), layer.weight.double(), layer.bias.double(), rho, rho)
+    mine = linear_step(D, x.double(), layer.weight.double(), layer.bias.double(), rho, rho, underflow(x.dtype))
     assert rho == rounding_bound(8, 2.0**-24)
     assert torch.equal(mine, propagate(layer, x, D, "Linear"))
 

@@ -89,7 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.bound import SAFETY, error_bound, propagate, rounding_bound, unit_roundoff
+from core.bound import SAFETY, error_bound, propagate, rounding_bound, underflow, unit_roundoff
 from core.fold import fold
 from core.layers import Linear, ReLU, Sigmoid, Tanh
 from core.model import CharMLP
@@ -214,10 +214,14 @@ def linear_factor(n: int, precision: str) -> float:
     return (1 + U) ** OPERAND_ROUNDINGS * accumulation - 1
 
 
-def linear_step(D: torch.Tensor, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, rho_ref: float, rho: float):
-    """(2): D' = (1 + ρ)·D|W| + (ρ_ref + ρ)·(|x̂||W| + |b|), all float64; x̂ = x the eager side's input."""
-    aW = W.abs()
-    return (1 + rho) * (D @ aW) + (rho_ref + rho) * (x.abs() @ aW + b.abs())
+def linear_step(D: torch.Tensor, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, rho_ref: float, rho: float,
+                eta: float):
+    """(2): D' = (1 + ρ)·D|W| + (ρ_ref + ρ)·(|x̂||W| + |b|) + 4nη, all float64; x̂ = x the eager side's input.
+
+    4nη pays for underflow as core.bound's affine rule does: a product that underflows loses up to η = the
+    smallest float32 subnormal (bfloat16 and TF32 share float32's exponent range)."""
+    both = rho_ref + rho
+    return ((1 + rho) * D + both * x.abs()) @ W.abs() + 4 * W.shape[0] * eta + both * b.abs()
 
 
 def _check_precision(precision):
@@ -246,7 +250,7 @@ def evaluation_bound(folded, X: torch.Tensor, precision: str) -> torch.Tensor:
     for k, step in enumerate(steps):
         n = step.W.shape[0]
         rho_ref, rho = rounding_bound(n + 1, u_ref), linear_factor(n, precision)
-        D = linear_step(D, x.double(), step.W.double(), step.b.double(), rho_ref, rho)
+        D = linear_step(D, x.double(), step.W.double(), step.b.double(), rho_ref, rho, underflow(x.dtype))
         x = step.linear(x)
         if step.after is not None:
             D = propagate(step.after, x, D, f"the activation after Linear {k}")
