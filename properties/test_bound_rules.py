@@ -15,7 +15,14 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch import fx, nn
 
-from core.bound import SAFETY, TINY64, propagate, propagate_graph
+from core.bound import (
+    GELU_SLOPE,
+    SAFETY,
+    SILU_SLOPE,
+    TINY64,
+    propagate,
+    propagate_graph,
+)
 from core.graph import FoldGraph
 from core.kinds import KINDS, ElementwiseKind
 from properties.strategies import KIND_STRATEGIES, inputs_for, tensors
@@ -181,3 +188,22 @@ def test_every_rule_has_a_law():
     """{rules named by the kind table} ⊆ {rules drawn above}: a new rule without a law fails here."""
     assert {kind.rule for kind in KINDS.values()} == set(RULE_TYPES)
     assert all(isinstance(KINDS[t], ElementwiseKind) for t in RULE_TYPES["relu"])
+
+
+@pytest.mark.parametrize("name, fn, slope", [
+    ("silu", F.silu, SILU_SLOPE),
+    ("gelu", F.gelu, GELU_SLOPE),
+    ("gelu_tanh", lambda t: F.gelu(t, approximate="tanh"), GELU_SLOPE),
+])
+def test_gate_slopes_bound_the_derivatives(name, fn, slope):
+    """sup_x |f'(x)| ≤ slope for SiLU (1.0998…) and GELU (1.1289…, tanh form 1.1290…) of the gate rule.
+
+    On [−12, 12] the largest |f'| on a grid of step h is within h·max|f''| (≤ h for these f) of the supremum there;
+    beyond, f' is within 10⁻⁴ of 0 or 1 (the gates are x·F(x) with F a CDF whose tail is below 10⁻²⁰ there).
+    """
+    x = torch.linspace(-12, 12, 240_001, dtype=F64, requires_grad=True)
+    (d1,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), x)
+    h = 24 / 240_000
+    assert d2.abs().max().item() <= 1
+    assert d1.abs().max().item() + h <= slope
