@@ -84,17 +84,20 @@ def test_non_positive_variance_plus_eps_is_refused(case, prefix, r, unit):
 
 @given(small_pairs, prefixes, st.integers(1, 3))
 def test_size_mismatch_is_refused(case, prefix, extra):
-    """dim(BN) ≠ fan_out (after) or fan_in (before) ⇒ FoldError("… has d features but Linear at index k has fan_out n …").
+    """dim(BN) ≠ fan_out (after) or fan_in (before) ⇒ FoldError("… has d features but Linear at index k has
+    fan_out n …").
 
     s and t have one entry per unit of the side they scale; other sizes cannot pair with W.
     """
     linear, bn, _ = case.build()
     units = case.fan_out if case.direction == "after" else case.fan_in
-    wrong = make_bn(case.kind, bn_stats(torch.Generator().manual_seed(case.seed), units + extra), case.eps, dtype=case.dtype)
+    stats = bn_stats(torch.Generator().manual_seed(case.seed), units + extra)
+    wrong = make_bn(case.kind, stats, case.eps, dtype=case.dtype)
     model, i = in_model(case, linear, wrong, prefix)
     k = i - 1 if case.direction == "after" else i + 1
     side = "fan_out" if case.direction == "after" else "fan_in"
-    refused(model, f"index {i} has {units + extra} features but Linear at index {k} has {side} {units}", "check the architecture")
+    refused(model, f"index {i} has {units + extra} features but Linear at index {k} has {side} {units}",
+            "check the architecture")
 
 
 @given(pair_cases(kinds=("torch",), max_fan=8, max_batch=2), prefixes)
@@ -124,4 +127,5 @@ def test_overflow_is_refused(case, prefix):
     stats = (torch.ones(units), torch.zeros(units), torch.full((units,), top / 10), torch.zeros(units))
     bn = make_bn(case.kind, stats, 1e-6, dtype=case.dtype)
     model, i = in_model(case, linear, bn, prefix)
-    refused(model, f"folding BatchNorm1d at index {i} into Linear", f"do not fit {case.dtype}", "fold a float32 or float64 copy")
+    refused(model, f"folding BatchNorm1d at index {i} into Linear", f"do not fit {case.dtype}",
+            "fold a float32 or float64 copy")

@@ -50,7 +50,8 @@ def stays(layers, i):
 @given(model_cases())
 @example(ModelCase("torch", (2, 2), (("relu", "bn", "tanh"), ("tanh", "bn")), 2))
 def test_kept_bns_are_those_reported(case):
-    """BNs(fold(m)) = [m[i] for i in report.kept] (same order, equal tensors), kept = {i : BN i's run has no Linear neighbour}.
+    """BNs(fold(m)) = [m[i] for i in report.kept] (same order, equal tensors), kept = {i : BN i's run has no Linear
+    neighbour}.
 
     A BN folds into a Linear next to its run of BNs; any other is copied unchanged, and the
     report names each with a reason. Folded BNs leave no trace but a FoldedPair.

@@ -113,7 +113,8 @@ def test_rebuilding_as_the_other_family_keeps_the_map(case):
     W, b = kind.matrix(layer).detach(), kind.bias(layer)
     b = 0 if b is None else b.detach().abs()
     n = W.shape[0]
-    bound = (rounding_bound(n + 1, U64) * (x.abs() @ W.abs() + b) * (1 + rounding_bound(n + 3, U64)) + n * ETA64)  # each side: n products, each off by ≤ 2⁻¹⁰⁷⁵ to underflow
+    # each side: n products, each off by at most 2⁻¹⁰⁷⁵ to underflow
+    bound = (rounding_bound(n + 1, U64) * (x.abs() @ W.abs() + b) * (1 + rounding_bound(n + 3, U64)) + n * ETA64)
     assert ((ours - theirs).abs() <= 2 * bound).all()
 
 

@@ -30,7 +30,8 @@ def test_e02_folds_to_a_plain_linear_tanh_stack():
     assert [type(layer) for layer in folded.layers] == [Linear, Tanh, Linear, Tanh, Linear]
     assert all(layer.bias is not None for layer in folded.layers if isinstance(layer, Linear))
     assert torch.equal(folded.C, model.C) and folded.C.data_ptr() != model.C.data_ptr()
-    assert (folded.context_length, folded.init_scheme, folded.training) == (model.context_length, model.init_scheme, False)
+    assert (folded.context_length, folded.init_scheme) == (model.context_length, model.init_scheme)
+    assert not folded.training
     assert [(p.bn_index, p.linear_index, p.direction, p.layer_index, p.fan_in) for p in report.folded] == [
         (1, 0, "after", 0, 40), (4, 3, "after", 2, 100), (7, 6, "after", 4, 100)]
     assert report.kept == ()
@@ -65,7 +66,8 @@ def test_batchnorms_before_a_linear_fold_into_it():
             bn.running_mean.copy_(torch.randn(5, generator=g))
             bn.weight.copy_(torch.randn(5, generator=g))
     folded, report = fold(model)
-    assert [(p.bn_index, p.linear_index, p.direction, p.layer_index) for p in report.folded] == [(2, 3, "before", 1), (1, 3, "before", 1)]
+    assert [(p.bn_index, p.linear_index, p.direction, p.layer_index) for p in report.folded] == [
+        (2, 3, "before", 1), (1, 3, "before", 1)]
     assert [type(layer) for layer in folded] == [nn.Tanh, nn.Linear] and folded[1].bias is not None
     x = torch.randn(7, 5, generator=g)
     with torch.no_grad():
@@ -109,7 +111,8 @@ def test_cli_fold_then_eval_and_sample(names_path, tmp_path, capsys):
     assert main(["fold", str(tmp_path / "e02.pt"), "-o", str(tmp_path / "folded.pt"), *args]) == 0
     out = capsys.readouterr().out
     assert "BatchNorm folding: 3 folded, 0 kept" in out and "Linear -> BN" in out
-    unfolded, folded, loss_bound = re.search(r"dev loss: unfolded (\S+), folded (\S+) \(certified \|Δ\| <= (\S+)\)", out).groups()
+    dev_loss = r"dev loss: unfolded (\S+), folded (\S+) \(certified \|Δ\| <= (\S+)\)"
+    unfolded, folded, loss_bound = re.search(dev_loss, out).groups()
     assert abs(float(unfolded) - float(folded)) <= float(loss_bound)
     delta, bound = out.split("max |Δlogit| on dev: ")[1].split(" (certified bound ")
     assert float(delta) <= float(bound.split(")")[0])
