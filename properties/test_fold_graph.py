@@ -3,11 +3,11 @@ residual adds, concatenations, shared and multi-user tensors, depthwise and tran
 pooling, hooked and subclassed BNs) in 1, 2 or 3 spatial dims, with a Flatten or Linear head."""
 
 import torch
-from hypothesis import example, given, note
+from hypothesis import example, given
 
-from core.bound import error_bound
 from core.fold import fold
 from core.kinds import is_batchnorm
+from properties.checks import assert_fold_within_bound
 from properties.strategies import F64, MODELLED_BLOCKS, NetCase, net_cases
 
 
@@ -57,13 +57,7 @@ def test_random_net_within_bound(case):
     bounds add up (docs/design-conv.md).
     """
     model, X, _ = case.build()
-    folded, _ = fold(model)
-    with torch.no_grad():
-        err = (model(X).double() - folded(X).double()).abs()
-    bound = error_bound(model, X)
-    note(f"max err {err.max().item():.3e}, max bound {bound.max().item():.3e}, "
-         f"max err/bound {(err / bound.clamp_min(torch.finfo(F64).tiny)).max().item():.3e}")
-    assert (err <= bound).all()
+    assert_fold_within_bound(model, X)
 
 
 def snapshot(model):
