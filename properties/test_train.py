@@ -2,6 +2,7 @@
 
 import inspect
 import io
+import re
 import sys
 
 import pytest
@@ -133,9 +134,17 @@ class Terminal(io.StringIO):
 @pytest.mark.parametrize("stderr, progress, shown", [(Terminal, None, True), (Terminal, False, False),
                                                      (io.StringIO, None, False)])
 def test_progress_is_drawn_on_a_terminal_only(monkeypatch, stderr, progress, shown):
-    """train draws its progress bar on stderr by default iff stderr is a terminal: never into a pipe or a log file."""
+    """train draws its progress bar on stderr by default iff stderr is a terminal: never into a pipe or a log file.
+
+    The bar counts steps against the total ("0/3", "step/s") and is erased when training ends, so
+    the terminal keeps no trace of it (its last write is a carriage return, not a newline).
+    """
     monkeypatch.setattr(sys, "stderr", stderr())
     X, Y = build_dataset(["emma", "ava"], 2)
     kwargs = {} if progress is None else {"progress": progress}
     train(small_model("e01-zeros", 0, 2), X, Y, 3, batch_size=4, generator=torch.Generator().manual_seed(0), **kwargs)
-    assert ("step" in sys.stderr.getvalue()) == shown
+    out = sys.stderr.getvalue()
+    assert bool(out) == shown
+    if shown:
+        assert " 0/3 " in out and re.search(r"[\d?]step/s\]", out)
+        assert out.endswith("\r") and not out.rstrip(" \r").endswith("\n")
