@@ -211,6 +211,36 @@ def test_running_stats_update(batch, momentum):
     assert ((bn.running_var - exp_v).abs() <= bound_v).all()
 
 
+@given(batches(), st.booleans())
+@example(CONSTANT, True)
+def test_without_affine_is_gamma_one_beta_zero(batch, training):
+    """BN(affine=False)(x) = BN(γ = 1, β = 0)(x) bit for bit, in training (running stats too) and in eval.
+
+    Without affine parameters the notebook's layer scales by 1 and shifts by 0: the same kernel
+    then gets a weight of ones (and no bias), which multiplies and adds exactly.
+    """
+    x, _, _, eps, mean, var = batch
+    d = x.shape[1]
+    plain = BatchNorm1d(d, eps=eps, affine=False, dtype=F64)
+    ones = core_bn(d, torch.ones(d, dtype=F64), torch.zeros(d, dtype=F64), eps, mean, var)
+    with torch.no_grad():
+        plain.running_mean.copy_(mean)
+        plain.running_var.copy_(var)
+    assert plain.gamma is None and plain.beta is None and list(plain.parameters()) == []
+    with torch.no_grad():
+        assert torch.equal(plain.train(training)(x), ones.train(training)(x))
+    assert torch.equal(plain.running_mean, ones.running_mean) and torch.equal(plain.running_var, ones.running_var)
+
+
+def test_batchnorm_defaults_are_the_notebooks():
+    """BatchNorm1d(d) has the notebook's ε = 1e-5, momentum = 0.1, affine, running μ = 0 and v = 1."""
+    ours = BatchNorm1d(3)
+    theirs = notebook.BatchNorm1d(torch.ones(3), torch.zeros(3), torch.zeros(3), torch.ones(3))
+    assert (ours.eps, ours.momentum) == (theirs.eps, theirs.momentum) == (1e-5, 0.1)
+    assert torch.equal(ours.gamma, theirs.gamma) and torch.equal(ours.beta, theirs.beta)
+    assert torch.equal(ours.running_mean, torch.zeros(3)) and torch.equal(ours.running_var, torch.ones(3))
+
+
 @given(st.integers(1, 32), st.integers(1, 32), st.booleans(), st.integers(0, 2**32 - 1))
 @example(1, 1, True, 0)
 def test_linear_draws_its_weights_from_its_generator(fan_in, fan_out, bias, seed):
@@ -315,6 +345,7 @@ def test_layers_describe_themselves():
     try:
         BatchNorm1d(2).train()(torch.ones(1, 2))
     except ValueError as e:
-        assert "at least 2 rows" in str(e) and "call .eval()" in str(e)
+        assert str(e).startswith("BatchNorm1d in training needs a batch of at least 2 rows")
+        assert str(e).endswith("; call .eval() to use running stats")
     else:
         raise AssertionError("a one-row batch was normalised in training")

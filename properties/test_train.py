@@ -1,9 +1,16 @@
 """Laws of training: determinism per generator seed, the SGD step itself, and what train() records and leaves."""
 
+import inspect
+import io
+import re
+import sys
+
+import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from core import notebook
 from core.data import build_dataset
 from core.model import e01_mlp, e02_mlp
 from core.train import train
@@ -103,3 +110,41 @@ def test_a_zero_learning_rate_changes_nothing():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train(model, X, Y, 3, batch_size=4, lr=0.0, generator=torch.Generator().manual_seed(2), progress=False)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_defaults_are_the_notebooks():
+    """train(m, X, Y, T) = train(m, X, Y, T, batch_size=64, lr=0.1), the notebook loop's defaults, bit for bit."""
+    defaults = {k: v.default for k, v in inspect.signature(notebook.train).parameters.items()
+                if k in ("batch_size", "lr")}
+    assert defaults == {"batch_size": 64, "lr": 0.1}
+    X, Y = build_dataset(["emma", "ava", "olivia", "isabella"], 3)
+    runs = []
+    for kwargs in ({}, defaults):
+        model = small_model("e01-kaiming", 4, 3)
+        train(model, X, Y, 2, generator=torch.Generator().manual_seed(5), progress=False, **kwargs)
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stderr, progress, shown", [(Terminal, None, True), (Terminal, False, False),
+                                                     (io.StringIO, None, False)])
+def test_progress_is_drawn_on_a_terminal_only(monkeypatch, stderr, progress, shown):
+    """train draws its progress bar on stderr by default iff stderr is a terminal: never into a pipe or a log file.
+
+    The bar counts steps against the total ("0/3", "step/s") and is erased when training ends, so
+    the terminal keeps no trace of it (its last write is a carriage return, not a newline).
+    """
+    monkeypatch.setattr(sys, "stderr", stderr())
+    X, Y = build_dataset(["emma", "ava"], 2)
+    kwargs = {} if progress is None else {"progress": progress}
+    train(small_model("e01-zeros", 0, 2), X, Y, 3, batch_size=4, generator=torch.Generator().manual_seed(0), **kwargs)
+    out = sys.stderr.getvalue()
+    assert bool(out) == shown
+    if shown:
+        assert " 0/3 " in out and re.search(r"[\d?]step/s\]", out)
+        assert out.endswith("\r") and not out.rstrip(" \r").endswith("\n")

@@ -232,3 +232,56 @@ def test_batchnorm_probe_outputs_beta_under_zero_weights():
     for i, layer in enumerate(model.layers):
         if isinstance(layer, BatchNorm1d):
             assert torch.equal(probe.outputs[i], layer.beta.detach().expand(len(X), -1))
+
+
+def manual_sgd(model, X, Y, steps, rec, lr=0.1):
+    """A loop of its own (backward, then p -= lr·grad where a gradient exists): the Recorder hooks any autograd loop."""
+    for step in range(steps):
+        model.zero_grad(set_to_none=True)
+        model.loss(X, Y).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= lr * p.grad
+        rec.on_step(step, model)
+
+
+def test_recorder_with_a_parameter_the_loss_never_reaches():
+    model, (X, Y) = e01("zeros"), batch(rows=32)
+    model.layers[0].register_parameter("unused", torch.nn.Parameter(torch.tensor([1.0])))
+    with Recorder(model) as rec:
+        manual_sgd(model, X, Y, 3, rec)
+    assert rec.first_grad["layers.0.unused"] is None and rec.first_change["layers.0.unused"] is None
+    assert rec.alive == rec.changed == ["layers.8.bias"]
+
+
+def test_recorder_on_one_parameter_and_on_none():
+    """A model whose only parameter is C, and one with nothing left to train (every parameter frozen)."""
+    X, Y = batch(rows=16)
+    only_c = CharMLP(torch.randn(27, 27, generator=torch.Generator().manual_seed(0)), [Tanh()], context_length=4)
+    only_c.layers.append(Linear.from_tensors(torch.ones(108, 27), None).requires_grad_(False))
+    with Recorder(only_c) as rec:
+        manual_sgd(only_c, X, Y, 2, rec)
+    assert rec.names == ["C"] and rec.alive == rec.changed == ["C"] and rec.first_grad == {"C": 0}
+    frozen = e01().requires_grad_(False)
+    with Recorder(frozen) as rec:  # (on_step itself still needs one trainable parameter: torch.stack of nothing)
+        pass
+    assert rec.names == rec.alive == rec.changed == [] and rec.update_data == {}
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_moves_everything_and_records_what_the_cpu_does():
+    """train(device='cuda') moves a CPU model and CPU data there; a Recorder entered on the CUDA model records the
+    same steps as on the CPU (E01: only the output bias, from step 0)."""
+    X, Y = batch(rows=200)
+    model = e01("zeros")
+    history = train(model, X, Y, 3, generator=torch.Generator().manual_seed(1), device="cuda", progress=False)
+    assert model.C.device.type == "cuda" and len(history.losses) == 3
+    records = []
+    for device in ("cpu", "cuda"):
+        model = e01("zeros").to(device)
+        with Recorder(model, every=2) as rec:
+            train(model, X, Y, 6, generator=torch.Generator().manual_seed(1), device=device, progress=False,
+                  on_step=rec.on_step)
+        records.append((rec.first_grad, rec.first_change, rec.alive, [s for s, _ in rec.update_data["layers.8.bias"]]))
+    assert records[0] == records[1]
