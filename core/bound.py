@@ -23,7 +23,14 @@ from core.kinds import KINDS, ConvKind, hooked
 from core.model import CharMLP
 from core.pairfold import AFTER, check_norm, f64, norm_affine, norm_terms
 
-U64 = 2.0**-53  # unit roundoff of float64, in which folds are computed
+
+def ieee_unit_roundoff(dtype: torch.dtype) -> float:
+    """u = ε/2 of `dtype` under IEEE round to nearest: 2⁻²⁴ for float32, 2⁻⁵³ for float64."""
+    return torch.finfo(dtype).eps / 2
+
+
+U64 = ieee_unit_roundoff(torch.float64)  # float64, in which folds are computed
+U32 = ieee_unit_roundoff(torch.float32)  # float32 whatever torch's matmul settings
 ETA64 = 2.0**-1074  # the smallest float64 subnormal: the most a float64 product or quotient loses to underflow
 TINY64 = torch.finfo(torch.float64).tiny  # added once to a bound: covers underflow in the bound's own evaluation
 BN_ROUNDINGS = 8  # roundings on any term of an eval BatchNorm
@@ -54,7 +61,7 @@ def unit_roundoff(dtype: torch.dtype, device=None, op: str = "matmul") -> float:
     the rounding of both operands of every product (TF32: u = 2^-11, bfloat16: u = 2^-8).
     cuDNN convolutions run float32 in TF32 unless torch.backends.cudnn.allow_tf32 is False.
     """
-    u = torch.finfo(dtype).eps / 2
+    u = ieee_unit_roundoff(dtype)
     if dtype == torch.float32:
         cuda = device is not None and torch.device(device).type == "cuda"
         if op == "conv":

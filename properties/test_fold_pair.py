@@ -63,7 +63,7 @@ def test_pair_within_bound(case):
 
 
 def magnitude(case: PairCase, linear, bn, x):
-    """M_j of DESIGN.md: the sum of the magnitudes of the terms of output j, in float64."""
+    """M_j of docs/design.md: the sum of the magnitudes of the terms of output j, in float64."""
     W = (linear.weight.T if case.kind == "torch" else linear.weight).double().abs()
     b = 0 if linear.bias is None else linear.bias.double().abs()
     gm, beta = (bn.gamma, bn.beta) if case.kind == "core" else (bn.weight, bn.bias)

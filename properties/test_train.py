@@ -11,6 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from core import notebook
+from core.bound import U32
 from core.data import build_dataset
 from core.model import e01_mlp, e02_mlp
 from core.train import train
@@ -67,7 +68,7 @@ def test_one_step_is_plain_sgd(names, batch_size, lr, seed):
     history = train(model, X, Y, 1, batch_size=batch_size, lr=lr, generator=torch.Generator().manual_seed(seed + 7),
                     progress=False)
     assert history.losses == [loss.item()] and history.steps == 1
-    u = torch.finfo(torch.float32).eps / 2
+    u = U32
     for (name, _), g in zip(reference.named_parameters(), grads):
         p0, step = before[name], lr * g
         bound = 4 * u * (p0.abs() + step.abs())

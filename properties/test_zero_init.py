@@ -380,7 +380,7 @@ def test_constant_init_keeps_hidden_units_identical(p, c, steps, batch_size, lr,
 def test_with_sigmoid_the_gradient_reaches_one_layer_deeper_per_step(p, extra, batch_size, lr, seed):
     """zeros, sigmoid, float64: ∇W_l = ∇b_l = 0 after fewer than L−l updates and ≠ 0 after exactly L−l; ∇C = 0 for L.
 
-    Counting steps from 1 as the study does, ∇W_l first moves at step t = L+1−l. Now
+    Counting steps from 1, ∇W_l first moves at step t = L+1−l. Now
     h_l = σ(0) = ½ ≠ 0. Induction: until W_{l+1} has had its first nonzero gradient it is 0, so
     δ_l = δ_{l+1} W_{l+1}ᵀ ⊙ σ' = 0 exactly. At the first step ∇W_L = ½·Σ_rows δ_L ≠ 0 unless the
     first batch's labels are exactly uniform. Once W_{l+1} ≠ 0, δ_l ≠ 0 and ∇W_l = h_{l-1}ᵀ δ_l

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from core.bound import U32
 from core.diagnostics import LayerProbe, Recorder, alive, diagnose, output_bias
 from core.kinds import hooked
 from core.layers import BatchNorm1d, Linear, Tanh
@@ -123,7 +124,7 @@ def test_diagnose_gradient_ratios():
     grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
     assert report.loss == loss.item()
     assert [s.name for s in report.params] == list(params)
-    u32 = torch.finfo(torch.float32).eps / 2
+    u32 = U32
     for s in report.params:
         g, p = grads[s.name], params[s.name]
         assert s.shape == tuple(p.shape)

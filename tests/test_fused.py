@@ -23,7 +23,7 @@ pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch bu
 
 from torch import nn
 
-from core.bound import propagate, rounding_bound, underflow
+from core.bound import U32, propagate, rounding_bound, underflow
 from core.data import random_rows
 from core.experiments import trained_e02
 from core.fold import fold
@@ -226,7 +226,7 @@ def test_fp32_linear_step_is_core_folds_rule():
     D = torch.rand(3, 7, generator=g, dtype=F64) * 1e-6
     rho = linear_factor(7, "fp32")
     mine = linear_step(D, x.double(), layer.weight.double(), layer.bias.double(), rho, rho, underflow(x.dtype))
-    assert rho == rounding_bound(8, 2.0**-24)
+    assert rho == rounding_bound(8, U32)
     assert torch.equal(mine, propagate(layer, x, D, "Linear"))
 
 
@@ -240,7 +240,7 @@ def test_linear_factor_constants():
         K = max(16, 1 << (n - 1).bit_length())
         for p, uf in (("tf32", 2.0**-11), ("bf16", 2.0**-8)):
             assert linear_factor(n, p) == (1 + 2 * uf) ** 2 * math.exp(3 * (K + 1) * 2.0**-23) - 1
-            assert rounding_bound(n + 1, 2.0**-24) <= linear_factor(n, p) < 8 * uf
+            assert rounding_bound(n + 1, U32) <= linear_factor(n, p) < 8 * uf
 
 
 @pytest.mark.skipif(CUDA, reason="checks the CPU refusal")

@@ -89,7 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.bound import SAFETY, error_bound, propagate, rounding_bound, underflow, unit_roundoff
+from core.bound import SAFETY, U32, error_bound, propagate, rounding_bound, underflow, unit_roundoff
 from core.fold import fold
 from core.layers import Linear, ReLU, Sigmoid, Tanh
 from core.model import CharMLP
@@ -101,7 +101,6 @@ except ImportError:  # the CPU-only torch builds ship without Triton
     triton = None
 
 PRECISIONS = ("fp32", "tf32", "bf16")
-U32 = 2.0**-24  # fp32 unit roundoff: the fused kernel's fp32 arithmetic is IEEE whatever torch's matmul settings
 FORMAT_U = {"tf32": 2.0**-11, "bf16": 2.0**-8}  # unit roundoff of the tensor-core operand formats
 OPERAND_ROUNDINGS = 2  # conversions of the two operands of each product (tf32, bf16)
 ULP32 = 2.0**-23  # an fp32 ulp relative to the leading bit: what one aligned, truncating add can lose
