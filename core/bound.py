@@ -2,7 +2,7 @@
 
 Floating point follows the standard model fl(a ∘ b) = (a ∘ b)(1 + δ), |δ| ≤ u. A term that passes
 through k roundings is off by at most γ(k)·|term|. docs/design.md derives the constants of the
-Linear/BatchNorm1d case: the pair factor ρ (`pair_factor`), the rules of the seed's layers, the
+Linear/BatchNorm1d case: the pair factor ρ (`pair_factor`), the rules of the notebook's layers, the
 whole-model sum (`error_bound`) and the loss bound (`loss_bound`); docs/design-conv.md derives the
 rest: convolutions and their fan-in, channelwise BatchNorms, pooling, the ReLU family, hard and
 smooth gates, and the graph rules (add, mul, mean, moves) that carry a bound through any traced model.

@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_torchvision_args(p)
     p.set_defaults(func=cmd_fold)
 
-    p = sub.add_parser("reproduce", help="run E01 and E02 with the seed's recipe; write report.json, report.md, plots")
+    p = sub.add_parser("reproduce", help="run E01 and E02 with the notebook's recipe; write reports and plots")
     p.add_argument("--steps", type=steps_arg, default=100_000,
                    help=f"training steps per experiment, 1..{MAX_STEPS} (default 100000)")
     p.add_argument("--seed", type=seed_arg, default=42)

@@ -93,7 +93,7 @@ def load_names(path) -> list[str]:
 
 
 def split_sizes(n: int, fractions=DEFAULT_FRACTIONS) -> tuple[int, int, int]:
-    """The seed's rule: int(0.8n) train, int(0.9n) - int(0.8n) dev, the rest test."""
+    """The notebook's rule: int(0.8n) train, int(0.9n) - int(0.8n) dev, the rest test."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
     first = int(fractions[0] * n)

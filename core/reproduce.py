@@ -1,4 +1,4 @@
-"""`bnfold reproduce`: E01 and E02 end to end with the seed's recipe, then report.json, report.md and plots."""
+"""`bnfold reproduce`: E01 and E02 end to end with the notebook's recipe, then report.json, report.md and plots."""
 
 import time
 from contextlib import contextmanager

@@ -36,7 +36,7 @@ from core.train import train
 
 FORMAT = "bnfold.bench/1"
 BENCH_DIR = Path(".benchmarks")
-DEV_ROWS = 22655  # dev-set rows of names.txt under the seed's split; random rows stand in without it
+DEV_ROWS = 22655  # dev-set rows of names.txt under the standard split (seed 42); random rows stand in without it
 SPLIT_SEED = 42
 
 

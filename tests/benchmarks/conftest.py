@@ -14,7 +14,7 @@ RANDOM_TRAIN_ROWS = 20_000
 
 @pytest.fixture(scope="session")
 def bench_data(request):
-    """(X_train, Y_train, X_dev): the seed's splits of names.txt, else random rows (the dev set's size for X_dev)."""
+    """(X_train, Y_train, X_dev): the standard splits of names.txt, else random rows (the dev set's size for X_dev)."""
     try:
         splits = request.getfixturevalue("splits")
     except pytest.skip.Exception:
