@@ -9,11 +9,13 @@ either would make its neighbours' results depend on the order, the worker and th
 """
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from tqdm import tqdm
 
 settings.register_profile("dev", max_examples=30, deadline=None)
 settings.register_profile(
@@ -35,6 +37,11 @@ TEST_THREADS = os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 def pytest_configure(config):
     torch.set_num_threads(int(TEST_THREADS))
+    # tqdm starts a monitor thread with its first bar, even a disabled one, and guards writes with a
+    # multiprocessing lock that forked processes share: a process forked from this one (mutmut forks one per
+    # mutant) could then block forever on a lock held elsewhere. Test processes keep a lock of their own.
+    tqdm.monitor_interval = 0
+    tqdm.set_lock(threading.RLock())
 
 
 @pytest.fixture(autouse=True)

@@ -349,3 +349,16 @@ def test_layers_describe_themselves():
         assert str(e).endswith("; call .eval() to use running stats")
     else:
         raise AssertionError("a one-row batch was normalised in training")
+
+
+@given(st.integers(1, 4), st.integers(1, 4), st.booleans(), st.sampled_from([torch.float32, torch.float64]))
+def test_layers_are_built_on_the_device_and_dtype_asked(fan_in, fan_out, flag, dtype):
+    """Linear(..., dtype, device) and BatchNorm1d(..., dtype, device) hold every tensor in that dtype, on that device.
+
+    Checked on the meta device, which every machine has: a tensor built anywhere else would show it.
+    """
+    linear = Linear(fan_in, fan_out, flag, generator=torch.Generator().manual_seed(0), dtype=dtype, device="meta")
+    bn = BatchNorm1d(fan_out, affine=flag, dtype=dtype, device="meta")
+    tensors_ = list(linear.parameters()) + list(bn.parameters()) + list(bn.buffers())
+    assert len(tensors_) == (2 if flag else 1) + (2 if flag else 0) + 2
+    assert all(t.device.type == "meta" and t.dtype == dtype for t in tensors_)

@@ -4,12 +4,14 @@ import inspect
 import io
 import re
 import sys
+import time
 
 import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+import core.train
 from core import notebook
 from core.bound import U32
 from core.data import build_dataset
@@ -149,3 +151,40 @@ def test_progress_is_drawn_on_a_terminal_only(monkeypatch, stderr, progress, sho
     if shown:
         assert " 0/3 " in out and re.search(r"[\d?]step/s\]", out)
         assert out.endswith("\r") and not out.rstrip(" \r").endswith("\n")
+
+
+class RecordingBar:
+    """Stands in for tqdm in core.train: records how far the bar is moved and what it is told to show."""
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.n, self.shown = kwargs, 0, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def set_postfix(self, refresh=True, **postfix):
+        self.shown.append((self.n, postfix, refresh))
+
+    def update(self, k):
+        self.n += k
+
+
+def test_the_bar_advances_every_thousand_steps_and_at_the_end(monkeypatch):
+    """After step t the bar reads t + 1 at t ≡ 999 (mod 1000) and at the last step, with that step's loss (4 places)
+    set without a redraw of its own; wall_time is the time train() took."""
+    bars = []
+    monkeypatch.setattr(core.train, "tqdm", lambda **kwargs: bars.append(RecordingBar(**kwargs)) or bars[-1])
+    X, Y = build_dataset(["emma", "ava"], 2)
+    start = time.perf_counter()
+    history = train(small_model("e01-zeros", 0, 2), X, Y, 2001, batch_size=2,
+                    generator=torch.Generator().manual_seed(0))
+    elapsed = time.perf_counter() - start
+    (bar,) = bars
+    assert bar.n == 2001 and bar.kwargs["total"] == 2001
+    # (the bar's count when the loss is set, the loss shown, redraw?): the count moves right after each
+    assert bar.shown == [(before, {"loss": f"{history.losses[step]:.4f}"}, False)
+                         for before, step in ((0, 999), (1000, 1999), (2000, 2000))]
+    assert 0 < history.wall_time <= elapsed

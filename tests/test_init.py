@@ -105,6 +105,8 @@ def test_parse_scheme(text, parsed):
     ("kaiming(big)", "is not a number like 0.5 or 5/3"),
     ("constant(1/0)", "is not a number like 0.5 or 5/3"),
     ("constant(inf)", "is not a number like 0.5 or 5/3"),
+    ("kaiming(5/3", "unknown init scheme 'kaiming(5/3'"),
+    ("Zeros", "unknown init scheme 'Zeros'"),
 ])
 def test_bad_scheme_names_say_what_to_write(text, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -134,3 +136,9 @@ def test_constant_init_symmetry_is_unstable_at_a_large_learning_rate():
     assert 0 < hidden_unit_spread(model) <= 2e-12
     train(model, X, Y, 1000, batch_size=32, lr=0.5, generator=g, progress=False)
     assert hidden_unit_spread(model) > 1e-6
+
+
+@pytest.mark.parametrize("scheme", [None, 0.5, b"zeros"])
+def test_a_scheme_that_is_not_a_string_is_refused_by_name(scheme):
+    with pytest.raises(ValueError, match=f"unknown init scheme {scheme!r}; choose one of kaiming, zeros"):
+        parse_scheme(scheme)
