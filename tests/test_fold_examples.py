@@ -46,7 +46,17 @@ def issue_example():
     return nn.Sequential(*layers).eval()
 
 
-def test_report_table():
+@pytest.fixture
+def ieee_float32_matmuls():
+    """float32 matmuls in IEEE float32 for the test, whatever the process set: the report's ρ depends on it."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+def test_report_table(ieee_float32_matmuls):
+    """The report as printed; ρ = γ(4 + 9) + (1 + γ₆₄(6))(1 + γ(4 + 2)) − 1 ≈ 19u = 1.132e-06 at fan-in 4 in float32."""
     folded, report = fold(issue_example())
     assert report.kept == (KeptBN(3, "BatchNorm1d at index 3 sits between Tanh and Tanh: no adjacent Linear"),)
     assert report.folded[:1] == (FoldedPair(1, 0, "after", 0, 4, report.folded[0].bound_factor),)

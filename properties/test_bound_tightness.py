@@ -1,0 +1,177 @@
+"""Laws of the certified bound's size: it covers what a legal float evaluation can reach, and it is not far above it.
+
+Soundness laws elsewhere check observed ≤ bound on drawn nets; they pass a bound that forgets part of the error as
+long as the rest stays above the observed error, which sits orders of magnitude below the bound on deep nets. The
+laws here fail such a bound:
+
+- an attainable error: IEEE arithmetic lets a dot product sum its terms in any order. Summed left to right,
+  1 + h + h + … (h just below half an ulp of 1) never leaves 1 and loses (n − 1)·h, about (n − 1)·u of a
+  magnitude of 1. The folded layer may be evaluated that way and the unfolded one exactly, so the bound must
+  cover that loss; and the bound is at most a stated factor above it (ratio (n − 1)/(4.4(n + 9))), so a bound
+  that drops the fan-in n, or is a constant factor of 8 too small at n ≥ 64, fails; so does one that carries a
+  fold's error through a later layer without that layer's gain;
+- the kernels torch runs: on cancellation-heavy pairs of fan-in 1 and 2 the largest observed error reaches 1/8
+  of the bound, so a pair bound 8× too small fails on torch's own arithmetic too;
+- composition: the bound of a model whose folds sit on separate paths is exactly the bounds of its folds, each
+  on its own; a whole-model bound that forgets a fold's share fails.
+"""
+
+from fractions import Fraction
+
+import pytest
+import torch
+from hypothesis import example, given, note
+from hypothesis import strategies as st
+from torch import nn
+
+from core.bound import error_bound, ieee_unit_roundoff
+from core.fold import fold
+from core.kinds import KINDS
+from properties.strategies import PairCase, make_bn, make_linear, pair_cases
+
+F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
+DTYPES = (F16, BF16, F32, F64)
+
+
+def largest_fan_in(dtype: torch.dtype) -> int:
+    """n with n·u ≤ 1/16, at most 4096: the lost (n − 1)·h stays below 1/16 of the magnitude 1 it is lost from."""
+    return min(4096, int(1 / (16 * ieee_unit_roundoff(dtype))))
+
+
+@st.composite
+def stagnation_pairs(draw):
+    """(kind, direction, dtype, n, k): a pair whose BN scales by s = 2^k exactly (γ = 2^k, v = 1, ε = 0, μ = β = 0)."""
+    dtype = draw(st.sampled_from(DTYPES))
+    n = draw(st.integers(2, largest_fan_in(dtype)))
+    return draw(st.sampled_from(("core", "torch"))), draw(st.sampled_from(("after", "before"))), dtype, n, \
+        draw(st.integers(-4, 4))
+
+
+def stagnation_pair(kind: str, direction: str, dtype: torch.dtype, n: int, k: int):
+    """(model, x, h): Linear(n, 1) with W = (1, h, …, h), no bias, beside a BN of scale 2^k; x = 1.
+
+    h = u·(1 − 2⁻⁸): below half an ulp of 1 (an ulp is 2u), representable in every float dtype. Every product
+    x_i·W'_i and the scale are powers of two times W's entries, so the only rounding is in the sum.
+    """
+    h = ieee_unit_roundoff(dtype) * (1 - 2.0**-8)
+    W = torch.tensor([[1.0]] + [[h]] * (n - 1), dtype=F64)
+    width = 1 if direction == "after" else n
+    ones = torch.ones(width, dtype=F64)
+    bn = make_bn(kind, (0 * ones, ones, 2.0**k * ones, 0 * ones), 0.0, dtype=dtype)
+    linear = make_linear(kind, W.to(dtype), None).eval()
+    model = nn.Sequential(*((linear, bn) if direction == "after" else (bn, linear))).eval()
+    return model, torch.ones(1, n, dtype=dtype), h
+
+
+def left_to_right(terms: list[Fraction], dtype: torch.dtype) -> Fraction:
+    """Σ terms summed left to right, each partial sum rounded to dtype (float64 adds of two dtype values are exact
+    here, so rounding their sum to dtype is one correct rounding)."""
+    total = torch.tensor(float(terms[0]), dtype=dtype)
+    for term in terms[1:]:
+        total = (total.double() + float(term)).to(dtype)
+    return Fraction(total.item())
+
+
+@given(stagnation_pairs())
+@example(("core", "after", F32, 2, 0))
+@example(("torch", "before", F64, 4096, 4))
+@example(("core", "before", BF16, largest_fan_in(BF16), -4))
+@example(("torch", "after", F16, largest_fan_in(F16), 0))
+def test_bound_covers_a_legal_order_and_is_within_a_stated_factor_of_it(case):
+    """e ≤ B and e ≥ B·(n − 1)/(4.4(n + 9)), e = |left-to-right folded(x) − exact|, at W = (1, h, …, h), x = 1.
+
+    Left to right, fl(1 + h) = 1, so the folded layer loses e = (n − 1)·h·|s| while the unfolded one, summing the
+    h first, may be exact: any sound bound covers e. The bound is ρ·M + A with M = |s|(1 + (n − 1)h) ≤
+    1.0625|s| (n·u ≤ 1/16) and ρ ≤ 2(n' + 9)u·1.001 (n' = n, or 2n before a Linear in float64; test_fold_pair),
+    while h = u(1 − 2⁻⁸), so e/B ≥ (n − 1)(1 − 2⁻⁸)/(2.13(n' + 9)) ≥ (n − 1)/(4.4(n + 9)).
+    """
+    kind, direction, dtype, n, k = case
+    model, x, h = stagnation_pair(kind, direction, dtype, n, k)
+    folded, _ = fold(model)
+    W = KINDS[type(folded[0])].blocks(folded[0])[0, :, 0].detach()
+    products = [Fraction(float(w)) for w in W.double()]  # x = 1: the products are W' itself, exactly
+    exact = sum(products, Fraction(0)) + Fraction(folded[0].bias[0].item())
+    e = abs(left_to_right(products, dtype) + Fraction(folded[0].bias[0].item()) - exact)
+    B = Fraction(error_bound(model, x)[0, 0].item())
+    note(f"n {n}, u {ieee_unit_roundoff(dtype):.3e}, lost e {float(e):.6e}, bound {float(B):.6e}, "
+         f"e/B {float(e / B):.4f}, stated {(n - 1) / (4.4 * (n + 9)):.4f}")
+    assert e == (n - 1) * Fraction(h) * Fraction(2) ** k  # the construction loses what it should
+    assert e <= B
+    assert e >= B * Fraction(n - 1) / (Fraction(44, 10) * (n + 9))
+
+
+@given(stagnation_pairs(), st.integers(2, 10), st.sampled_from(("core", "torch")))
+@example(("core", "after", F32, 64, 0), 2, "torch")
+def test_a_layer_after_the_fold_carries_the_lost_error(case, j, kind):
+    """e·2^j ≤ B for pair → Linear(1, 1) with weight 2^j: the bound carries a fold's error through the gain of the
+    layers after it.
+
+    Multiplying by 2^j is exact, so the left-to-right folded chain loses 2^j·e (e as above) while the unfolded one
+    may be exact. A bound that carried D through a layer without its |W| would stay near the pair's B < 2^j·e
+    (e/B_pair > 1/4 once n ≥ 64).
+    """
+    pair_kind, direction, dtype, n, k = case
+    pair, x, h = stagnation_pair(pair_kind, direction, dtype, n, k)
+    gain = make_linear(kind, torch.tensor([[2.0**j]], dtype=dtype), None).eval()
+    e = (n - 1) * Fraction(h) * Fraction(2) ** (k + j)
+    B = Fraction(error_bound(nn.Sequential(*pair, gain).eval(), x)[0, 0].item())
+    note(f"n {n}, 2^j {2**j}, lost 2^j·e {float(e):.6e}, bound {float(B):.6e}")
+    assert e <= B
+
+
+def cancellation_pair(kind: str, fan_in: int, dtype: torch.dtype, seed: int, batch: int = 4096, fan_out: int = 8):
+    """(model, x): Linear → BN with t = β − μs = 0, inputs over four decades: the terms of each output cancel."""
+    g = torch.Generator().manual_seed(seed)
+    W, b = torch.randn(fan_in, fan_out, generator=g, dtype=F64), torch.randn(fan_out, generator=g, dtype=F64)
+    mean = torch.randn(fan_out, generator=g, dtype=F64) * 10 ** (4 * torch.rand(fan_out, generator=g, dtype=F64) - 1)
+    var = 10 ** (4 * torch.rand(fan_out, generator=g, dtype=F64) - 2)
+    gamma = torch.randn(fan_out, generator=g, dtype=F64)
+    beta = mean * gamma / (var + 1e-5).sqrt()
+    x = torch.randn(batch, fan_in, generator=g, dtype=F64) * 10 ** (4 * torch.rand(batch, 1, generator=g,
+                                                                                       dtype=F64) - 1)
+    linear = make_linear(kind, W.to(dtype), b.to(dtype)).eval()
+    return nn.Sequential(linear, make_bn(kind, (mean, var, gamma, beta), 1e-5, dtype=dtype)).eval(), x.to(dtype)
+
+
+@pytest.mark.parametrize("kind", ["core", "torch"])
+@pytest.mark.parametrize("fan_in", [1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_torch_kernels_reach_an_eighth_of_the_pair_bound(kind, fan_in, seed):
+    """max_j |BN(xW + b) − (xW' + b')|_j / B_j ≥ 1/8 over 4096 × 8 outputs of a cancellation-heavy float32 pair.
+
+    With t = 0 and inputs over four decades, each output is a few roundings of terms that cancel, and the
+    worst of 32768 outputs sits near a quarter of ρ·M (0.19 to 0.37 measured): a pair bound 8× too small fails
+    here on torch's own kernels, at the fan-ins where the legal-order law above states least.
+    """
+    model, x = cancellation_pair(kind, fan_in, F32, seed)
+    folded, _ = fold(model)
+    with torch.no_grad():
+        err = (model(x).double() - folded(x).double()).abs()
+    ratio = (err / error_bound(model, x)).max().item()
+    assert 1 / 8 <= ratio <= 1, f"largest observed/bound {ratio:.4f}"
+
+
+class TwoPaths(nn.Module):
+    """Two pairs on separate inputs, returning both outputs: no value of one path reaches the other."""
+
+    def __init__(self, first: nn.Module, second: nn.Module):
+        super().__init__()
+        self.first, self.second = first, second
+
+    def forward(self, a, b):
+        return self.first(a), self.second(b)
+
+
+@given(pair_cases(max_fan=16, max_batch=16), pair_cases(max_fan=16, max_batch=16))
+@example(PairCase(fan_in=3, fan_out=2, batch=2), PairCase(direction="before", dtype=F64, fan_in=2, batch=2))
+def test_bound_of_separate_folds_is_the_bound_of_each(first, second):
+    """error_bound(TwoPaths(P, Q), (x, y)) = (error_bound(P, x), error_bound(Q, y)), exactly.
+
+    The whole-model bound is the sum over folds of each fold's bound carried to the output; a fold's bound
+    reaches only its own path's output and adds 0 to the other, so each output's bound is its own pair's.
+    """
+    (p, x), (q, y) = first.sequential(), second.sequential()
+    both = error_bound(TwoPaths(p, q), (x, y))
+    alone = (error_bound(p, x), error_bound(q, y))
+    note(f"largest bounds {[b.max().item() for b in both]} vs {[b.max().item() for b in alone]}")
+    assert torch.equal(both[0], alone[0]) and torch.equal(both[1], alone[1])
