@@ -17,7 +17,7 @@ from core.fold import fold
 from core.model import e02_mlp
 from core.perf import bench
 from core.perf.bench import Change, compare, parse_threshold
-from core.perf.timing import machine_info
+from core.perf.timing import interleaved_medians, machine_info
 from core.train import train
 
 
@@ -192,3 +192,21 @@ def test_target_column_names_the_batch_size_a_target_holds_at():
     assert bench.target_cell({keys[0]: 0.7}, keys, (1, 64)) == "<= 0.70 at B=1"
     assert bench.target_cell({keys[0]: 1.0, keys[1]: 1.0}, keys, (1, 64)) == "<= 1.00"
     assert bench.target_cell({}, keys, (1, 64)) == ""
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_interleaving_varies_the_order_and_never_repeats_a_case(count):
+    """Each of k cases is sampled once per round; no case runs twice in a row; over 40 rounds every case runs
+    right after every other.
+
+    What ran just before a case changes its time by a few percent on a model of several MB: a fixed order
+    (A B C, C B A) favours some cases over the others.
+    """
+    order = []
+    cases = {name: (lambda name=name: order.append(name)) for name in "ABCDE"[:count]}
+    rounds = 40
+    interleaved_medians(cases, rounds=rounds, sample_s=0.0)
+    timed = order[3 * count:]  # after each case's warm-up and the two calls that size its samples
+    assert all(sorted(timed[r * count:(r + 1) * count]) == sorted(cases) for r in range(rounds))
+    assert all(a != b for a, b in zip(timed, timed[1:])) or count == 1
+    assert set(zip(timed, timed[1:])) >= {(a, b) for a in cases for b in cases if a != b}

@@ -1,6 +1,6 @@
 """The fused kernel against the eager and compiled baselines on a GPU: `python -m core.perf.gpu_check`.
 
-One interleaved run (A B C, C B A, ...; medians: core.perf.timing.interleaved_medians) at B = 2^21 rows of the
+One interleaved run (each round in a fresh order; medians: core.perf.timing.interleaved_medians) at B = 2^21 rows of the
 folded E02 net: the eager chain with W stored (in, out) and (out, in), torch.nn with fuse_linear_bn_eval,
 torch.compile default and max-autotune, the fused kernel in fp32, tf32 and bf16 (and fp32 with 32-row blocks
 and 4 warps, the runner-up configuration); then at B = 1 the fused kernels captured into CUDA graphs (and the

@@ -3,6 +3,7 @@
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -16,8 +17,11 @@ SAMPLE_S = 0.002  # short samples: on a busy machine most fall between preemptio
 
 def interleaved_medians(cases: dict[str, Callable[[], object]], device=None, rounds: int = ROUNDS,
                         sample_s: float = SAMPLE_S) -> dict[str, float]:
-    """Median seconds per call of each zero-argument case, sampled A B C, C B A, ... so drift hits all alike.
+    """Median seconds per call of each zero-argument case, sampled once per round so drift hits all alike.
 
+    Each round runs the cases in a fresh order (a fixed seed), never one case twice in a row: what ran just
+    before a case changes its time by a few percent on a model of several MB (caches warm from itself, or
+    flushed by a larger model), so a fixed order (A B C, C B A) favours some cases over others.
     A sample is as many calls as fill about `sample_s`. On a CUDA `device` the clock is read
     after a synchronize, so the queued work of the calls is counted.
     """
@@ -36,14 +40,25 @@ def interleaved_medians(cases: dict[str, Callable[[], object]], device=None, rou
         fn()
         calls[name] = max(1, math.ceil(sample_s / max((now() - start) / 2, 1e-9)))
     samples = {name: [] for name in cases}
-    for r in range(rounds):
-        for name in (list(cases) if r % 2 == 0 else reversed(list(cases))):
-            fn, n = cases[name], calls[name]
-            start = now()
-            for _ in range(n):
-                fn()
-            samples[name].append((now() - start) / n)
+    for name in sample_order(list(cases), rounds):
+        fn, n = cases[name], calls[name]
+        start = now()
+        for _ in range(n):
+            fn()
+        samples[name].append((now() - start) / n)
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def sample_order(names: list, rounds: int, seed: int = 0) -> list:
+    """`rounds` shuffles of names one after another, none starting with the name the one before ended with."""
+    rng, order = random.Random(seed), []
+    for _ in range(rounds):
+        shuffled = names[:]
+        rng.shuffle(shuffled)
+        if order and len(names) > 1 and shuffled[0] == order[-1]:
+            shuffled[0], shuffled[-1] = shuffled[-1], shuffled[0]
+        order += shuffled
+    return order
 
 
 def extra_info(shape, dtype) -> dict:
