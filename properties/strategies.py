@@ -1,8 +1,9 @@
 """Shared hypothesis strategies. Each builds valid inputs directly rather than filtering."""
 
+import functools
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -18,33 +19,137 @@ names_st = st.text(name_chars, min_size=1, max_size=12)
 name_lists = st.lists(names_st, min_size=1, max_size=40)
 
 
-# Folding: a Linear/BatchNorm1d pair or a whole model, described by plain fields and built from a
-# seed, so that @example can pin an edge case (v = 0, γ = 0, batch 1, fan 1) by hand.
+# Folding: a Linear/BatchNorm1d pair, a conv/BatchNorm pair or a whole model, described by plain fields and the
+# values of its tensors, all drawn by hypothesis: a failure shrinks to a small case of round values (1.0, 10.0, 0),
+# and @example can pin an edge case (v = 0, γ = 0, batch 1, fan 1, huge or tiny values) by hand. A value field
+# left None (as in most @examples) is filled by `spread`: fixed values over the same decades, in the case's modes.
+#
+# A value is ±10^e, e in a range of decades (one drawn byte, see tensor_values), so values spread over decades as
+# the seeded randn did and shrink to 1.0, then 10.0, 0.1, .... A tensor draws at most CYCLE values and repeats them
+# in row-major order over its shape (`cycled`): fan-in and fan-out 128 and batch 256 stay reachable within
+# hypothesis' data budget for a few bytes. The laws need large n because a sum of n terms rounds n times, and
+# repeated terms round like fresh ones (the running sums still differ); per-unit statistics differ over CYCLE
+# neighbouring units. CYCLE is prime so that a cycled matrix's rows do not repeat in step with a small fan-out.
 
 F64 = torch.float64
-VAR_MODES = ("loguniform", "mixed", "zero")  # v log-uniform in [1e-6, 1e6]; a quarter of them 0; all 0
-GAMMA_MODES = ("normal", "zero", "negative")  # γ normal with a quarter 0; all 0; all < 0
+CYCLE = 11
+VAR_MODES = ("loguniform", "mixed", "zero")  # v = 10^e; v_0 = 0 (v_1 > 0) and any other unit 0 or not; all 0
+GAMMA_MODES = ("normal", "zero", "negative")  # γ = ±10^e or 0; all 0; all −10^e < 0
+GAMMA_DECADES, BETA_DECADES = (-1, 1), (-1, 2)
 
 
-def log_uniform(g, n, lo, hi):
-    """n values 10^U(lo, hi)."""
-    return 10 ** (lo + (hi - lo) * torch.rand(n, generator=g, dtype=F64))
+def cycled(values, shape) -> torch.Tensor:
+    """A float64 tensor of `shape` holding `values` (a tuple, or a tuple of them) repeated in row-major order."""
+    flat = torch.tensor(values, dtype=F64).flatten()
+    size = math.prod(shape)
+    return flat.repeat(-(-size // len(flat)))[:size].reshape(shape)
 
 
-def some_zeros(g, t, fraction=0.25):
-    return torch.where(torch.rand(t.shape, generator=g, dtype=F64) < fraction, 0.0, t)
+def drawn_size(shape, cycle=CYCLE) -> int:
+    """How many values a tensor of `shape` draws: all of them, up to `cycle`."""
+    return min(math.prod(shape), cycle)
 
 
-def bn_stats(g, dim, var="loguniform", gamma="normal", mean_decades=(-3, 3), var_decades=(-6, 6)):
-    """(μ, v, γ, β) in float64: μ = ±10^U(mean_decades), v = 10^U(var_decades) (see VAR_MODES), γ (GAMMA_MODES), β."""
-    sign = torch.randint(0, 2, (dim,), generator=g, dtype=F64) * 2 - 1
-    mean = sign * log_uniform(g, dim, *mean_decades)
-    v = log_uniform(g, dim, *var_decades)
-    v = {"loguniform": v, "mixed": some_zeros(g, v), "zero": torch.zeros(dim, dtype=F64)}[var]
-    gm = torch.randn(dim, generator=g, dtype=F64) * log_uniform(g, dim, -1, 1)
-    gm = {"normal": some_zeros(g, gm), "zero": torch.zeros(dim, dtype=F64), "negative": -gm.abs() - 1e-3}[gamma]
-    beta = torch.randn(dim, generator=g, dtype=F64) * log_uniform(g, dim, -1, 2)
-    return mean, v, gm, beta
+@functools.cache
+def bits(n):
+    """n booleans, the bits of one drawn integer (a single draw for all n): shrinks to all False."""
+    return st.integers(0, 2**n - 1).map(lambda m: tuple(bool(m >> k & 1) for k in range(n)))
+
+
+@functools.cache
+def exponents(lo, hi):
+    """128 exponents in [lo, hi] ∋ 0, the roundest first: the integers (0, 1, −1, 2, −2, ...), then the odd multiples
+    of 1/2, of 1/4, ... (each set by |e|), so 10^e for the first is 1.0, then 10.0, 0.1, 100.0, ..."""
+    table, step = [], 1.0
+    while len(table) < 128:
+        grid = (k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1))
+        table += sorted((e for e in grid if e not in table), key=lambda e: (abs(e), -e))
+        step /= 2
+    return tuple(table[:128])
+
+
+@st.composite
+def tensor_values(draw, shapes, decades, cycle=CYCLE):
+    """{name: the values of a tensor of shapes[name]}: drawn_size(shape) values ±10^e, e ∈ decades[name] ∋ 0.
+
+    Each value is one drawn byte: its low bit the sign, the rest an index into `exponents`, so a value shrinks to
+    1.0 (byte 0), then to the next roundest. One string of bytes serves all the tensors, and each tensor takes
+    `cycle` bytes of it whatever its shape (using the first drawn_size): hypothesis' cost is per draw (a float
+    apiece would make the ci profile markedly slower), and a draw whose length changed with the shape would
+    overrun when hypothesis mutates a case to a larger one.
+    """
+    data = draw(st.binary(min_size=cycle * len(shapes), max_size=cycle * len(shapes)))
+    values = {}
+    for i, (name, shape) in enumerate(shapes.items()):
+        table = exponents(*decades[name])
+        chunk = data[i * cycle:i * cycle + drawn_size(shape, cycle)]
+        values[name] = tuple((-1.0 if b & 1 else 1.0) * 10.0 ** table[b >> 1] for b in chunk)
+    return values
+
+
+def spread(n, decades, signed=True):
+    """n fixed values for a hand-built case: 10^e for e = 0, 1, −1, 2, −2, ... within decades, in turn; signs
+    alternating (+ first) if signed."""
+    exponents = sorted(range(math.ceil(decades[0]), math.floor(decades[1]) + 1), key=lambda e: (abs(e), -e))
+    return tuple((-1.0 if signed and k % 2 else 1.0) * 10.0 ** exponents[k % len(exponents)] for k in range(n))
+
+
+def zeroed(values, zero):
+    return tuple(0.0 if z else v for v, z in zip(values, zero))
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """A BatchNorm's running mean μ, variance v, scale γ and shift β as tuples of floats, cycled over its units."""
+
+    mean: tuple
+    var: tuple
+    gamma: tuple
+    beta: tuple
+
+    def tensors(self, dim):
+        """(μ, v, γ, β), float64 tensors of `dim` units."""
+        return tuple(cycled(t, (dim,)) for t in (self.mean, self.var, self.gamma, self.beta))
+
+    @classmethod
+    def spread(cls, dim, var="loguniform", gamma="normal", mean_decades=(-3, 3), var_decades=(-6, 6)):
+        """Fixed statistics in the modes of norm_stats: zeros at the even units for var 'mixed', at the odd units
+        for γ 'normal'."""
+        n = min(dim, CYCLE)
+        v = {"loguniform": spread(n, var_decades, signed=False), "zero": (0.0,) * n,
+             "mixed": zeroed(spread(n, var_decades, signed=False), [k % 2 == 0 for k in range(n)])}[var]
+        gm = {"normal": zeroed(spread(n, GAMMA_DECADES), [k % 2 == 1 for k in range(n)]), "zero": (0.0,) * n,
+              "negative": tuple(-abs(g) for g in spread(n, GAMMA_DECADES))}[gamma]
+        return cls(spread(n, mean_decades), v, gm, spread(n, BETA_DECADES))
+
+
+@st.composite
+def norm_stats(draw, dim, var="loguniform", gamma="normal", mean_decades=(-3, 3), var_decades=(-6, 6), cycle=CYCLE):
+    """NormStats of min(dim, cycle) drawn units: μ = ±10^e (e ∈ mean_decades); v = 10^e (e ∈ var_decades) in the
+    VAR_MODES; γ = ±10^e (e ∈ [−1, 1]) in the GAMMA_MODES; β = ±10^e (e ∈ [−1, 2])."""
+    n = min(dim, cycle)
+    decades = {"mean": mean_decades, "var": var_decades, "gamma": GAMMA_DECADES, "beta": BETA_DECADES}
+    drawn = draw(tensor_values(dict.fromkeys(decades, (dim,)), decades, cycle))
+    v, gm = tuple(map(abs, drawn["var"])), drawn["gamma"]
+    var_zeros, gamma_zeros = draw(bits(cycle)), draw(bits(cycle))  # drawn in every mode: a fixed number of draws
+    if var == "zero":
+        v = (0.0,) * n
+    elif var == "mixed":
+        v = zeroed(v, (True, False, *var_zeros[2:]))
+    if gamma == "zero":
+        gm = (0.0,) * n
+    elif gamma == "negative":
+        gm = tuple(-abs(g) for g in gm)
+    else:
+        gm = zeroed(gm, gamma_zeros)
+    return NormStats(drawn["mean"], v, gm, drawn["beta"])
+
+
+def fill_missing(case, **values):
+    """Sets each field in `values` that the frozen `case` holds as None (a hand-built case's fixed values)."""
+    for name, value in values.items():
+        if getattr(case, name) is None:
+            object.__setattr__(case, name, value)
 
 
 LINEAR_TYPES = {"core": Linear, "torch": torch.nn.Linear}
@@ -65,9 +170,17 @@ def make_bn(kind, stats, eps, affine=True, dtype=F64):
     return KINDS[NORM_TYPES[kind]].build(terms, 0.1).eval()
 
 
+PAIR_DECADES = {"W": (-2, 1), "b": (-1, 2), "x": (-2, 2)}
+
+
 @dataclass(frozen=True)
 class PairCase:
-    """A Linear(fan_in, fan_out) and a BatchNorm1d after it (direction 'after') or before it ('before')."""
+    """A Linear(fan_in, fan_out) and a BatchNorm1d after it (direction 'after') or before it ('before').
+
+    W, b and x hold the values of the weight (fan_in, fan_out), the bias (fan_out) and the input batch
+    (batch, fan_in), cycled over those shapes; for 'before', x holds offsets from μ, since a BatchNorm's inputs
+    sit around its running mean. var and gamma name the modes of `stats`.
+    """
 
     kind: str = "core"
     direction: str = "after"
@@ -80,19 +193,30 @@ class PairCase:
     eps: float = 1e-5
     var: str = "loguniform"
     gamma: str = "normal"
-    seed: int = 0
+    W: tuple | None = None
+    b: tuple | None = None
+    x: tuple | None = None
+    stats: NormStats | None = None
+
+    def shapes(self):
+        return {"W": (self.fan_in, self.fan_out), "b": (self.fan_out,), "x": (self.batch, self.fan_in)}
+
+    @property
+    def bn_dim(self):
+        return self.fan_out if self.direction == "after" else self.fan_in
+
+    def __post_init__(self):
+        fill_missing(self, **{name: spread(drawn_size(shape), PAIR_DECADES[name])
+                              for name, shape in self.shapes().items()},
+                     stats=NormStats.spread(self.bn_dim, self.var, self.gamma))
 
     def build(self):
         """(linear, bn, x): eval-mode layers of self.dtype and an input batch x for the pair."""
-        g = torch.Generator().manual_seed(self.seed)
-        W = torch.randn(self.fan_in, self.fan_out, generator=g, dtype=F64) / math.sqrt(self.fan_in)
-        b = torch.randn(self.fan_out, generator=g, dtype=F64) * 10 if self.bias else None
-        dim = self.fan_out if self.direction == "after" else self.fan_in
-        stats = bn_stats(g, dim, self.var, self.gamma)
-        x = torch.randn(self.batch, self.fan_in, generator=g, dtype=F64) * log_uniform(g, 1, -1, 2)
-        if self.direction == "before":  # around the running mean, as a BatchNorm's inputs are
+        W, b, x = (cycled(getattr(self, name), shape) for name, shape in self.shapes().items())
+        stats = self.stats.tensors(self.bn_dim)
+        if self.direction == "before":
             x = x + stats[0]
-        linear = make_linear(self.kind, W.to(self.dtype), None if b is None else b.to(self.dtype))
+        linear = make_linear(self.kind, W.to(self.dtype), b.to(self.dtype) if self.bias else None)
         return linear.eval(), make_bn(self.kind, stats, self.eps, self.affine, self.dtype), x.to(self.dtype)
 
     def sequential(self):
@@ -101,86 +225,135 @@ class PairCase:
         return torch.nn.Sequential(*((linear, bn) if self.direction == "after" else (bn, linear))), x
 
 
-def pair_cases(dtypes=(torch.float32, torch.float64), kinds=("core", "torch"), directions=("after", "before"),
+eps_values = st.floats(-8, -1).map(lambda e: 10.0**e)
+
+
+@st.composite
+def pair_cases(draw, dtypes=(torch.float32, torch.float64), kinds=("core", "torch"), directions=("after", "before"),
                max_fan=128, max_batch=256):
-    return st.builds(
-        PairCase,
-        kind=st.sampled_from(kinds),
-        direction=st.sampled_from(directions),
-        fan_in=st.integers(1, max_fan),
-        fan_out=st.integers(1, max_fan),
-        batch=st.integers(1, max_batch),
-        bias=st.booleans(),
-        affine=st.booleans(),
-        dtype=st.sampled_from(dtypes),
-        eps=st.floats(-8, -1).map(lambda e: 10.0**e),
-        var=st.sampled_from(VAR_MODES),
-        gamma=st.sampled_from(GAMMA_MODES),
-        seed=st.integers(0, 2**32 - 1),
-    )
+    """PairCases of fan-in and fan-out 1..max_fan, batch 1..max_batch, any kind, direction, mode and ε ∈ [1e-8, 0.1].
+
+    Values (see CYCLE): |W| ∈ [0.01, 10], |b| ∈ [0.1, 100], |x − μ| (before) or |x| ∈ [0.01, 100], statistics as
+    norm_stats draws them.
+    """
+    case = PairCase(draw(st.sampled_from(kinds)), draw(st.sampled_from(directions)), draw(st.integers(1, max_fan)),
+                    draw(st.integers(1, max_fan)), draw(st.integers(1, max_batch)), draw(st.booleans()),
+                    draw(st.booleans()), draw(st.sampled_from(dtypes)), draw(eps_values),
+                    draw(st.sampled_from(VAR_MODES)), draw(st.sampled_from(GAMMA_MODES)))
+    return replace(case, **draw(tensor_values(case.shapes(), PAIR_DECADES)),
+                   stats=draw(norm_stats(case.bn_dim, case.var, case.gamma)))
+
+
+MODEL_DECADES = {"W": (-2, 1), "b": (-1, 1), "X": (-2, 1), "C": (-1, 1)}
+MODEL_STATS = {"mean_decades": (-3, 1), "var_decades": (-2, 2)}
 
 
 @dataclass(frozen=True)
 class ModelCase:
     """A model of Linears widths[0] -> widths[1] -> ...; gaps[k] lists the 'bn'/'tanh'/'relu' layers before Linear k
-    (the last gap follows the last Linear). kind 'charmlp' wraps the core layers in a CharMLP of context 1."""
+    (the last gap follows the last Linear). kind 'charmlp' wraps the core layers in a CharMLP of context 1.
+
+    linears holds (W, b) per Linear (b None: no bias), norms one NormStats per BatchNorm in order, X the input's
+    values (a CharMLP's: character indices) and C a CharMLP's embedding, each cycled over its shape.
+    """
 
     kind: str
     widths: tuple
     gaps: tuple
     batch: int
     dtype: torch.dtype = torch.float32
-    seed: int = 0
+    linears: tuple | None = None
+    norms: tuple | None = None
+    X: tuple | None = None
+    C: tuple | None = None
+
+    def bn_widths(self):
+        """The width at each BatchNorm, in order."""
+        return [self.widths[k] for k, gap in enumerate(self.gaps) for token in gap if token == "bn"]
+
+    def linear_shapes(self):
+        return list(itertools.pairwise(self.widths))
+
+    def input_shape(self):
+        return (self.batch, 1) if self.kind == "charmlp" else (self.batch, self.widths[0])
+
+    def __post_init__(self):
+        fill_missing(
+            self,
+            linears=tuple((spread(drawn_size(shape), MODEL_DECADES["W"]),
+                           spread(drawn_size(shape[1:]), MODEL_DECADES["b"]) if k % 2 == 0 else None)  # every other
+                          for k, shape in enumerate(self.linear_shapes())),
+            norms=tuple(NormStats.spread(w, **MODEL_STATS) for w in self.bn_widths()),
+            X=tuple(range(drawn_size(self.input_shape()))) if self.kind == "charmlp"
+            else spread(drawn_size(self.input_shape()), MODEL_DECADES["X"]),
+            C=spread(drawn_size((27, self.widths[0])), MODEL_DECADES["C"]))
 
     def build(self):
         """(model, X) in eval mode, dtype self.dtype; X indices for a CharMLP, else a float batch."""
-        g = torch.Generator().manual_seed(self.seed)
         layer_kind = "torch" if self.kind == "torch" else "core"
         activations = {"tanh": torch.nn.Tanh if layer_kind == "torch" else Tanh,
                        "relu": torch.nn.ReLU if layer_kind == "torch" else ReLU}
+        norms, linears = iter(self.norms), iter(self.linears)
         layers, width = [], self.widths[0]
         for k, gap in enumerate(self.gaps):
             for token in gap:
                 if token == "bn":
-                    stats = bn_stats(g, width, mean_decades=(-3, 1), var_decades=(-2, 2))
-                    layers.append(make_bn(layer_kind, stats, 1e-5, dtype=self.dtype))
+                    layers.append(make_bn(layer_kind, next(norms).tensors(width), 1e-5, dtype=self.dtype))
                 else:
                     layers.append(activations[token]())
             if k + 1 < len(self.widths):
-                W = torch.randn(width, self.widths[k + 1], generator=g, dtype=F64) / math.sqrt(width)
-                with_bias = torch.rand(1, generator=g) < 0.5
-                b = torch.randn(self.widths[k + 1], generator=g, dtype=F64) if with_bias else None
-                layers.append(make_linear(layer_kind, W.to(self.dtype), None if b is None else b.to(self.dtype)))
+                W, b = next(linears)
+                W = cycled(W, (width, self.widths[k + 1])).to(self.dtype)
+                b = None if b is None else cycled(b, (self.widths[k + 1],)).to(self.dtype)
+                layers.append(make_linear(layer_kind, W, b))
                 width = self.widths[k + 1]
         if self.kind == "charmlp":
-            C = torch.randn(27, self.widths[0], generator=g, dtype=F64).to(self.dtype)
-            model = CharMLP(C, layers, context_length=1)
-            return model.eval(), torch.randint(0, 27, (self.batch, 1), generator=g)
-        X = torch.randn(self.batch, self.widths[0], generator=g, dtype=F64) * 3
-        return torch.nn.Sequential(*layers).eval(), X.to(self.dtype)
+            model = CharMLP(cycled(self.C, (27, self.widths[0])).to(self.dtype), layers, context_length=1)
+            return model.eval(), cycled(self.X, self.input_shape()).long()
+        return torch.nn.Sequential(*layers).eval(), cycled(self.X, self.input_shape()).to(self.dtype)
 
 
 @st.composite
 def model_cases(draw, dtypes=(torch.float32, torch.float64), max_width=32, max_batch=64):
-    """Depth 1..6, widths 1..max_width, gaps of 0..3 BatchNorm/Tanh/ReLU: BNs after, before and away from Linears."""
+    """Depth 1..6, widths 1..max_width, gaps of 0..3 BatchNorm/Tanh/ReLU: BNs after, before and away from Linears.
+
+    Each Linear has a bias or not as drawn; values as for pair_cases: |W| ∈
+    [0.01, 10], |b| ∈ [0.1, 10], |X| ∈ [0.01, 10], |C| ∈ [0.1, 10], μ over [10⁻³, 10], v ∈ [10⁻², 10²] loguniform.
+    """
     depth = draw(st.integers(1, 6))
     widths = tuple(draw(st.lists(st.integers(1, max_width), min_size=depth + 1, max_size=depth + 1)))
     gap = st.lists(st.sampled_from(("bn", "bn", "tanh", "relu")), max_size=3).map(tuple)
     gaps = tuple(draw(st.lists(gap, min_size=depth + 1, max_size=depth + 1)))
-    return ModelCase(draw(st.sampled_from(("core", "torch", "charmlp"))), widths, gaps,
-                     draw(st.integers(1, max_batch)), draw(st.sampled_from(dtypes)), draw(st.integers(0, 2**32 - 1)))
+    kind, batch = draw(st.sampled_from(("core", "torch", "charmlp"))), draw(st.integers(1, max_batch))
+    case = ModelCase(kind, widths, gaps, batch, draw(st.sampled_from(dtypes)))
+    shapes = {"C": (27, widths[0]), "X": case.input_shape()}
+    decades = {"C": MODEL_DECADES["C"], "X": MODEL_DECADES["X"]}
+    for k, shape in enumerate(case.linear_shapes()):
+        shapes |= {f"W{k}": shape, f"b{k}": shape[1:]}
+        decades |= {f"W{k}": MODEL_DECADES["W"], f"b{k}": MODEL_DECADES["b"]}
+    drawn = draw(tensor_values(shapes, decades))
+    if kind == "charmlp":  # character indices instead
+        drawn["X"] = tuple(b % 27 for b in draw(st.binary(min_size=CYCLE, max_size=CYCLE))[:drawn_size(shapes["X"])])
+    linears = tuple((drawn[f"W{k}"], drawn[f"b{k}"] if bias else None) for k, bias in enumerate(draw(bits(depth))))
+    norms = tuple(draw(norm_stats(w, **MODEL_STATS)) for w in case.bn_widths())
+    return replace(case, linears=linears, norms=norms, X=drawn["X"], C=drawn["C"])
 
 
-# Convolutions with a BatchNorm after or before them, described by plain fields and built from a seed.
+# Convolutions with a BatchNorm after or before them.
 
 CONV_TYPES = {(d, transposed): t for t, kind in KINDS.items() if isinstance(kind, ConvKind)
               for d, transposed in [(kind.spatial, kind.transposed)]}
 BN_TYPES = {1: torch.nn.BatchNorm1d, 2: torch.nn.BatchNorm2d, 3: torch.nn.BatchNorm3d}
+CONV_DECADES = {"W": (-2, 1), "b": (-1, 1), "x": (-2, 2)}
 
 
 @dataclass(frozen=True)
 class ConvPairCase:
-    """A Conv{d}d (or ConvTranspose{d}d) and a BatchNorm{d}d after it ('after') or before it ('before')."""
+    """A Conv{d}d (or ConvTranspose{d}d) and a BatchNorm{d}d after it ('after') or before it ('before').
+
+    W, b and x hold the values of the weight, the bias and the input batch, cycled over their shapes (`shapes`);
+    for 'before', x holds offsets from each channel's μ. var and gamma name the modes of `stats`.
+    """
 
     spatial: int = 2
     transposed: bool = False
@@ -201,32 +374,48 @@ class ConvPairCase:
     eps: float = 1e-5
     var: str = "loguniform"
     gamma: str = "normal"
-    seed: int = 0
+    W: tuple | None = None
+    b: tuple | None = None
+    x: tuple | None = None
+    stats: NormStats | None = None
+
+    @property
+    def channels(self):
+        """(C_in, C_out)."""
+        return self.groups * self.in_per_group, self.groups * self.out_per_group
+
+    @property
+    def bn_dim(self):
+        return self.channels[1] if self.direction == "after" else self.channels[0]
+
+    def shapes(self):
+        c_in, c_out = self.channels
+        weight = (c_in, self.out_per_group) if self.transposed else (c_out, self.in_per_group)
+        return {"W": (*weight, *self.kernel), "b": (c_out,), "x": (self.batch, c_in, *self.size)}
+
+    def __post_init__(self):
+        fill_missing(self, **{name: spread(drawn_size(shape), CONV_DECADES[name])
+                              for name, shape in self.shapes().items()},
+                     stats=NormStats.spread(self.bn_dim, self.var, self.gamma))
 
     def build(self):
-        """(conv, bn, x): eval-mode layers of self.dtype, weights from the seed, and an input batch for the pair."""
-        g = torch.Generator().manual_seed(self.seed)
-        c_in, c_out = self.groups * self.in_per_group, self.groups * self.out_per_group
+        """(conv, bn, x): eval-mode layers of self.dtype and an input batch for the pair."""
+        c_in, c_out = self.channels
         conv_type = CONV_TYPES[self.spatial, self.transposed]
         if self.transposed:
             conv = conv_type(c_in, c_out, self.kernel, self.stride, self.padding, 0, self.groups, self.bias,
                              self.dilation, device="meta")
-            shape = (c_in, self.out_per_group, *self.kernel)
         else:
             conv = conv_type(c_in, c_out, self.kernel, self.stride, self.padding, self.dilation, self.groups,
                              self.bias, self.padding_mode, device="meta")
-            shape = (c_out, self.in_per_group, *self.kernel)
-        fan_in = self.in_per_group * math.prod(self.kernel)
-        W = torch.randn(shape, generator=g, dtype=F64) / math.sqrt(fan_in)
+        W, b, x = (cycled(getattr(self, name), shape) for name, shape in self.shapes().items())
         conv.weight = torch.nn.Parameter(W.to(self.dtype))
-        conv.bias = torch.nn.Parameter(torch.randn(c_out, generator=g, dtype=F64).to(self.dtype)) if self.bias else None
-        channels = c_out if self.direction == "after" else c_in
-        stats = bn_stats(g, channels, self.var, self.gamma)
+        conv.bias = torch.nn.Parameter(b.to(self.dtype)) if self.bias else None
+        stats = self.stats.tensors(self.bn_dim)
         mean, var, gm, beta = (t.to(self.dtype) for t in stats)
         terms = NormTerms(mean, var, gm if self.affine else None, beta if self.affine else None, self.eps)
         bn = KINDS[BN_TYPES[self.spatial]].build(terms, 0.1).eval()
-        x = torch.randn(self.batch, c_in, *self.size, generator=g, dtype=F64) * log_uniform(g, 1, -1, 2)
-        if self.direction == "before":  # around the running mean, as a BatchNorm's inputs are
+        if self.direction == "before":
             x = x + channelwise(stats[0], x.ndim)
         return conv.eval(), bn, x.to(self.dtype)
 
@@ -244,7 +433,8 @@ def conv_pair_cases(draw, dtypes=(torch.float32, torch.float64), directions=("af
     """A conv/BN pair of any spatial dims, groups, kernel, stride, dilation, padding and padding mode.
 
     With exact, a BN before its conv gets padding 0 or a padding mode other than zeros (the folds that are
-    exact); without, a BN before a conv may meet a zero-padded border.
+    exact); without, a BN before a conv may meet a zero-padded border. Values (see CYCLE): |W| ∈ [0.01, 10],
+    |b| ∈ [0.1, 10], |x − μ| (before) or |x| ∈ [0.01, 100], statistics as norm_stats draws them.
     """
     d = draw(st.integers(1, 3))
     direction = draw(st.sampled_from(directions))
@@ -260,12 +450,13 @@ def conv_pair_cases(draw, dtypes=(torch.float32, torch.float64), directions=("af
         padding = draw(st.tuples(*[st.integers(0, 2)] * d))
     size = tuple(draw(st.integers(max(dl * (k - 1) + 1 - 2 * p, p + 1, 1), max(dl * (k - 1) + 1, p + 1) + 3))
                  for k, dl, p in zip(kernel, dilation, padding))
-    return ConvPairCase(d, transposed, direction, draw(st.integers(1, 3)), draw(st.integers(1, 3)),
+    case = ConvPairCase(d, transposed, direction, draw(st.integers(1, 3)), draw(st.integers(1, 3)),
                         draw(st.integers(1, 3)), kernel, stride, dilation, padding, mode, size,
                         draw(st.integers(1, 4)), draw(st.booleans()), draw(st.booleans()),
-                        draw(st.sampled_from(dtypes)),
-                        draw(st.floats(-8, -1).map(lambda e: 10.0**e)), draw(st.sampled_from(VAR_MODES)),
-                        draw(st.sampled_from(GAMMA_MODES)), draw(st.integers(0, 2**32 - 1)))
+                        draw(st.sampled_from(dtypes)), draw(eps_values), draw(st.sampled_from(VAR_MODES)),
+                        draw(st.sampled_from(GAMMA_MODES)))
+    return replace(case, **draw(tensor_values(case.shapes(), CONV_DECADES)),
+                   stats=draw(norm_stats(case.bn_dim, case.var, case.gamma)))
 
 
 # One strategy per layer kind of core.kinds.KINDS (keyed by the same types): values drawn by hypothesis.
@@ -554,6 +745,28 @@ CONV_ND = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
 CONV_T_ND = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}
 POOL_ND = {1: torch.nn.MaxPool1d, 2: torch.nn.MaxPool2d, 3: torch.nn.MaxPool3d}
 GAP_ND = {1: torch.nn.AdaptiveAvgPool1d, 2: torch.nn.AdaptiveAvgPool2d, 3: torch.nn.AdaptiveAvgPool3d}
+
+
+# A RandomNet still draws its structure and values from its seed (NetCase.seed).
+
+def log_uniform(g, n, lo, hi):
+    """n values 10^U(lo, hi)."""
+    return 10 ** (lo + (hi - lo) * torch.rand(n, generator=g, dtype=F64))
+
+
+def some_zeros(g, t, fraction=0.25):
+    return torch.where(torch.rand(t.shape, generator=g, dtype=F64) < fraction, 0.0, t)
+
+
+def bn_stats(g, dim, mean_decades, var_decades):
+    """(μ, v, γ, β) in float64 from generator g: μ = ±10^U(mean_decades), v = 10^U(var_decades), γ = N(0, 1)·10^U(−1, 1)
+    with a quarter 0, β = N(0, 1)·10^U(−1, 2)."""
+    sign = torch.randint(0, 2, (dim,), generator=g, dtype=F64) * 2 - 1
+    mean = sign * log_uniform(g, dim, *mean_decades)
+    v = log_uniform(g, dim, *var_decades)
+    gm = some_zeros(g, torch.randn(dim, generator=g, dtype=F64) * log_uniform(g, dim, -1, 1))
+    beta = torch.randn(dim, generator=g, dtype=F64) * log_uniform(g, dim, -1, 2)
+    return mean, v, gm, beta
 
 
 class SubclassBatchNorm2d(torch.nn.BatchNorm2d):

@@ -2,6 +2,8 @@
 dilation, padding, padding mode), before a conv whose border sees BatchNorm'd values, and before a Linear through
 a Flatten; each within the certified bound, and agreeing with torch's conv fuser."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import example, given, note
@@ -12,11 +14,15 @@ from core.bound import error_bound
 from core.fold import fold
 from core.kinds import KINDS, NormTerms
 from properties.strategies import (
+    BN_TYPES,
+    CONV_DECADES,
     F64,
     ConvPairCase,
-    bn_stats,
+    channelwise,
     conv_pair_cases,
-    log_uniform,
+    cycled,
+    norm_stats,
+    tensor_values,
 )
 
 F32 = torch.float32
@@ -100,19 +106,19 @@ def test_a_bn_before_a_zero_padded_conv_is_kept(case):
 
 @st.composite
 def flatten_heads(draw):
-    """(model, x): BatchNorm{d}d → Flatten → Linear on (N, C, *spatial), float32 or float64, from a seed."""
+    """(model, x): BatchNorm{d}d → Flatten → Linear on (N, C, *spatial), float32 or float64, every value drawn (as for
+    conv_pair_cases: |W| ∈ [0.01, 10], |b| ∈ [0.1, 10], |x − μ| ∈ [0.01, 100], μ over [10⁻², 10²], v ∈ [10⁻³, 10³])."""
     d, c = draw(st.integers(1, 3)), draw(st.integers(1, 4))
     size = tuple(draw(st.integers(1, 3)) for _ in range(d))
     out, batch, dtype = draw(st.integers(1, 5)), draw(st.integers(1, 4)), draw(st.sampled_from((F32, F64)))
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**32 - 1)))
-    features = c * int(torch.tensor(size).prod())
-    stats = bn_stats(g, c, mean_decades=(-2, 2), var_decades=(-3, 3))
-    bn_type = {1: torch.nn.BatchNorm1d, 2: torch.nn.BatchNorm2d, 3: torch.nn.BatchNorm3d}[d]
-    bn = KINDS[bn_type].build(NormTerms(*(t.to(dtype) for t in stats), 1e-5), 0.1)
-    W = torch.randn(features, out, generator=g, dtype=F64) / features**0.5
-    linear = KINDS[torch.nn.Linear].build(W.to(dtype), torch.randn(out, generator=g, dtype=F64).to(dtype))
-    x = (torch.randn(batch, c, *size, generator=g, dtype=F64) * log_uniform(g, 1, -1, 2)
-         + stats[0].reshape(-1, *([1] * d)))
+    features = c * math.prod(size)
+    stats = draw(norm_stats(c, mean_decades=(-2, 2), var_decades=(-3, 3))).tensors(c)
+    bn = KINDS[BN_TYPES[d]].build(NormTerms(*(t.to(dtype) for t in stats), 1e-5), 0.1)
+    shapes = {"W": (features, out), "b": (out,), "x": (batch, c, *size)}
+    drawn = draw(tensor_values(shapes, CONV_DECADES))
+    W, b, x = (cycled(drawn[name], shape) for name, shape in shapes.items())
+    linear = KINDS[torch.nn.Linear].build(W.to(dtype), b.to(dtype))
+    x = x + channelwise(stats[0], x.ndim)
     return torch.nn.Sequential(bn.eval(), torch.nn.Flatten(), linear.eval()), x.to(dtype)
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from core.errors import FoldError
 from core.fold import fold
-from properties.strategies import PairCase, bn_stats, make_bn, make_linear, pair_cases
+from properties.strategies import PairCase, make_bn, make_linear, pair_cases
 
 small_pairs = pair_cases(max_fan=8, max_batch=2)
 prefixes = st.integers(0, 3)
@@ -91,8 +91,7 @@ def test_size_mismatch_is_refused(case, prefix, extra):
     """
     linear, bn, _ = case.build()
     units = case.fan_out if case.direction == "after" else case.fan_in
-    stats = bn_stats(torch.Generator().manual_seed(case.seed), units + extra)
-    wrong = make_bn(case.kind, stats, case.eps, dtype=case.dtype)
+    wrong = make_bn(case.kind, case.stats.tensors(units + extra), case.eps, dtype=case.dtype)
     model, i = in_model(case, linear, wrong, prefix)
     k = i - 1 if case.direction == "after" else i + 1
     side = "fan_out" if case.direction == "after" else "fan_in"

@@ -2,6 +2,7 @@
 exact algebra in ℚ, agreement with torch's fuser, and low-precision casts."""
 
 import copy
+from dataclasses import replace
 from fractions import Fraction
 from math import isqrt
 
@@ -21,7 +22,7 @@ from core.pairfold import (
     fold_bn_linear,
     fold_linear_bn,
 )
-from properties.strategies import PairCase, pair_cases
+from properties.strategies import NormStats, PairCase, pair_cases
 
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -40,6 +41,11 @@ def errors(case: PairCase):
     return err, error_bound(model, x), folded, x
 
 
+# The ends of every drawn range, huge next to tiny: |W|, |b|, |x|, |μ|, v, |γ|, |β| at their largest and smallest.
+EXTREMES = PairCase(fan_in=2, fan_out=2, batch=2, W=(10.0, -0.01), b=(100.0, -0.1), x=(100.0, -0.01),
+                    stats=NormStats(mean=(1e3, -1e-3), var=(1e6, 1e-6), gamma=(10.0, -0.1), beta=(100.0, -0.1)))
+
+
 def worst(err, bound):
     return (err / bound.clamp_min(torch.finfo(F64).tiny)).max().item()
 
@@ -50,6 +56,8 @@ def worst(err, bound):
                   batch=1, dtype=F64))
 @example(PairCase(direction="before", affine=False, bias=False, fan_in=1, fan_out=128, batch=256, var="mixed"))
 @example(PairCase(kind="torch", var="mixed", gamma="negative", eps=1e-1, fan_in=128, fan_out=128, batch=256))
+@example(EXTREMES)
+@example(replace(EXTREMES, direction="before", dtype=F64))
 def test_pair_within_bound(case):
     """|BN(xW + b) − (xW' + b')| ≤ B (BN after) and |BN(x)W + b − (xW' + b')| ≤ B (BN before), B = error_bound.
 

@@ -4,25 +4,38 @@ A strategy that quietly drew less (no BatchNorm, one label, a fixed depth) would
 it weaker without failing: these pin what the zero-init and layer laws rely on.
 """
 
+import math
 import re
 
+import pytest
 import torch
-from hypothesis import given
+from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 from core.data import Vocab
 from core.layers import ACTIVATIONS, BatchNorm1d, Linear
 from core.model import CharMLP
 from properties.strategies import (
+    CYCLE,
+    GAMMA_MODES,
     UNDERFLOW_FLOOR,
+    VAR_MODES,
+    ConvPairCase,
     MLPCase,
+    ModelCase,
+    PairCase,
     Problem,
+    channelwise,
     contexts,
+    conv_pair_cases,
+    cycled,
     floats_without_underflow,
     label_lists,
     mlp_cases,
+    model_cases,
     name_lists,
     names_st,
+    pair_cases,
     problems,
 )
 
@@ -149,3 +162,95 @@ def test_floats_without_underflow_stay_normal(lo, hi, data):
     v = data.draw(floats_without_underflow(lo, hi))
     assert lo <= v <= hi
     assert v == 0 or abs(v) >= UNDERFLOW_FLOOR
+
+
+def assert_stats_in_modes(stats, dim, var, gamma):
+    """The NormStats of a case hold min(dim, CYCLE) units per statistic, in the modes the case names."""
+    n = min(dim, CYCLE)
+    assert all(len(t) == n for t in (stats.mean, stats.var, stats.gamma, stats.beta))
+    assert all(1e-3 <= abs(m) <= 1e3 for m in stats.mean) and all(0.1 <= abs(b) <= 100 for b in stats.beta)
+    if var == "zero":
+        assert all(v == 0 for v in stats.var)
+    else:
+        assert all(v == 0 or 1e-6 <= v <= 1e6 for v in stats.var)
+        assert (var == "mixed") == (stats.var[0] == 0)
+        assert n < 2 or stats.var[1] > 0
+    if gamma == "zero":
+        assert all(g == 0 for g in stats.gamma)
+    elif gamma == "negative":
+        assert all(-10 <= g <= -0.1 for g in stats.gamma)
+    else:
+        assert all(g == 0 or 0.1 <= abs(g) <= 10 for g in stats.gamma)
+
+
+def assert_pair_built_from_its_values(case: PairCase):
+    """build() uses the case's values: W, b, μ, v as cycled, and x = offsets + μ for a BN before its Linear."""
+    linear, bn, x = case.build()
+    W = linear.weight.T if case.kind == "torch" else linear.weight
+    assert torch.equal(W, cycled(case.W, (case.fan_in, case.fan_out)))
+    assert (linear.bias is not None) == case.bias and torch.equal(bn.running_var, case.stats.tensors(case.bn_dim)[1])
+    mean = bn.running_mean if case.direction == "before" else 0
+    assert torch.equal(x, cycled(case.x, (case.batch, case.fan_in)) + mean)
+
+
+@given(pair_cases(dtypes=(F64,)))
+def test_pair_cases_draw_values_in_their_modes(case):
+    """pair_cases: min(size, CYCLE) values per tensor, |W| ∈ [0.01, 10], |b| ∈ [0.1, 100], |x − μ| ∈ [0.01, 100];
+    v all 0 ('zero'), v_0 = 0 < v_1 ('mixed'), else v ∈ [10⁻⁶, 10⁶]; γ all 0, all < 0, or 0 or ±[0.1, 10].
+
+    x sits around the running mean for a BN before its Linear (x = offsets + μ exactly, in float64).
+    """
+    assert (len(case.W), len(case.b), len(case.x)) == tuple(
+        min(math.prod(shape), CYCLE) for shape in case.shapes().values())
+    assert all(0.01 <= abs(w) <= 10 for w in case.W) and all(0.1 <= abs(b) <= 100 for b in case.b)
+    assert all(0.01 <= abs(x) <= 100 for x in case.x)
+    assert_stats_in_modes(case.stats, case.bn_dim, case.var, case.gamma)
+    assert_pair_built_from_its_values(case)
+
+
+@pytest.mark.parametrize("var", VAR_MODES)
+@pytest.mark.parametrize("gamma", GAMMA_MODES)
+@pytest.mark.parametrize("direction", ["after", "before"])
+def test_hand_built_pairs_fill_values_in_their_modes(var, gamma, direction):
+    """PairCase(...) and ConvPairCase(...) with no values, as @example builds them, get fixed values of the ranges
+    and modes the strategies draw."""
+    for fan_in, fan_out, batch in [(1, 1, 1), (2, 3, 1), (128, 128, 256)]:
+        case = PairCase(direction=direction, fan_in=fan_in, fan_out=fan_out, batch=batch, var=var, gamma=gamma,
+                        dtype=F64)
+        assert_stats_in_modes(case.stats, case.bn_dim, var, gamma)
+        assert_pair_built_from_its_values(case)
+    for groups in (1, 3):
+        conv = ConvPairCase(direction=direction, groups=groups, in_per_group=2, var=var, gamma=gamma)
+        assert_stats_in_modes(conv.stats, conv.bn_dim, var, gamma)
+
+
+@given(conv_pair_cases(dtypes=(F64,)))
+def test_conv_pair_cases_draw_values_in_their_modes(case):
+    """conv_pair_cases: statistics as pair_cases' per channel, and x = offsets + μ_c per channel for a BN before."""
+    assert_stats_in_modes(case.stats, case.bn_dim, case.var, case.gamma)
+    conv, bn, x = case.build()
+    assert torch.equal(conv.weight, cycled(case.W, case.shapes()["W"]))
+    mean = channelwise(bn.running_mean, x.ndim) if case.direction == "before" else 0
+    assert torch.equal(x, cycled(case.x, case.shapes()["x"]) + mean)
+
+
+@given(model_cases())
+def test_model_cases_hold_one_value_set_per_layer(case: ModelCase):
+    """model_cases: one (W, b) per Linear, one NormStats per BatchNorm (v ∈ [10⁻², 10²], γ 0 or ±[0.1, 10]), a batch."""
+    assert len(case.linears) == len(case.widths) - 1
+    assert len(case.norms) == sum(gap.count("bn") for gap in case.gaps)
+    for stats in case.norms:
+        assert all(1e-2 <= v <= 1e2 for v in stats.var) and all(g == 0 or 0.1 <= abs(g) <= 10 for g in stats.gamma)
+    model, X = case.build()
+    assert X.shape[0] == case.batch
+
+
+shrinking = settings(database=None, derandomize=True, max_examples=200)
+
+
+def test_a_failing_pair_shrinks_to_round_values():
+    """The smallest pair with some |W| > 1 is fan-in, fan-out and batch 1, W = (10.0,), every other value 1.0."""
+    case = find(pair_cases(), lambda c: max(map(abs, c.W)) > 1, settings=shrinking)
+    assert (case.fan_in, case.fan_out, case.batch) == (1, 1, 1) and case.W == (10.0,)
+    assert case.b == case.x == case.stats.mean == case.stats.var == case.stats.gamma == case.stats.beta == (1.0,)
+
