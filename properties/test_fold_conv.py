@@ -13,6 +13,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from core.bound import error_bound
 from core.fold import fold
 from core.kinds import KINDS, NormTerms
+from properties.checks import worst_ratio
 from properties.strategies import (
     BN_TYPES,
     CONV_DECADES,
@@ -27,9 +28,6 @@ from properties.strategies import (
 
 F32 = torch.float32
 
-
-def worst(err, bound):
-    return (err / bound.clamp_min(torch.finfo(F64).tiny)).max().item()
 
 
 @given(conv_pair_cases())
@@ -59,7 +57,8 @@ def test_conv_pair_within_bound(case):
     with torch.no_grad():
         err = (model(x).double() - folded(x).double()).abs()
     bound = error_bound(model, x)
-    note(f"max err {err.max().item():.3e}, max bound {bound.max().item():.3e}, max err/bound {worst(err, bound):.3e}")
+    note(f"max err {err.max().item():.3e}, max bound {bound.max().item():.3e}, "
+         f"max err/bound {worst_ratio(err, bound):.3e}")
     assert (err <= bound).all()
 
 

@@ -22,6 +22,7 @@ from core.pairfold import (
     fold_bn_linear,
     fold_linear_bn,
 )
+from properties.checks import worst_ratio
 from properties.strategies import NormStats, PairCase, pair_cases
 
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
@@ -46,9 +47,6 @@ EXTREMES = PairCase(fan_in=2, fan_out=2, batch=2, W=(10.0, -0.01), b=(100.0, -0.
                     stats=NormStats(mean=(1e3, -1e-3), var=(1e6, 1e-6), gamma=(10.0, -0.1), beta=(100.0, -0.1)))
 
 
-def worst(err, bound):
-    return (err / bound.clamp_min(torch.finfo(F64).tiny)).max().item()
-
 
 @given(pair_cases())
 @example(PairCase(var="zero", gamma="zero", fan_in=1, fan_out=1, batch=1))
@@ -65,7 +63,8 @@ def test_pair_within_bound(case):
     differ only by rounding, which error_bound counts term by term: ρ·M_j with ρ ≤ 2γ(n+9).
     """
     err, bound, folded, _ = errors(case)
-    note(f"max err {err.max().item():.3e}, max bound {bound.max().item():.3e}, max err/bound {worst(err, bound):.3e}")
+    note(f"max err {err.max().item():.3e}, max bound {bound.max().item():.3e}, "
+         f"max err/bound {worst_ratio(err, bound):.3e}")
     assert (err <= bound).all()
     assert folded.weight.dtype == case.dtype and folded.bias is not None and folded.weight.requires_grad
 
@@ -179,7 +178,8 @@ def test_agrees_with_torch_fuser(case):
         reference = fuse_linear_bn_eval(linear, bn)
     with torch.no_grad():
         err = (reference(x).double() - ours(x).double()).abs()
-    note(f"max err {err.max().item():.3e}, max bound {bound.max().item():.3e}, max err/bound {worst(err, bound):.3e}")
+    note(f"max err {err.max().item():.3e}, max bound {bound.max().item():.3e}, "
+         f"max err/bound {worst_ratio(err, bound):.3e}")
     assert (err <= bound).all()
 
 

@@ -40,6 +40,7 @@ from core.perf.fused import (
     linear_factor,
     linear_step,
 )
+from properties.checks import worst_ratio
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 F64 = torch.float64
@@ -63,9 +64,6 @@ def eager(folded, X):
         return copy.deepcopy(folded).cpu()(X.cpu()).double()
 
 
-def worst(err, bound):
-    return (err / bound.clamp_min(torch.finfo(F64).tiny)).max().item()
-
 
 @pytest.mark.parametrize("mode", ["table", "gather"])
 @pytest.mark.parametrize("rows", [1, 7, 33, 300])
@@ -88,7 +86,7 @@ def test_e02_within_certified_bound(e02, precision):
     with torch.no_grad():  # the unfolded net on the CPU: the evaluation error_bound certifies
         err = (FusedMLP(folded, precision)(X).double().cpu() - copy.deepcopy(model).cpu()(X.cpu()).double()).abs()
     bound = fused_error_bound(model, X, precision)
-    assert (err <= bound).all(), worst(err, bound)
+    assert (err <= bound).all(), worst_ratio(err, bound)
 
 
 def sequential(widths, activations, seed=0, bias=True):

@@ -28,6 +28,7 @@ from core.fold import fold
 from core.layers import ReLU, Sigmoid, Tanh
 from core.model import CharMLP
 from core.perf.fused import PRECISIONS, FusedMLP, evaluation_bound, fused_error_bound
+from properties.checks import worst_ratio
 from properties.strategies import make_bn, make_linear
 
 F64 = torch.float64
@@ -110,9 +111,6 @@ def net_cases(draw, max_width=64, max_batch=48):
                    draw(st.integers(0, 2**32 - 1)), draw(pins), draw(pins), mode)
 
 
-def ratio(err, bound):
-    return (err / bound.clamp_min(torch.finfo(F64).tiny)).max().item()
-
 
 E02_LIKE = NetCase("charmlp", (40, 64, 64, 27), ("tanh", "tanh", None), context=4, batch=33)
 
@@ -139,7 +137,7 @@ def test_fused_within_certified_bound(case):
         err = (fused(X).double().cpu() - expected).abs()
         bound = fused_error_bound(model, X, precision)
         note(f"{precision}: max err {err.max().item():.3e}, max bound {bound.max().item():.3e}, "
-             f"max err/bound {ratio(err, bound):.3e}")
+             f"max err/bound {worst_ratio(err, bound):.3e}")
         assert (err <= bound).all(), precision
 
 
@@ -160,5 +158,5 @@ def test_fused_matches_eager_folded_within_evaluation_bound(case):
     for precision in PRECISIONS:
         err = (FusedMLP(folded, precision, input_mode=case.input_mode)(X).double().cpu() - eager).abs()
         bound = evaluation_bound(folded, X, precision)
-        note(f"{precision}: max err/E {ratio(err, bound):.3e}")
+        note(f"{precision}: max err/E {worst_ratio(err, bound):.3e}")
         assert (err <= bound).all(), precision
