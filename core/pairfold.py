@@ -57,7 +57,7 @@ def affine_terms(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return W, torch.zeros(kind.channels(layer)[1], dtype=torch.float64) if b is None else f64(b)
 
 
-def expand_rows(v: torch.Tensor, layer: nn.Module, spread: int = 1) -> torch.Tensor:
+def expand_rows(v: torch.Tensor, layer: nn.Module, spread: int) -> torch.Tensor:
     """A per-channel vector of the BatchNorm before `layer` as the rows of its blocks: (g, fan_in/g).
 
     Each channel feeds `spread` consecutive inputs (the positions it flattens into before a Linear),

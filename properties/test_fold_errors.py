@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from core.errors import FoldError
 from core.fold import fold
-from properties.strategies import PairCase, make_bn, make_linear, pair_cases
+from core.kinds import KINDS, NormTerms
+from properties.strategies import BN_TYPES, ConvPairCase, PairCase, conv_pair_cases, make_bn, make_linear, pair_cases
 
 small_pairs = pair_cases(max_fan=8, max_batch=2)
 prefixes = st.integers(0, 3)
@@ -128,3 +129,41 @@ def test_overflow_is_refused(case, prefix):
     model, i = in_model(case, linear, bn, prefix)
     refused(model, f"folding BatchNorm1d at index {i} into Linear", f"do not fit {case.dtype}",
             "fold a float32 or float64 copy")
+
+
+@given(conv_pair_cases(), st.integers(1, 3))
+@example(ConvPairCase(direction="before", groups=2, kernel=(1, 1)), 1)
+def test_conv_size_mismatch_is_refused_naming_the_channels(case, extra):
+    """dim(BN) ≠ out_channels (after) or in_channels (before) of a conv ⇒ FoldError("… has d features but … has
+    out_channels n …: they are no convolution/BatchNorm pair").
+
+    A conv's BN scales one output (or input) channel per entry; the message names the conv's own attribute.
+    """
+    conv, _, _ = case.build()
+    c_in, c_out = case.channels
+    units = c_out if case.direction == "after" else c_in
+    terms = NormTerms(*(t.to(case.dtype) for t in case.stats.tensors(units + extra)), case.eps)
+    wrong = KINDS[BN_TYPES[case.spatial]].build(terms, 0.1).eval()
+    pair = (conv, wrong) if case.direction == "after" else (wrong, conv)
+    side = "out_channels" if case.direction == "after" else "in_channels"
+    refused(torch.nn.Sequential(*pair), f"has {units + extra} features but .* has {side} {units}",
+            "no convolution/BatchNorm pair")
+
+
+@given(pair_cases(dtypes=(torch.float16, torch.bfloat16), max_fan=8, max_batch=2))
+@example(PairCase(dtype=torch.float16, fan_in=2, fan_out=1))
+def test_weights_that_fit_fold_even_when_their_sum_overflows(case):
+    """Every |W'_ij| ≤ max(dtype) ⇒ fold succeeds, even when Σ W' overflows to inf.
+
+    With W = 1, μ = 0, v = 1 − ε and γ = 3/4·max(dtype), W' = s·W = fl(3/4·max) fits; the sum of two or
+    more such values does not, and a fold that judged fit by the sum alone would refuse a valid model.
+    """
+    units = case.fan_out if case.direction == "after" else case.fan_in
+    linear = make_linear(case.kind, torch.ones(case.fan_in, case.fan_out, dtype=case.dtype), None).eval()
+    top = torch.finfo(case.dtype).max
+    stats = (torch.zeros(units), torch.full((units,), 1 - 1e-5), torch.full((units,), 0.75 * top),
+             torch.zeros(units))
+    bn = make_bn(case.kind, stats, 1e-5, dtype=case.dtype)
+    folded, _ = fold(torch.nn.Sequential(*((linear, bn) if case.direction == "after" else (bn, linear))))
+    assert torch.isfinite(folded[0].weight).all()
+    assert case.fan_in * case.fan_out < 2 or not torch.isfinite(folded[0].weight.double().sum().to(case.dtype))
