@@ -733,40 +733,21 @@ def floats_without_underflow(lo: float, hi: float):
     return st.floats(lo, hi, allow_subnormal=False).map(lambda v: 0.0 if abs(v) < UNDERFLOW_FLOOR else v)
 
 
-# Random conv nets (test_fold_graph.py): blocks drawn by hypothesis, weights and statistics from a seed. Every
-# block ends with an op that is no affine layer, so whether a BatchNorm folds depends on its own block alone:
-# each block records, per BatchNorm, "folded" or a phrase its kept reason must hold.
+# Random conv nets (test_fold_graph.py): structure and values drawn by hypothesis, values as for the other cases
+# (see CYCLE). Every block ends with an op that is no affine layer, so whether a BatchNorm folds depends on its own
+# block alone: each block records, per BatchNorm, "folded" or a phrase its kept reason must hold.
 
 MODELLED_BLOCKS = ("conv_bn", "bn_conv", "bn_conv_zero_padded", "bn_run", "residual", "bn_after_add", "shared",
                    "two_users", "concat", "depthwise", "transposed", "squeeze_excite", "pool")
 BLOCKS = (*MODELLED_BLOCKS, "hooked", "subclass")  # error_bound has no error model for a hooked or subclassed BN
 HEADS = ("none", "flatten_linear", "linear_bn")
+PADDING_MODES = ("reflect", "replicate", "circular")  # a bn_conv's; bn_conv_zero_padded pads with zeros
 CONV_ND = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
 CONV_T_ND = {1: torch.nn.ConvTranspose1d, 2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}
 POOL_ND = {1: torch.nn.MaxPool1d, 2: torch.nn.MaxPool2d, 3: torch.nn.MaxPool3d}
 GAP_ND = {1: torch.nn.AdaptiveAvgPool1d, 2: torch.nn.AdaptiveAvgPool2d, 3: torch.nn.AdaptiveAvgPool3d}
-
-
-# A RandomNet still draws its structure and values from its seed (NetCase.seed).
-
-def log_uniform(g, n, lo, hi):
-    """n values 10^U(lo, hi)."""
-    return 10 ** (lo + (hi - lo) * torch.rand(n, generator=g, dtype=F64))
-
-
-def some_zeros(g, t, fraction=0.25):
-    return torch.where(torch.rand(t.shape, generator=g, dtype=F64) < fraction, 0.0, t)
-
-
-def bn_stats(g, dim, mean_decades, var_decades):
-    """(μ, v, γ, β) in float64 from generator g: μ = ±10^U(mean_decades), v = 10^U(var_decades), γ = N(0, 1)·10^U(−1, 1)
-    with a quarter 0, β = N(0, 1)·10^U(−1, 2)."""
-    sign = torch.randint(0, 2, (dim,), generator=g, dtype=F64) * 2 - 1
-    mean = sign * log_uniform(g, dim, *mean_decades)
-    v = log_uniform(g, dim, *var_decades)
-    gm = some_zeros(g, torch.randn(dim, generator=g, dtype=F64) * log_uniform(g, dim, -1, 1))
-    beta = torch.randn(dim, generator=g, dtype=F64) * log_uniform(g, dim, -1, 2)
-    return mean, v, gm, beta
+NET_DECADES = {"W": (-2, 0), "b": (-1, 0), "X": (-1, 1)}
+NET_STATS = {"mean_decades": (-2, 1), "var_decades": (-2, 2)}
 
 
 class SubclassBatchNorm2d(torch.nn.BatchNorm2d):
@@ -779,7 +760,13 @@ def silent_hook(module, inputs, output):
 
 @dataclass(frozen=True)
 class NetCase:
-    """A conv net over `spatial` dims: input (batch, channels, size^spatial), then `blocks`, then `head`."""
+    """A conv net over `spatial` dims: input (batch, channels, size^spatial), then `blocks`, then `head`.
+
+    widths[i] is the channels a widening block i (conv_bn, bn_conv, bn_run, concat, transposed) convolves to, and
+    modes[i] a bn_conv block's padding mode (reflect needs size > 1: at size 1 it replicates). weights holds (W, b)
+    per conv and Linear in the order the net adds them (b None: no bias), norms one NormStats per BatchNorm in order,
+    X the input's values, each cycled over its shape.
+    """
 
     spatial: int = 2
     channels: int = 1
@@ -788,26 +775,64 @@ class NetCase:
     head: str = "none"
     batch: int = 1
     dtype: torch.dtype = torch.float32
-    seed: int = 0
+    widths: tuple | None = None
+    modes: tuple | None = None
+    weights: tuple | None = None
+    norms: tuple | None = None
+    X: tuple | None = None
+
+    def input_shape(self):
+        return (self.batch, self.channels, *(self.size,) * self.spatial)
+
+    @functools.cached_property
+    def layout(self):
+        """([(W's shape, b's shape) per conv and Linear], [channels per BatchNorm]), in the order the net adds them."""
+        net = RandomNet(self)
+        return [(m.weight.shape, m.bias.shape) for m in net.weighted()], [bn.num_features for bn in net.batchnorms()]
+
+    def __post_init__(self):
+        fill_missing(self, widths=(2,) * len(self.blocks),
+                     modes=tuple(PADDING_MODES[i % len(PADDING_MODES)] for i in range(len(self.blocks))))
+        if None not in (self.weights, self.norms, self.X):
+            return
+        weighted, bn_widths = self.layout
+        fill_missing(
+            self,
+            weights=tuple((spread(drawn_size(W), NET_DECADES["W"]),
+                           spread(drawn_size(b), NET_DECADES["b"]) if k % 2 == 0 else None)  # every other
+                          for k, (W, b) in enumerate(weighted)),
+            norms=tuple(NormStats.spread(c, **NET_STATS) for c in bn_widths),
+            X=spread(drawn_size(self.input_shape()), NET_DECADES["X"]))
 
     def build(self):
         """(model, X, expected): an eval-mode RandomNet, an input batch and {BN name: "folded" or a reason phrase}."""
-        g = torch.Generator().manual_seed(self.seed)
-        net = RandomNet(self, g)
-        X = torch.randn(self.batch, self.channels, *(self.size,) * self.spatial, generator=g, dtype=F64) * 2
+        net = RandomNet(self)
+        with torch.no_grad():
+            for m, (W, b) in zip(net.weighted(), self.weights, strict=True):
+                m.weight = torch.nn.Parameter(cycled(W, m.weight.shape))
+                m.bias = None if b is None else torch.nn.Parameter(cycled(b, m.bias.shape))
+            for bn, stats in zip(net.batchnorms(), self.norms, strict=True):
+                for tensor, value in zip((bn.running_mean, bn.running_var, bn.weight, bn.bias),
+                                         stats.tensors(bn.num_features)):
+                    tensor.copy_(value)
+        X = cycled(self.X, self.input_shape())
         return net.to(self.dtype).eval(), X.to(self.dtype), net.expected
 
 
 class RandomNet(torch.nn.Module):
-    """The net a NetCase describes; `expected` maps each BatchNorm's name to "folded" or a phrase of its reason."""
+    """The net a NetCase describes; `expected` maps each BatchNorm's name to "folded" or a phrase of its reason.
 
-    def __init__(self, case: NetCase, g: torch.Generator):
+    Built without values: its convs and Linears are on the meta device and its BatchNorms hold the default
+    statistics until NetCase.build gives them the case's.
+    """
+
+    def __init__(self, case: NetCase):
         super().__init__()
-        self.case, self.g, self.plan, self.expected = case, g, [], {}
+        self.case, self.plan, self.expected, self.weighted_names = case, [], {}, []
         d, c, size = case.spatial, case.channels, case.size
         self.layers = torch.nn.ModuleDict()
         for i, block in enumerate(case.blocks):
-            c, size = self.add_block(f"b{i}", block, c, size)
+            c, size = self.add_block(i, block, c, size)
         self.head = case.head
         if case.head == "flatten_linear":
             self.bn_layer("head_bn", c, "folded")
@@ -815,51 +840,42 @@ class RandomNet(torch.nn.Module):
         elif case.head == "linear_bn":
             self.layers["head_pool"] = GAP_ND[d](1)
             self.linear_layer("head_linear", c, 3)
-            self.layers["head_bn"] = self.make_bn(torch.nn.BatchNorm1d, 3)
+            self.layers["head_bn"] = torch.nn.BatchNorm1d(3, dtype=F64)
             self.expected["layers.head_bn"] = "folded"
-        del self.g
 
-    def make_bn(self, bn_type, c):
-        """An eval-mode bn_type(c) (any BatchNorm class; its own init draws nothing) with statistics from the seed."""
-        bn = bn_type(c, dtype=F64)
-        with torch.no_grad():
-            for tensor, value in zip((bn.running_mean, bn.running_var, bn.weight, bn.bias),
-                                     bn_stats(self.g, c, mean_decades=(-2, 1), var_decades=(-2, 2))):
-                tensor.copy_(value)
-        return bn.eval()
+    def weighted(self):
+        """The convs and Linears, in the order they were added."""
+        return [self.layers[name] for name in self.weighted_names]
+
+    def batchnorms(self):
+        """The BatchNorms, in the order they were added."""
+        return [self.get_submodule(name) for name in self.expected]
 
     def bn_layer(self, name, c, expect, bn_type=None):
-        self.layers[name] = self.make_bn(bn_type or BN_TYPES[self.case.spatial], c)
+        self.layers[name] = (bn_type or BN_TYPES[self.case.spatial])(c, dtype=F64)  # its init draws nothing
         self.expected[f"layers.{name}"] = expect
 
     def conv_layer(self, name, c_in, c_out, kernel=1, padding=0, mode="zeros", groups=1, transposed=False):
         conv_type = (CONV_T_ND if transposed else CONV_ND)[self.case.spatial]
         extra = {} if transposed else {"padding_mode": mode}
-        bias = bool(torch.rand(1, generator=self.g) < 0.5)
-        conv = conv_type(c_in, c_out, kernel, padding=padding, groups=groups, bias=bias, device="meta", **extra)
-        fan_in = c_in // groups * kernel**self.case.spatial
-        shape = conv.weight.shape
-        conv.weight = torch.nn.Parameter(torch.randn(shape, generator=self.g, dtype=F64) / math.sqrt(fan_in))
-        if conv.bias is not None:
-            conv.bias = torch.nn.Parameter(torch.randn(c_out, generator=self.g, dtype=F64) / 4)
-        self.layers[name] = conv
+        self.layers[name] = conv_type(c_in, c_out, kernel, padding=padding, groups=groups, device="meta", **extra)
+        self.weighted_names.append(name)
 
     def linear_layer(self, name, fan_in, fan_out):
-        W = torch.randn(fan_in, fan_out, generator=self.g, dtype=F64) / math.sqrt(fan_in)
-        self.layers[name] = KINDS[torch.nn.Linear].build(W, torch.randn(fan_out, generator=self.g, dtype=F64) / 4)
+        self.layers[name] = torch.nn.Linear(fan_in, fan_out, device="meta")
+        self.weighted_names.append(name)
 
-    def add_block(self, p, block, c, size):
-        """Adds block's layers under prefix p; returns (channels, size) after it."""
-        d = self.case.spatial
-        widen = 1 + int(torch.randint(0, 3, (1,), generator=self.g))
+    def add_block(self, i, block, c, size):
+        """Adds block i's layers under prefix b{i}; returns (channels, size) after it."""
+        d, p, widen = self.case.spatial, f"b{i}", self.case.widths[i]
         if block == "conv_bn":
             self.conv_layer(f"{p}_conv", c, widen, 3, 1)
             self.bn_layer(f"{p}_bn", widen, "folded")
             c = widen
         elif block in ("bn_conv", "bn_conv_zero_padded"):
             zero = block == "bn_conv_zero_padded"
-            modes = ("reflect", "replicate", "circular") if size > 1 else ("replicate", "circular")
-            mode = "zeros" if zero else modes[int(torch.randint(0, len(modes), (1,), generator=self.g))]
+            mode = "zeros" if zero else self.case.modes[i]
+            mode = "replicate" if mode == "reflect" and size == 1 else mode
             self.bn_layer(f"{p}_bn", c, "pads with zeros" if zero else "folded")
             self.conv_layer(f"{p}_conv", c, widen, 3, 1, mode)
             c = widen
@@ -938,9 +954,25 @@ class RandomNet(torch.nn.Module):
 
 @st.composite
 def net_cases(draw, dtypes=(torch.float32, torch.float64), max_blocks=5, blocks=BLOCKS):
-    """Spatial dims 1..3, 1..3 input channels, size 2..4 (3-D: 2..3), 1..max_blocks blocks, a head, batch 1..2."""
+    """Spatial dims 1..3, 1..3 input channels, size 2..4 (3-D: 2..3), 1..max_blocks blocks each widening to 1..3
+    channels, a head, batch 1..2.
+
+    Each conv and Linear has a bias or not as drawn; values (see CYCLE): |W| ∈ [0.01, 1], |b| ∈ [0.1, 1],
+    |X| ∈ [0.1, 10], statistics as norm_stats draws them with μ over [10⁻², 10] and v ∈ [10⁻², 10²] loguniform.
+    """
     d = draw(st.integers(1, 3))
-    return NetCase(d, draw(st.integers(1, 3)), draw(st.integers(2, 4 if d < 3 else 3)),
-                   tuple(draw(st.lists(st.sampled_from(blocks), min_size=1, max_size=max_blocks))),
-                   draw(st.sampled_from(HEADS)), draw(st.integers(1, 2)), draw(st.sampled_from(dtypes)),
-                   draw(st.integers(0, 2**32 - 1)))
+    channels, size = draw(st.integers(1, 3)), draw(st.integers(2, 4 if d < 3 else 3))
+    chosen = tuple(draw(st.lists(st.sampled_from(blocks), min_size=1, max_size=max_blocks)))
+    n = len(chosen)
+    case = NetCase(d, channels, size, chosen, draw(st.sampled_from(HEADS)), draw(st.integers(1, 2)),
+                   draw(st.sampled_from(dtypes)), draw(st.tuples(*[st.integers(1, 3)] * n)),
+                   draw(st.tuples(*[st.sampled_from(PADDING_MODES)] * n)))
+    weighted, bn_widths = case.layout
+    shapes = {"X": case.input_shape()}
+    for k, (W, b) in enumerate(weighted):
+        shapes |= {f"W{k}": W, f"b{k}": b}
+    drawn = draw(tensor_values(shapes, {name: NET_DECADES[name[0]] for name in shapes}))
+    biases = draw(bits(len(weighted)))
+    weights = tuple((drawn[f"W{k}"], drawn[f"b{k}"] if bias else None) for k, bias in enumerate(biases))
+    norms = tuple(draw(norm_stats(c, **NET_STATS)) for c in bn_widths)
+    return replace(case, weights=weights, norms=norms, X=drawn["X"])

@@ -9,10 +9,11 @@ import re
 
 import pytest
 import torch
-from hypothesis import find, given, settings
+from hypothesis import example, find, given, settings
 from hypothesis import strategies as st
 
 from core.data import Vocab
+from core.kinds import is_batchnorm
 from core.layers import ACTIVATIONS, BatchNorm1d, Linear
 from core.model import CharMLP
 from properties.strategies import (
@@ -23,6 +24,8 @@ from properties.strategies import (
     ConvPairCase,
     MLPCase,
     ModelCase,
+    NetCase,
+    NormStats,
     PairCase,
     Problem,
     channelwise,
@@ -35,6 +38,7 @@ from properties.strategies import (
     model_cases,
     name_lists,
     names_st,
+    net_cases,
     pair_cases,
     problems,
 )
@@ -245,6 +249,51 @@ def test_model_cases_hold_one_value_set_per_layer(case: ModelCase):
     assert X.shape[0] == case.batch
 
 
+WIDENING_BLOCKS = ("conv_bn", "bn_conv", "bn_conv_zero_padded", "bn_run", "concat", "transposed")
+
+
+def padding_mode_at(case: NetCase, i):
+    """The padding mode block i's conv should have: its drawn mode, but replicate for reflect at size 1 (the size
+    before block i: 1 more after a transposed conv, 1 less after a pool of a size above 1)."""
+    size = case.size
+    for block in case.blocks[:i]:
+        size += 1 if block == "transposed" else -1 if block == "pool" and size > 1 else 0
+    return "replicate" if case.modes[i] == "reflect" and size == 1 else case.modes[i]
+
+
+@given(net_cases(dtypes=(F64,)))
+@example(NetCase(1, 3, 2, ("pool", "bn_conv", "transposed", "bn_conv"), "flatten_linear", 2, F64))
+@example(NetCase(3, 2, 2, ("bn_conv", "bn_conv", "bn_conv_zero_padded", "subclass"), "linear_bn", 1, F64))
+def test_net_cases_build_their_values_in_their_modes(case: NetCase):
+    """net_cases: widths ∈ 1..3, modes ∈ PADDING_MODES; one (W, b) per conv and Linear with |W| ∈ [0.01, 1] and
+    |b| ∈ [0.1, 1]; one NormStats per BN, v ∈ [10⁻², 10²] (loguniform), γ 0 or ±[0.1, 10]; |X| ∈ [0.1, 10].
+
+    build() holds them: each conv's and Linear's W and b cycled (no bias where b is None), each BN's statistics,
+    X cycled; a widening block's conv has widths[i] outputs and a bn_conv's its padding mode (replicate for
+    reflect at size 1). Hand-built cases get fixed values of the same ranges.
+    """
+    assert all(w in (1, 2, 3) for w in case.widths) and len(case.widths) == len(case.modes) == len(case.blocks)
+    model, X, expected = case.build()
+    convs = [m for name, m in model.layers.items() if name.endswith(("_conv", "_linear"))]
+    bns = [m for m in model.modules() if is_batchnorm(m)]
+    assert len(case.weights) == len(convs) and len(case.norms) == len(bns) == len(expected)
+    for m, (W, b) in zip(convs, case.weights):
+        assert all(0.01 <= abs(w) <= 1 for w in W) and torch.equal(m.weight, cycled(W, m.weight.shape))
+        assert (m.bias is None) == (b is None)
+        if b is not None:
+            assert all(0.1 <= abs(v) <= 1 for v in b) and torch.equal(m.bias, cycled(b, m.bias.shape))
+    for bn, stats in zip(bns, case.norms):
+        assert all(1e-2 <= v <= 1e2 for v in stats.var) and all(g == 0 or 0.1 <= abs(g) <= 10 for g in stats.gamma)
+        assert all(torch.equal(t, u) for t, u in zip((bn.running_mean, bn.running_var, bn.weight, bn.bias),
+                                                      stats.tensors(bn.num_features)))
+    assert all(0.1 <= abs(x) <= 10 for x in case.X) and torch.equal(X, cycled(case.X, case.input_shape()))
+    for i, block in enumerate(case.blocks):
+        if block in WIDENING_BLOCKS:
+            assert model.layers[f"b{i}_conv"].out_channels == case.widths[i]
+        if block == "bn_conv":
+            assert model.layers[f"b{i}_conv"].padding_mode == padding_mode_at(case, i)
+
+
 shrinking = settings(database=None, derandomize=True, max_examples=200)
 
 
@@ -254,3 +303,11 @@ def test_a_failing_pair_shrinks_to_round_values():
     assert (case.fan_in, case.fan_out, case.batch) == (1, 1, 1) and case.W == (10.0,)
     assert case.b == case.x == case.stats.mean == case.stats.var == case.stats.gamma == case.stats.beta == (1.0,)
 
+
+
+def test_a_failing_net_shrinks_to_one_block_of_round_values():
+    """The smallest net of up to 2 blocks with some conv weight |w| < 1 is 1-D, one channel, size 2, one conv_bn block
+    widening to 1 channel, no head, batch 1, float32, no bias, W = (1.0, 1.0, 0.1) and every other value 1.0."""
+    case = find(net_cases(max_blocks=2), lambda c: any(abs(w) < 1 for W, _ in c.weights for w in W), settings=shrinking)
+    assert case == NetCase(1, 1, 2, ("conv_bn",), "none", 1, F32, (1,), ("reflect",), (((1.0, 1.0, 0.1), None),),
+                           (NormStats((1.0,), (1.0,), (1.0,), (1.0,)),), (1.0, 1.0))
