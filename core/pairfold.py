@@ -137,7 +137,7 @@ def fold_pair(layer: nn.Module, bn: nn.Module, direction: str, bn_name: str = "t
               linear_name: str = "the Linear", spread: int = 1) -> nn.Module:
     """The affine layer equal to BN∘layer (direction AFTER) or layer∘BN (BEFORE) in eval, with a bias.
 
-    `spread`: before a Linear through a Flatten, the number of flattened features per BatchNorm channel.
+    `spread`: before a Linear through a Flatten, the number of flattened features per BatchNorm channel (else 1).
     """
     check_norm(bn, bn_name)
     kind = KINDS[type(layer)]
@@ -145,7 +145,7 @@ def fold_pair(layer: nn.Module, bn: nn.Module, direction: str, bn_name: str = "t
     c_in, c_out = kind.channels(layer)
     units = c_out if direction == AFTER else c_in
     width = bn.running_mean.shape[0]
-    if width * (1 if direction == AFTER else spread) != units:
+    if width * spread != units:
         per = f" x {spread} flattened positions" if spread > 1 else ""
         raise FoldError(f"{bn_name} has {width} features{per} but {linear_name} has {side_name(layer, direction)} "
                         f"{units}: they are no {'Linear' if kind.rule == 'linear' else 'convolution'}/BatchNorm pair; "

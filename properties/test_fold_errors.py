@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from core.errors import FoldError
 from core.fold import fold
 from core.kinds import KINDS, NormTerms
+from core.pairfold import fold_pair
 from properties.strategies import BN_TYPES, ConvPairCase, PairCase, conv_pair_cases, make_bn, make_linear, pair_cases
 
 small_pairs = pair_cases(max_fan=8, max_batch=2)
@@ -97,7 +98,7 @@ def test_size_mismatch_is_refused(case, prefix, extra):
     k = i - 1 if case.direction == "after" else i + 1
     side = "fan_out" if case.direction == "after" else "fan_in"
     refused(model, f"index {i} has {units + extra} features but Linear at index {k} has {side} {units}",
-            "check the architecture")
+            "they are no Linear/BatchNorm pair; check the architecture")
 
 
 @given(pair_cases(kinds=("torch",), max_fan=8, max_batch=2), prefixes)
@@ -167,3 +168,24 @@ def test_weights_that_fit_fold_even_when_their_sum_overflows(case):
     folded, _ = fold(torch.nn.Sequential(*((linear, bn) if case.direction == "after" else (bn, linear))))
     assert torch.isfinite(folded[0].weight).all()
     assert case.fan_in * case.fan_out < 2 or not torch.isfinite(folded[0].weight.double().sum().to(case.dtype))
+
+
+@given(small_pairs, st.integers(1, 3), st.integers(1, 3))
+@example(PairCase(direction="before", fan_in=5), 1, 2)
+def test_layer_level_folds_name_the_pair_and_the_flattened_positions(case, extra, spread):
+    """fold_pair(layer, bn, direction, spread=k) with dim(BN)·k ≠ the layer's side ⇒ FoldError("the BatchNorm has d
+    features [x k flattened positions] but the Linear has fan_in n …").
+
+    Called on layers rather than a model, the message names them generically; before a Linear through a Flatten
+    each channel feeds k inputs, so the count it compares is d·k and the message says so.
+    """
+    linear, _, _ = case.build()
+    units = case.fan_out if case.direction == "after" else case.fan_in
+    k = 1 if case.direction == "after" else spread
+    width = units + extra
+    bn = make_bn(case.kind, case.stats.tensors(width), case.eps, dtype=case.dtype)
+    per = f" x {k} flattened positions" if k > 1 else ""
+    side = "fan_out" if case.direction == "after" else "fan_in"
+    with pytest.raises(FoldError, match=re.escape(f"the BatchNorm has {width} features{per} but the Linear has "
+                                                  f"{side} {units}: they are no Linear/BatchNorm pair")):
+        fold_pair(linear, bn, case.direction, spread=k)
