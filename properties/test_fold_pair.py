@@ -15,6 +15,7 @@ from torch.nn.utils.fusion import fuse_linear_bn_eval
 
 from core.bound import TINY64, error_bound, pair_underflow, unit_roundoff
 from core.errors import FoldError
+from core.fold import fold
 from core.pairfold import (
     bn_affine,
     fold_after,
@@ -85,7 +86,8 @@ def magnitude(case: PairCase, linear, bn, x):
 @given(pair_cases())
 @example(PairCase(direction="before", dtype=F64, fan_in=128, fan_out=3, batch=4))
 def test_bound_is_not_vacuous(case):
-    """B_j ≤ 2(n' + 9)·u·M_j·(1 + 10⁻³) + 2A + 2⁻¹⁰²², n' = n except 2n for a BN before its Linear in float64.
+    """B_j ≤ 2(n' + 9)·u·M_j·(1 + 10⁻³) + 2A + 2⁻¹⁰²², n' = n except 2n for a BN before its Linear in float64; the
+    report's ρ ≤ 2(n' + 9)·u·(1 + 10⁻³) too.
 
     ρ = γ(n+9) + (1+γ₆₄(k))(1+γ(n+2)) − 1 ≤ 2γ(n'+9), and γ(m) = mu/(1 − mu) < 1.001·mu for mu ≤ 10⁻³:
     the bound is a few hundred roundings of the magnitude of the terms at most, never vacuous. A
@@ -100,6 +102,8 @@ def test_bound_is_not_vacuous(case):
     note(f"max B/(u·M) {ratio:.1f}, allowed {2 * (n + 9) * 1.001:.1f}")
     floor = 2 * pair_underflow(linear, bn, x) + TINY64
     assert (bound <= 2 * (n + 9) * unit_roundoff(case.dtype) * M * 1.001 + floor).all()
+    (pair,) = fold(model)[1].folded
+    assert pair.bound_factor <= 2 * (n + 9) * unit_roundoff(case.dtype) * 1.001
 
 
 def exact_sqrt(q: Fraction) -> Fraction:

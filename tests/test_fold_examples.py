@@ -13,7 +13,7 @@ from core.experiments import trained_e02
 from core.fold import FoldedPair, KeptBN, fold
 from core.kinds import is_norm
 from core.layers import BatchNorm1d, Linear, Tanh
-from core.model import load, save
+from core.model import e01_mlp, load, save
 from core.train import train
 
 
@@ -79,9 +79,21 @@ def test_batchnorms_before_a_linear_fold_into_it():
     assert [(p.bn_index, p.linear_index, p.direction, p.layer_index) for p in report.folded] == [
         (2, 3, "before", 1), (1, 3, "before", 1)]
     assert [type(layer) for layer in folded] == [nn.Tanh, nn.Linear] and folded[1].bias is not None
+    rho = [f"ρ = {p.bound_factor:.3e}" for p in report.folded]
+    assert str(report).splitlines()[2:] == [f"    2       3  BN -> Linear             1       5  {rho[0]}",
+                                            f"    1       3  BN -> Linear             1       5  {rho[1]}"]
     x = torch.randn(7, 5, generator=g)
     with torch.no_grad():
         assert ((model(x) - folded(x)).abs() <= error_bound(model, x)).all()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fold_keeps_every_module_in_its_mode(training):
+    """fold(model) gives every module in the model's mode, the CharMLP and its layer stack alike (an E01 net: no
+    BatchNorm, so it folds in training mode too)."""
+    model = e01_mlp(torch.Generator().manual_seed(1), init="kaiming", n_hidden=6).train(training)
+    folded, _ = fold(model)
+    assert all(m.training == training for m in folded.modules())
 
 
 def test_folded_layers_train_without_touching_the_original():
