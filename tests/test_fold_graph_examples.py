@@ -158,3 +158,25 @@ def test_global_rng_is_untouched_by_fold_and_bound():
     fold(model)
     error_bound(model, X)
     assert torch.equal(state, torch.random.get_rng_state())
+
+
+@pytest.fixture
+def bfloat16_cpu_convolutions():
+    """float32 convolutions on the CPU allowed to run in bfloat16 for the test (torch.backends.mkldnn.conv)."""
+    before = torch.backends.mkldnn.conv.fp32_precision
+    torch.backends.mkldnn.conv.fp32_precision = "bf16"
+    yield
+    torch.backends.mkldnn.conv.fp32_precision = before
+
+
+def test_the_report_bounds_each_layer_in_the_precision_torch_runs_it(bfloat16_cpu_convolutions):
+    """With float32 convolutions allowed in bfloat16 (u = 2⁻⁷ counted twice per rounding, as `unit_roundoff` says),
+    a conv pair's ρ counts those roundings, ρ ≥ (n + 9)·2⁻⁷, while a Linear pair's stays at float32's, ρ ≤
+    2(n + 9)·2⁻²⁴·(1 + 10⁻³)."""
+    conv = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3)).eval()
+    linear = nn.Sequential(nn.Linear(18, 3), nn.BatchNorm1d(3)).eval()
+    (conv_pair,) = fold(conv)[1].folded
+    (linear_pair,) = fold(linear)[1].folded
+    assert conv_pair.fan_in == linear_pair.fan_in == 18
+    assert conv_pair.bound_factor >= (18 + 9) * 2.0**-7
+    assert linear_pair.bound_factor <= 2 * (18 + 9) * 2.0**-24 * 1.001
