@@ -248,11 +248,17 @@ def _hardsigmoid_rule(layer, x64, D, u, eta, cache):
     return torch.where(flat, 0.0, (D / 6).clamp(max=1)) + 2 * ACTIVATION_ROUNDINGS * u + 2 * eta
 
 
-def _gate_rule(slope):
+def _gate(slope, x64, D, u, eta):
     """x·φ(x) with sup |f'| ≤ slope and |f(x)| ≤ |x|: slope·D + γ(16)·(|x̂| + |x̂'|) (SiLU, GELU)."""
-    def rule(layer, x64, D, u, eta, cache):
-        return slope * D + rounding_bound(GATE_ROUNDINGS, u) * (2 * x64.abs() + D) + 2 * GATE_ROUNDINGS * eta
-    return rule
+    return slope * D + rounding_bound(GATE_ROUNDINGS, u) * (2 * x64.abs() + D) + 2 * GATE_ROUNDINGS * eta
+
+
+def _silu_rule(layer, x64, D, u, eta, cache):
+    return _gate(SILU_SLOPE, x64, D, u, eta)
+
+
+def _gelu_rule(layer, x64, D, u, eta, cache):
+    return _gate(GELU_SLOPE, x64, D, u, eta)
 
 
 def _identity_rule(layer, x64, D, u, eta, cache):
@@ -304,8 +310,8 @@ def _move_rule(layer, x64, D, u, eta, cache):
 
 RULES = {"linear": _affine_rule, "conv": _affine_rule, "batchnorm": _batchnorm_rule, "tanh": _tanh_rule,
          "sigmoid": _sigmoid_rule, "relu": _relu_rule, "hardtanh": _hardtanh_rule, "leaky_relu": _leaky_relu_rule,
-         "hardswish": _hardswish_rule, "hardsigmoid": _hardsigmoid_rule, "silu": _gate_rule(SILU_SLOPE),
-         "gelu": _gate_rule(GELU_SLOPE), "identity": _identity_rule, "dropout": _dropout_rule,
+         "hardswish": _hardswish_rule, "hardsigmoid": _hardsigmoid_rule, "silu": _silu_rule,
+         "gelu": _gelu_rule, "identity": _identity_rule, "dropout": _dropout_rule,
          "max_pool": _max_pool_rule, "avg_pool": _avg_pool_rule, "adaptive_avg_pool": _adaptive_avg_pool_rule,
          "move": _move_rule}
 
@@ -399,6 +405,10 @@ MOVES = {torch.reshape, torch.transpose, torch.permute, torch.squeeze, torch.uns
          torch.narrow, torch.t, operator.getitem, "view", "reshape", "transpose", "permute", "contiguous", "chunk",
          "split", "squeeze", "unsqueeze", "expand", "narrow", "t", "unflatten", "clone"}
 JOINS = {torch.cat, torch.concat, torch.stack}  # moves of several inputs: a missing bound is 0
+# Random draws (traced through, e.g. a stochastic depth in training): each model draws its own, so no bound holds.
+RANDOM = {torch.bernoulli, torch.rand, torch.rand_like, torch.randn, torch.randn_like, torch.randint,
+          torch.randint_like, torch.randperm, torch.multinomial, torch.normal, torch.poisson, "bernoulli", "bernoulli_",
+          "uniform_", "normal_", "exponential_", "geometric_", "log_normal_", "cauchy_", "random_"}
 META_METHODS = {"size", "dim", "numel", "nelement", "ndimension"}
 META_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "layout"}
 SHAPE_ONLY = {torch.ones_like, torch.zeros_like, torch.empty_like, torch.full_like}
@@ -434,6 +444,10 @@ def _no_nan(D):
 
 
 def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict, cache: dict | None = None):
+    if node.target in RANDOM:
+        raise TypeError(f"error_bound needs a model without random ops, but {graph.describe(node)} (node "
+                        f"'{node.name}') draws random numbers, which differ between the two models: call "
+                        f"model.eval() (random layers such as Dropout and stochastic depth are the identity in eval)")
     inputs = node.all_input_nodes
     if not any(Ds.get(a) is not None for a in inputs):
         return None

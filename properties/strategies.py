@@ -525,14 +525,18 @@ def kernel_tuple(k, d):
 
 @st.composite
 def pool_layers(draw, layer_type):
-    """A pooling layer of `layer_type` with a kernel, stride, padding (at most half the kernel), dilation, ceil mode and
-    divisor its type accepts; adaptive ones with an output size per dim (None keeps the input's)."""
+    """A pooling layer of `layer_type` with a kernel (per dim, or one int for every dim), stride, padding (at most half
+    the kernel), dilation, ceil mode and divisor its type accepts; adaptive ones with an output size per dim (None
+    keeps the input's)."""
     name = layer_type.__name__
     d = int(name[-2])
     if name.startswith("Adaptive"):
         size = draw(st.tuples(*[st.none() | st.integers(1, 3)] * d)) if d > 1 else draw(st.integers(1, 3))
         return layer_type(size).eval()
     kernel = draw(st.tuples(*[st.integers(1, 3)] * d))
+    one_int = name.startswith("Avg") and d > 1 and draw(st.booleans())  # AvgPool2d/3d keep an int kernel as an int
+    if one_int:
+        kernel = (kernel[0],) * d
     stride = draw(st.none() | st.tuples(*[st.integers(1, 2)] * d))
     padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
     ceil_mode = draw(st.booleans())
@@ -541,7 +545,8 @@ def pool_layers(draw, layer_type):
         padding = tuple(min(p, ((k - 1) * dl + 1) // 2) for p, k, dl in zip(padding, kernel, dilation))
         return layer_type(kernel, stride, padding, dilation, ceil_mode=ceil_mode).eval()
     extra = {"divisor_override": draw(st.none() | st.integers(1, 4))} if d > 1 else {}
-    return layer_type(kernel, stride, padding, ceil_mode, draw(st.booleans()), **extra).eval()
+    return layer_type(kernel[0] if one_int else kernel, stride, padding, ceil_mode, draw(st.booleans()),
+                      **extra).eval()
 
 
 def spatial_min(layer) -> tuple[int, ...]:

@@ -173,10 +173,49 @@ def test_the_report_bounds_each_layer_in_the_precision_torch_runs_it(bfloat16_cp
     """With float32 convolutions allowed in bfloat16 (u = 2⁻⁷ counted twice per rounding, as `unit_roundoff` says),
     a conv pair's ρ counts those roundings, ρ ≥ (n + 9)·2⁻⁷, while a Linear pair's stays at float32's, ρ ≤
     2(n + 9)·2⁻²⁴·(1 + 10⁻³)."""
-    conv = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3)).eval()
-    linear = nn.Sequential(nn.Linear(18, 3), nn.BatchNorm1d(3)).eval()
-    (conv_pair,) = fold(conv)[1].folded
-    (linear_pair,) = fold(linear)[1].folded
+    (conv_pair,) = fold(nn.Sequential(conv(2, 3, padding=0), nn.BatchNorm2d(3)).eval())[1].folded
+    (linear_pair,) = fold(nn.Sequential(nn.Linear(18, 3, device="meta").to_empty(device="cpu"),
+                                        nn.BatchNorm1d(3)).eval())[1].folded
     assert conv_pair.fan_in == linear_pair.fan_in == 18
     assert conv_pair.bound_factor >= (18 + 9) * 2.0**-7
     assert linear_pair.bound_factor <= 2 * (18 + 9) * 2.0**-24 * 1.001
+
+
+class Residual(nn.Module):
+    """x + bn(conv(x)), its branch passed through `depth` (torchvision's StochasticDepth in EfficientNet) if given."""
+
+    def __init__(self, depth: nn.Module | None = None):
+        super().__init__()
+        self.depth, self.conv, self.bn = depth, conv(2, 2), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        branch = self.bn(self.conv(x))
+        return x + (branch if self.depth is None else self.depth(branch))
+
+
+class DrawnDepth(nn.Module):
+    """Stochastic depth written out: each row kept with probability 1 − p, and scaled to keep the mean."""
+
+    def forward(self, x):
+        keep = torch.empty_like(x[:, :1, :1, :1]).bernoulli_(0.5)
+        return x * keep / 0.5
+
+
+def test_stochastic_depth_passes_the_bound_in_eval_and_random_draws_are_refused():
+    """stochastic_depth is x itself in eval or at p = 0: the bound goes through it unchanged, equal to the bound
+    without it. In training with p > 0 it is random, and a random draw traced through (each model draws its own)
+    breaks every bound: error_bound refuses both, naming why."""
+    ops = pytest.importorskip("torchvision.ops")
+    X = torch.randn(2, 2, 4, 4, generator=g)
+    model, plain = with_statistics(Residual(ops.StochasticDepth(0.5, "row"))), Residual()
+    plain.load_state_dict(model.state_dict())
+    assert torch.equal(error_bound(model, X), error_bound(plain.eval(), X))
+    model.depth.train()
+    with pytest.raises(TypeError, match="stochastic_depth in eval mode"):
+        error_bound(model, X)
+    model.depth.p = 0.0
+    assert torch.equal(error_bound(model, X), error_bound(plain, X))
+    drawn = Residual(DrawnDepth())
+    drawn.load_state_dict(model.state_dict())
+    with pytest.raises(TypeError, match="bernoulli_.*draws random numbers"):
+        error_bound(drawn.eval(), X)
