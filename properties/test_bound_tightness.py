@@ -13,7 +13,9 @@ laws here fail such a bound:
 - the kernels torch runs: on cancellation-heavy pairs of fan-in 1 and 2 the largest observed error reaches 1/8
   of the bound, so a pair bound 8× too small fails on torch's own arithmetic too;
 - composition: the bound of a model whose folds sit on separate paths is exactly the bounds of its folds, each
-  on its own; a whole-model bound that forgets a fold's share fails.
+  on its own; a whole-model bound that forgets a fold's share fails;
+- the loss: at logits moved to the corner of their bound, the mean cross-entropy moves by the loss bound's
+  Lipschitz part to within 10⁻⁶.
 """
 
 from fractions import Fraction
@@ -24,10 +26,10 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch import nn
 
-from core.bound import error_bound, ieee_unit_roundoff
+from core.bound import error_bound, ieee_unit_roundoff, loss_bound
 from core.fold import fold
 from core.kinds import KINDS
-from properties.strategies import PairCase, make_bn, make_linear, pair_cases
+from properties.strategies import PairCase, make_bn, make_linear, pair_cases, tensors
 
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 DTYPES = (F16, BF16, F32, F64)
@@ -175,3 +177,31 @@ def test_bound_of_separate_folds_is_the_bound_of_each(first, second):
     alone = (error_bound(p, x), error_bound(q, y))
     note(f"largest bounds {[b.max().item() for b in both]} vs {[b.max().item() for b in alone]}")
     assert torch.equal(both[0], alone[0]) and torch.equal(both[1], alone[1])
+
+
+@st.composite
+def corner_logits(draw):
+    """(z, B, Y): N×V float64 logits whose label logit sits 30 below the rest (p_y < e⁻²⁶), and a per-row bound."""
+    n, v = draw(st.integers(1, 8)), draw(st.integers(2, 27))
+    z = draw(tensors((n, v), st.floats(-10, 10)))
+    Y = torch.tensor(draw(st.lists(st.integers(0, v - 1), min_size=n, max_size=n)))
+    z[torch.arange(n), Y] = z.amin(1) - 30
+    b = draw(tensors((n, 1), st.floats(1e-4, 1e-2)))
+    return z, b.expand(n, v).clone(), Y
+
+
+@given(corner_logits())
+def test_loss_bound_is_reached_at_the_corner(case):
+    """|CE(z′) − CE(z)| ≤ loss_bound ≤ |CE(z′) − CE(z)|·(1 + 10⁻⁶), z′ = z + B on the label and z − B elsewhere.
+
+    logsumexp drops by B where the label's share p_y < e⁻²⁶ is negligible, and the label term rises by B: the
+    mean loss moves by mean(max_k B_k + B_y)·(1 − O(p_y)), which is the bound's Lipschitz part; its rounding
+    part, γ₆₄(N + V + 8) times |z| + log V, is below 10⁻¹⁰ of it here.
+    """
+    z, B, Y = case
+    label = torch.nn.functional.one_hot(Y, z.shape[1]).bool()
+    moved = torch.where(label, z + B, z - B)
+    change = abs(torch.nn.functional.cross_entropy(moved, Y).item() - torch.nn.functional.cross_entropy(z, Y).item())
+    bound = loss_bound(z, B, Y)
+    note(f"change {change:.9e}, bound {bound:.9e}")
+    assert change <= bound <= change * (1 + 1e-6)
