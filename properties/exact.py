@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import torch
 
-from core.bound import SAFETY, U64, rounding_bound
+from core.bound import SAFETY, TINY64, U64, rounding_bound
 
 
 def exact_stats(x: torch.Tensor):
@@ -46,6 +46,7 @@ def population_std(values: torch.Tensor) -> tuple[float, float, float, float]:
 
 def ratio_bound(a: float, da: float, b: float, db: float) -> float:
     """Bound on |fl(â / b̂) − a / b| for |â − a| ≤ da, |b̂ − b| ≤ db, 0 ≤ db < b, a ≥ 0: spread + u·(a/b + spread),
-    spread = (da + (a/b)·db)/(b − db); evaluated in float64, so times SAFETY for its own roundings."""
+    spread = (da + (a/b)·db)/(b − db); evaluated in float64, so times SAFETY for its own roundings and plus TINY64
+    for its own underflow."""
     spread = (da + a / b * db) / (b - db)
-    return (spread + U64 * (a / b + spread)) * SAFETY
+    return (spread + U64 * (a / b + spread)) * SAFETY + TINY64

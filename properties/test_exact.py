@@ -7,9 +7,9 @@ import torch
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
-from core.bound import U64
+from core.bound import TINY64, U64
 from properties.exact import exact_stats, population_std, ratio_bound
-from properties.strategies import tensors
+from properties.strategies import floats_without_underflow, tensors
 
 positive = st.floats(1e-3, 1e3)
 
@@ -27,6 +27,7 @@ def quotients(draw):
 @given(quotients())
 @example((1.0, 0.0, 3.0, 0.0, 1.0, 3.0))
 @example((1.0, 0.5, 2.0, 1.0, 1.5, 1.0))
+@example((2.225073858507203e-309, 0.0, 1.0, 2.225073858507203e-309, 2.225073858507203e-309, 1.0))  # underflows
 def test_ratio_bound_covers_every_quotient_within_its_inputs(q):
     """|fl(â / b̂) − a / b| ≤ ratio_bound(a, da, b, db) whenever |â − a| ≤ da and |b̂ − b| ≤ db < b.
 
@@ -41,19 +42,23 @@ def test_ratio_bound_covers_every_quotient_within_its_inputs(q):
     assert error <= Fraction(ratio_bound(a, da, b, db))
 
 
-@given(st.floats(0, 1e3), st.floats(0, 1e2), positive, st.floats(0, 0.99))
+@given(floats_without_underflow(0, 1e3), floats_without_underflow(0, 1e2), positive,
+       floats_without_underflow(0, 0.99))
 def test_ratio_bound_is_reached_at_the_corner(a, da, b, shrink):
-    """spread ≤ ratio_bound ≤ spread·(1 + 2⁻²⁹) + 2u·a/b, spread = |(a + da)/(b − db) − a/b|, reached at the corner.
+    """spread ≤ ratio_bound ≤ spread·(1 + 2⁻²⁹) + 2u·a/b + 2⁻¹⁰²², spread = |(a + da)/(b − db) − a/b|, reached at
+    the corner, for inputs 0 or ≥ 10⁻¹⁰⁰ (where an input underflows, the upper side is off by subnormals).
 
     (a + da)/(b − db) − a/b = (b·da + a·db)/(b(b − db)) = (da + (a/b)·db)/(b − db): the bound adds one rounding
-    of the quotient and the 2⁻³⁰ that covers its own evaluation, nothing more.
+    of the quotient, the 2⁻³⁰ that covers its own rounding and the smallest normal that covers its own
+    underflow, nothing more.
     """
     db = b * shrink
     exact = Fraction(a) + Fraction(da), Fraction(b) - Fraction(db)
     reached = exact[0] / exact[1] - Fraction(a) / Fraction(b)
     bound = Fraction(ratio_bound(a, da, b, db))
     note(f"reached {float(reached):.6e}, bound {float(bound):.6e}")
-    assert reached <= bound <= reached * (1 + Fraction(2) ** -29) + 2 * Fraction(U64) * Fraction(a) / Fraction(b)
+    assert reached <= bound <= reached * (1 + Fraction(2) ** -29) + 2 * Fraction(U64) * Fraction(a) / Fraction(b) \
+        + Fraction(TINY64)
 
 
 @given(tensors((24,), st.floats(-1, 1)), st.sampled_from((0.0, 1.0, 1e4, 1e8)))
