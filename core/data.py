@@ -132,7 +132,7 @@ def require_enough_names(count: int, path, fractions=DEFAULT_FRACTIONS) -> None:
     if min(split_sizes(count, fractions)) > 0:
         return
     shares = "/".join(f"{f:g}" for f in fractions)
-    raise DataError(f"{path}: {count} name{'s' if count != 1 else ''} are too few: the {shares} train/dev/test "
+    raise DataError(f"{path}: {count} {'name is' if count == 1 else 'names are'} too few: the {shares} train/dev/test "
                     f"split needs at least {minimum_names(fractions)} names so that no part is empty; "
                     f"pass a larger names file with --names PATH")
 

@@ -34,5 +34,5 @@ def os_error_text(error: OSError) -> str:
 
     Callers put the path in front themselves, so a message names it once.
     """
-    text = error.strerror or str(error) or type(error).__name__
-    return text[:1].lower() + text[1:]
+    text = error.strerror or str(error)
+    return text[:1].lower() + text[1:] if text else type(error).__name__

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from core.data import DataError, fetch_names
+from core.data import DataError, download, fetch_names
 
 BODY = b"emma\nolivia\nava"
 
@@ -35,10 +35,12 @@ def server():
 
 
 def test_good_file(server, tmp_path):
-    dest = tmp_path / "data" / "names.txt"
-    assert fetch_names(dest, url=server, sha256=hashlib.sha256(BODY).hexdigest()) == dest
-    assert dest.read_bytes() == BODY
-    assert [p.name for p in dest.parent.iterdir()] == ["names.txt"]
+    """The file lands in folders made for it, and a second fetch into the same folder replaces it."""
+    dest = tmp_path / "a" / "data" / "names.txt"
+    for _ in range(2):
+        assert fetch_names(dest, url=server, sha256=hashlib.sha256(BODY).hexdigest()) == dest
+        assert dest.read_bytes() == BODY
+        assert [p.name for p in dest.parent.iterdir()] == ["names.txt"]
 
 
 def test_bad_checksum_writes_nothing(server, tmp_path):
@@ -57,8 +59,37 @@ def test_server_down(tmp_path):
     dest = tmp_path / "names.txt"
     with pytest.raises(DataError) as err:
         fetch_names(dest, url=url, timeout=5)
-    assert url in str(err.value) and str(dest) in str(err.value)
+    assert url in str(err.value) and str(dest) in str(err.value) and "(connection refused)" in str(err.value)
     assert not dest.exists()
+
+
+def test_a_body_of_many_chunks_at_exactly_the_cap_arrives_whole(tmp_path):
+    """A body of max_bytes (with or without Content-Length) is accepted, not refused, and read in many pieces it
+    comes back byte for byte."""
+    body = bytes(range(256)) * 1000  # 256,000 bytes: several 64 KiB reads
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self):
+            self.send_response(200)
+            if self.path.endswith("declared"):
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        for path in ("declared", "undeclared"):
+            url = f"http://127.0.0.1:{httpd.server_address[1]}/{path}"
+            assert download(url, timeout=5, max_bytes=len(body)) == body
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_existing_file_survives_a_failed_fetch(server, tmp_path):

@@ -2,13 +2,26 @@
 
 import argparse
 import math
+import re
+import urllib.error
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
+from core import data
 from core.cli import integer_in, number_in, one_line
-from core.data import DataError, minimum_names, require_enough_names, split_sizes
+from core.data import (
+    DataError,
+    Split,
+    _failure_text,
+    load_split,
+    minimum_names,
+    require_enough_names,
+    resolve_names_path,
+    split_sizes,
+)
 
 bounds = st.tuples(st.integers(-(2**70), 2**70), st.integers(0, 2**70)).map(lambda t: (t[0], t[0] + t[1]))
 
@@ -94,3 +107,76 @@ def test_too_few_names_is_a_data_error_naming_the_minimum(count):
     else:
         require_enough_names(count, "names.txt")
     assert empty_part == (count < minimum_names())
+
+
+@pytest.mark.parametrize("fractions", [(0.0, 0.5, 0.5), (0.9, 0.1, 0.0), (1.0, 0.0, 0.0)])
+def test_a_split_with_an_empty_share_is_refused_naming_the_fractions(fractions):
+    """A fraction of 0 leaves its part empty at every size: minimum_names refuses it, naming the fractions."""
+    with pytest.raises(ValueError, match=re.escape(f"every split fraction must be positive, got {fractions}")):
+        minimum_names(fractions)
+
+
+def test_a_names_file_too_small_for_its_split_is_refused_naming_the_file(tmp_path):
+    """load_split refuses a file whose split leaves a part empty: the message names the file, the split's shares
+    and the minimum for them."""
+    path = tmp_path / "few.txt"
+    path.write_text("ann\nbob\n")
+    fractions = (0.5, 0.25, 0.25)
+    with pytest.raises(DataError) as err:
+        load_split(path, Split(3, fractions))
+    assert str(err.value).startswith(f"{path}: 2 names are too few: the 0.5/0.25/0.25 train/dev/test split needs "
+                                     f"at least {minimum_names(fractions)} names")
+
+
+def test_a_split_describes_itself_and_cuts_by_its_own_fractions():
+    """Split(seed, f).describe() reads 'seed S, f1/f2/f3', and its parts have the sizes split_sizes(n, f) gives."""
+    split = Split(5, (0.5, 0.25, 0.25))
+    names = [f"name{i}" for i in range(20)]
+    parts = split.parts(names)
+    assert split.describe() == "seed 5, 0.5/0.25/0.25"
+    assert tuple(len(parts[k]) for k in ("train", "dev", "test")) == split_sizes(20, (0.5, 0.25, 0.25)) == (10, 5, 5)
+    assert sorted(sum(parts.values(), [])) == sorted(names)
+
+
+@pytest.mark.parametrize(("error", "text"), [
+    (urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")), "connection refused"),
+    (urllib.error.URLError("no host given"), "no host given"),
+    (TimeoutError(), "TimeoutError"),
+    (ValueError(), "ValueError"),
+    (OSError(28, "No space left on device"), "no space left on device"),
+])
+def test_a_failed_download_is_told_in_words(error, text):
+    """Why a download failed: a URLError's reason (an OSError's strerror, in lower case, without '[Errno N]'), or
+    the error itself; its type's name, as written, when it has no words."""
+    assert _failure_text(error) == text
+
+
+def test_too_few_names_counts_them_in_words_under_the_split_asked_for():
+    """One name 'is' too few, several 'are'; the check cuts by the split's own fractions, not the default ones (4
+    names fill 0.5/0.25/0.25 but leave 0.8/0.1/0.1's dev part empty)."""
+    with pytest.raises(DataError, match="^n.txt: 1 name is too few"):
+        require_enough_names(1, "n.txt")
+    require_enough_names(4, "n.txt", (0.5, 0.25, 0.25))
+    with pytest.raises(DataError, match="^n.txt: 4 names are too few"):
+        require_enough_names(4, "n.txt")
+
+
+def test_the_names_file_is_looked_up_in_order(tmp_path, monkeypatch):
+    """--names PATH, else $BNFOLD_NAMES, else data/names.txt when it exists (or fetching is off), else fetched there;
+    an empty --names is refused, not read as a missing one."""
+    default = tmp_path / "data" / "names.txt"
+    fetched = []
+    monkeypatch.setattr(data, "DEFAULT_NAMES_PATH", default)
+    monkeypatch.setattr(data, "fetch_names", lambda dest: fetched.append(dest) or dest)
+    monkeypatch.setenv("BNFOLD_NAMES", str(tmp_path / "env.txt"))
+    assert resolve_names_path("given.txt") == Path("given.txt")
+    with pytest.raises(DataError, match=re.escape("--names: the path is empty; give a names file such as "
+                                                  "data/names.txt")):
+        resolve_names_path("")
+    assert resolve_names_path() == tmp_path / "env.txt"
+    monkeypatch.delenv("BNFOLD_NAMES")
+    assert resolve_names_path(fetch=False) == default and fetched == []
+    assert resolve_names_path() == default and fetched == [default]
+    default.parent.mkdir()
+    default.write_text("ann\n")
+    assert resolve_names_path() == default and fetched == [default]
