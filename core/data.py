@@ -206,10 +206,11 @@ def _long_name_chunks(name: str, context_length: int, max_rows: int, vocab: Voca
     """The rows of one name in pieces of at most max_rows, each piece carrying its own context window."""
     import torch
 
+    padded = "." * context_length + name + "."
     try:
-        text = ("." * context_length + name + ".").encode("ascii")
-    except UnicodeEncodeError as e:
-        raise DataError(f"character {name[e.start]!r} is not in the vocabulary") from e
+        text = padded.encode("ascii")
+    except UnicodeEncodeError as e:  # e.start counts in the padded text
+        raise DataError(f"character {padded[e.start]!r} is not in the vocabulary") from e
     table = _code_table(vocab)
     for start in range(context_length, len(text), max_rows):
         stop = min(start + max_rows, len(text))

@@ -7,6 +7,7 @@ import urllib.error
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
@@ -16,8 +17,10 @@ from core.data import (
     DataError,
     Split,
     _failure_text,
+    dataset_chunks,
     load_split,
     minimum_names,
+    random_rows,
     require_enough_names,
     resolve_names_path,
     split_sizes,
@@ -180,3 +183,37 @@ def test_the_names_file_is_looked_up_in_order(tmp_path, monkeypatch):
     default.parent.mkdir()
     default.write_text("ann\n")
     assert resolve_names_path() == default and fetched == [default]
+
+
+@pytest.mark.parametrize(("name", "bad"), [("abcdefghéij", "é"), ("abcdefghijkLmno", "L"), ("é" + "a" * 20, "é"),
+                                           ("a" * 20 + "Z", "Z")])
+def test_a_long_name_with_a_character_outside_the_vocabulary_names_it(name, bad):
+    """A name longer than a chunk is read in windows; a character outside a–z and '.' (non-ASCII, or ASCII such as
+    an upper-case letter) anywhere in it is refused, naming that character."""
+    with pytest.raises(DataError, match=re.escape(f"character {bad!r} is not in the vocabulary")):
+        list(dataset_chunks([name], context_length=3, max_rows=4))
+
+
+@pytest.mark.parametrize(("fractions", "sizes"), [((0.5, 0.3, 0.2), (5, 3, 2)), ((1.0, 0.0, 0.0), (10, 0, 0)),
+                                                  ((0.0, 0.0, 1.0), (0, 0, 10))])
+def test_split_sizes_cut_at_each_cumulative_share(fractions, sizes):
+    """split_sizes(n, f) = (⌊f₁n⌋, ⌊(f₁ + f₂)n⌋ − ⌊f₁n⌋, the rest); a share of 0 is allowed there (an empty part is
+    refused later, by the names check)."""
+    assert split_sizes(10, fractions) == sizes
+
+
+@pytest.mark.parametrize("fractions", [(1.2, -0.1, -0.1), (0.5, 0.5, 0.5), (0.5, 0.5), (0.5, 0.5 + 2e-9, 0.0)])
+def test_split_sizes_refuse_anything_but_three_shares_summing_to_one(fractions):
+    with pytest.raises(ValueError, match=re.escape(f"fractions must be three non-negative numbers summing to 1, "
+                                                   f"got {fractions}")):
+        split_sizes(10, fractions)
+
+
+def test_random_rows_draw_every_id_from_the_generator_alone():
+    """random_rows draws ids in [0, 27) from its generator only: the same seed gives the same rows, every id
+    including 0 appears among 4000 draws, and torch's global RNG is untouched."""
+    state = torch.random.get_rng_state()
+    X, Y = random_rows(1000, torch.Generator().manual_seed(4), context_length=3)
+    X2, Y2 = random_rows(1000, torch.Generator().manual_seed(4), context_length=3)
+    assert torch.equal(X, X2) and torch.equal(Y, Y2) and torch.equal(torch.random.get_rng_state(), state)
+    assert set(X.unique().tolist()) == set(Y.unique().tolist()) == set(range(27))
