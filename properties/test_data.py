@@ -6,7 +6,7 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 
 from core import notebook
-from core.data import DataError, Vocab, build_dataset, load_names, split_names, split_sizes
+from core.data import DataError, Vocab, build_dataset, load_names, split_names, split_sizes, synthetic_names
 from properties.strategies import name_lists, names_st
 
 contexts = st.integers(min_value=1, max_value=8)
@@ -111,3 +111,17 @@ def test_bad_line_is_named(names, data, bad, tmp_path_factory):
         load_names(path)
     note(str(err.value))
     assert f"{path}:{k + 1}:" in str(err.value)
+
+
+@given(st.integers(0, 300), st.integers(0, 2**32 - 1))
+def test_synthetic_names_are_lowercase_names_of_two_to_ten_letters(n, seed):
+    """synthetic_names(n, seed): n names over a–z of 2..10 letters, the same for the same seed.
+
+    They stand in for names.txt where it is missing (`bnfold bench`), so they must pass the same data path.
+    """
+    names = synthetic_names(n, seed)
+    assert len(names) == n and names == synthetic_names(n, seed)
+    assert all(2 <= len(name) <= 10 and set(name) <= set("abcdefghijklmnopqrstuvwxyz") for name in names)
+    if n >= 200:  # every length and letter shows up: P(miss) < 9·(8/9)^200 + 26·(25/26)^400 < 10⁻⁵
+        assert {len(name) for name in names} == set(range(2, 11)) and set("".join(names)) == set(
+            "abcdefghijklmnopqrstuvwxyz")
