@@ -113,7 +113,7 @@ def test_bad_line_is_named(names, data, bad, tmp_path_factory):
     assert f"{path}:{k + 1}:" in str(err.value)
 
 
-@given(st.integers(0, 300), st.integers(0, 2**32 - 1))
+@given(st.integers(0, 400), st.integers(0, 2**32 - 1))
 def test_synthetic_names_are_lowercase_names_of_two_to_ten_letters(n, seed):
     """synthetic_names(n, seed): n names over a–z of 2..10 letters, the same for the same seed.
 
@@ -122,6 +122,6 @@ def test_synthetic_names_are_lowercase_names_of_two_to_ten_letters(n, seed):
     names = synthetic_names(n, seed)
     assert len(names) == n and names == synthetic_names(n, seed)
     assert all(2 <= len(name) <= 10 and set(name) <= set("abcdefghijklmnopqrstuvwxyz") for name in names)
-    if n >= 200:  # every length and letter shows up: P(miss) < 9·(8/9)^200 + 26·(25/26)^400 < 10⁻⁵
+    if n >= 300:  # every length and letter shows up: P(miss) < 9·(8/9)^300 + 26·(25/26)^600 < 10⁻⁸
         assert {len(name) for name in names} == set(range(2, 11)) and set("".join(names)) == set(
             "abcdefghijklmnopqrstuvwxyz")
