@@ -1,12 +1,23 @@
 """Laws of the data pipeline: windows, labels, round trip, the split, and line-exact errors."""
 
+import re
+
 import pytest
 import torch
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
 from core import notebook
-from core.data import DataError, Vocab, build_dataset, load_names, split_names, split_sizes, synthetic_names
+from core.data import (
+    DataError,
+    Vocab,
+    build_dataset,
+    load_names,
+    read_names_bytes,
+    split_names,
+    split_sizes,
+    synthetic_names,
+)
 from properties.strategies import name_lists, names_st
 
 contexts = st.integers(min_value=1, max_value=8)
@@ -125,3 +136,44 @@ def test_synthetic_names_are_lowercase_names_of_two_to_ten_letters(n, seed):
     if n >= 300:  # every length and letter shows up: P(miss) < 9·(8/9)^300 + 26·(25/26)^600 < 10⁻⁸
         assert {len(name) for name in names} == set(range(2, 11)) and set("".join(names)) == set(
             "abcdefghijklmnopqrstuvwxyz")
+
+
+@given(name=names_st, data=st.data(), byte=st.integers(0, 255).filter(lambda b: not 97 <= b <= 122 and b != 10))
+@example(name="ab", data=None, byte=32)
+@example(name="ab", data=None, byte=126)
+@example(name="ab", data=None, byte=127)
+@example(name="ab", data=None, byte=31)
+def test_a_bad_byte_is_named_with_its_column_and_shown_readably(name, data, byte, tmp_path_factory):
+    """A byte outside a–z at column c of line 2 gives "path:2:c: character X", X the character itself when it is
+    printable ASCII (32–126) and \\xNN otherwise.
+
+    A message with the column and a visible character lets a user find the byte in any editor.
+    """
+    column = data.draw(st.integers(0, len(name)), label="column") if data is not None else 1
+    line = name.encode()[:column] + bytes([byte]) + name.encode()[column:]
+    if byte == 13 and column == len(name):  # a final \r is a CRLF line end, not a bad byte
+        line += b"a"
+    path = tmp_path_factory.mktemp("names") / "bad.txt"
+    path.write_bytes(b"first\n" + line + b"\n")
+    shown = chr(byte) if 32 <= byte < 127 else f"\\x{byte:02x}"
+    with pytest.raises(DataError, match=re.escape(f"{path}:2:{column + 1}: character {shown!r} is not in a-z")):
+        load_names(path)
+
+
+def test_the_size_limit_admits_exactly_its_bytes(tmp_path):
+    """A names file of exactly `limit` bytes is read whole; one more byte is refused, naming the limit in MiB; an
+    unreadable path is refused in words."""
+    limit = 2**20
+    path = tmp_path / "names.txt"
+    path.write_bytes(b"ab\n" * (limit // 3) + b"a" * (limit % 3))
+    assert read_names_bytes(path, limit) == path.read_bytes()
+    path.write_bytes(path.read_bytes() + b"a")
+    with pytest.raises(DataError, match=re.escape(f"{path}: the names file is larger than 1 MiB, the most bnfold "
+                                                  f"reads; pass a smaller file with --names PATH")):
+        read_names_bytes(path, limit)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: cannot read names file (is a directory); pass "
+                                                  f"--names PATH")):
+        read_names_bytes(tmp_path)
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(DataError, match="the names file is empty; expected one name per line"):
+        load_names(tmp_path / "empty.txt")

@@ -34,6 +34,27 @@ def test_chunks_concatenate_to_the_dataset(names, context_length, max_rows):
     assert torch.equal(torch.cat([x for x, _ in chunks]), X) and torch.equal(torch.cat([y for _, y in chunks]), Y)
 
 
+@given(names=name_lists, context_length=contexts, max_rows=chunk_rows)
+@example(names=["ab", "cd", "ef"], context_length=2, max_rows=6)
+def test_whole_names_fill_each_chunk_as_far_as_the_next_one_allows(names, context_length, max_rows):
+    """With every name shorter than R rows, each chunk is whole names, and a chunk ends only where the next name's
+    rows would take it past R: rows(chunk) + rows(next name) > R.
+
+    Fewer, fuller chunks mean fewer forward calls when a split is evaluated in bounded memory.
+    """
+    short = [n for n in names if len(n) + 1 <= max_rows]
+    sizes = [y.shape[0] for _, y in dataset_chunks(short, context_length, max_rows)]
+    rows = [len(n) + 1 for n in short]
+    ends, total = [], 0
+    for size in sizes:
+        total += size
+        ends.append(total)
+    starts = [0] + [sum(rows[:k]) for k in range(1, len(rows) + 1)]
+    assert all(end in starts for end in ends)  # chunks hold whole names
+    for size, end in zip(sizes, ends[:-1]):
+        assert size + rows[starts.index(end)] > max_rows
+
+
 model_dtypes = st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16])
 
 
