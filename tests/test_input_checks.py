@@ -17,6 +17,7 @@ from core.data import (
     DataError,
     Split,
     _failure_text,
+    build_dataset,
     dataset_chunks,
     load_split,
     minimum_names,
@@ -217,3 +218,29 @@ def test_random_rows_draw_every_id_from_the_generator_alone():
     X2, Y2 = random_rows(1000, torch.Generator().manual_seed(4), context_length=3)
     assert torch.equal(X, X2) and torch.equal(Y, Y2) and torch.equal(torch.random.get_rng_state(), state)
     assert set(X.unique().tolist()) == set(Y.unique().tolist()) == set(range(27))
+
+
+@pytest.mark.parametrize(("names", "bad"), [(["ab", "cBd"], "B"), (["é"], "é"), (["abc", "de", "fgé"], "é"),
+                                            (["a-b"], "-")])
+def test_a_name_with_a_character_outside_the_vocabulary_names_it(names, bad):
+    """build_dataset refuses a name holding a character outside a–z, naming the first such character."""
+    with pytest.raises(DataError, match=re.escape(f"character {bad!r} is not in the vocabulary")):
+        build_dataset(names, 3)
+
+
+@pytest.mark.parametrize("context_length", [1, 3])
+def test_no_names_give_no_rows_of_the_right_shape(context_length):
+    """build_dataset([], k): X of shape (0, k) and Y of shape (0,), both int64, so they concatenate with any chunk."""
+    X, Y = build_dataset([], context_length)
+    assert X.shape == (0, context_length) and Y.shape == (0,) and X.dtype == Y.dtype == torch.int64
+
+
+@pytest.mark.parametrize("context_length", [0, -1])
+def test_a_context_of_no_characters_is_refused(context_length):
+    with pytest.raises(ValueError, match=re.escape(f"context_length must be >= 1, got {context_length}")):
+        build_dataset(["ab"], context_length)
+
+
+def test_chunks_of_no_rows_are_refused():
+    with pytest.raises(ValueError, match=re.escape("max_rows must be >= 1, got 0")):
+        list(dataset_chunks(["ab"], 3, 0))
