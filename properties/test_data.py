@@ -126,12 +126,12 @@ def test_bad_line_is_named(names, data, bad, tmp_path_factory):
 
 @given(st.integers(0, 400), st.integers(0, 2**32 - 1))
 def test_synthetic_names_are_lowercase_names_of_two_to_ten_letters(n, seed):
-    """synthetic_names(n, seed): n names over a–z of 2..10 letters, the same for the same seed.
+    """synthetic_names(n, seed): n names over a–z of 2..10 letters, the same for the same seed (0 by default).
 
     They stand in for names.txt where it is missing (`bnfold bench`), so they must pass the same data path.
     """
     names = synthetic_names(n, seed)
-    assert len(names) == n and names == synthetic_names(n, seed)
+    assert len(names) == n and names == synthetic_names(n, seed) and synthetic_names(n) == synthetic_names(n, 0)
     assert all(2 <= len(name) <= 10 and set(name) <= set("abcdefghijklmnopqrstuvwxyz") for name in names)
     if n >= 300:  # every length and letter shows up: P(miss) < 9·(8/9)^300 + 26·(25/26)^600 < 10⁻⁸
         assert {len(name) for name in names} == set(range(2, 11)) and set("".join(names)) == set(
