@@ -13,7 +13,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from core.bound import error_bound
 from core.fold import fold
 from core.kinds import KINDS, NormTerms
-from properties.checks import worst_ratio
+from properties.checks import assert_within_bound
 from properties.strategies import (
     BN_TYPES,
     CONV_DECADES,
@@ -54,12 +54,7 @@ def test_conv_pair_within_bound(case):
     assert type(layer) is type(conv) and layer.bias is not None and layer.weight.dtype == case.dtype
     assert (layer.stride, layer.padding, layer.dilation, layer.groups) == (conv.stride, conv.padding, conv.dilation,
                                                                           conv.groups)
-    with torch.no_grad():
-        err = (model(x).double() - folded(x).double()).abs()
-    bound = error_bound(model, x)
-    note(f"max err {err.max().item():.3e}, max bound {bound.max().item():.3e}, "
-         f"max err/bound {worst_ratio(err, bound):.3e}")
-    assert (err <= bound).all()
+    assert_within_bound(model, folded, x)
 
 
 @given(conv_pair_cases(directions=("after",)))
