@@ -121,10 +121,11 @@ def minimum_names(fractions=DEFAULT_FRACTIONS) -> int:
     """
     if min(fractions) <= 0:
         raise ValueError(f"every split fraction must be positive, got {tuple(fractions)}")
-    n = math.ceil(1 / min(fractions)) + 1  # one past the bound, for the rounding of f·n
-    while n > 1 and min(split_sizes(n - 1, fractions)) > 0:
-        n -= 1
-    return n
+    top = math.ceil(1 / min(fractions)) + 1  # one past the bound, for the rounding of f·n
+    for n in range(top, 1, -1):
+        if min(split_sizes(n - 1, fractions)) <= 0:
+            return n
+    return 1
 
 
 def require_enough_names(count: int, path, fractions=DEFAULT_FRACTIONS) -> None:
