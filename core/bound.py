@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from core.errors import FoldError
 from core.graph import model_graph
 from core.kinds import KINDS, ConvKind, hooked
 from core.model import CharMLP
@@ -540,9 +541,10 @@ def error_bound(model: nn.Module, X):
     for step in steps:
         layer, bn = modules[step.layer.target], modules[step.bn.target]
         if step.direction == AFTER:
-            start, x = step.bn, env[step.layer.args[0]]
+            start, x, at_layer = step.bn, env[step.layer.args[0]], env[step.bn.args[0]]
         else:
-            start, x = step.layer, env[step.bn.args[0]]
+            start, x, at_layer = step.layer, env[step.bn.args[0]], env[step.layer.args[0]]
+        check_rank(graph, step, at_layer)
         D = {start: pair_bound(layer, bn, step.direction, x, step.spread, cache)}
         out = propagate_graph(graph, modules, bypassed, env, D, cache)
         total = out if total is None else _add_bounds(total, out)
@@ -552,6 +554,25 @@ def error_bound(model: nn.Module, X):
     if total is None:  # nothing to fold: folded(X) is computed exactly as model(X)
         return _zeros_like(env[graph.nodes[-1]])
     return _scale(total, SAFETY, TINY64)
+
+
+def check_rank(graph, step, at_layer: torch.Tensor) -> None:
+    """FoldError unless the layer of a folded pair keeps its channels in dim 1 of `at_layer`, the tensor it writes
+    (after) or reads (before) on the BatchNorm's side, where the BatchNorm normalises dim 1.
+
+    fold sees no inputs: it pairs a Linear with a BatchNorm1d, or a convolution over d dims with a BatchNorm,
+    for (N, C) and (N, C, *d spatial) tensors (a Flatten between maps channels to blocks of features). A Linear
+    on (N, L, C) keeps its features last while BatchNorm1d normalises dim 1, so such a fold (or one on unbatched
+    input) scales the wrong dim.
+    """
+    rank = 2 + KINDS[type(graph.modules[step.layer.target])].spatial
+    if at_layer.ndim != rank:
+        layer, bn = graph.name(step.layer.target), graph.name(step.bn.target)
+        raise FoldError(f"{bn} normalises dim 1 of a {at_layer.ndim}-D tensor here, but {layer} keeps its channels "
+                        f"in dim 1 only of {rank}-D tensors (N, C{', ...' if rank > 2 else ''}): fold(model) folded "
+                        f"them as if it did, so it does not compute model on this input. Give the pair {rank}-D "
+                        f"tensors, e.g. transpose (N, L, C) to (N, C, L) before a BatchNorm1d (which then folds "
+                        f"no more)")
 
 
 def _add_bounds(a, b):

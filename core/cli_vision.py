@@ -1,6 +1,6 @@
 """`bnfold fold --torchvision NAME`: fold a torchvision architecture (random weights, BatchNorm statistics from a few
 training-mode forwards) and print the report, the count against torch.fx's fuse, max |Δ| against the certified
-bound, and the speed-up at B = 1 and 8 (interleaved medians)."""
+bound, and the speed-up at B = 1 and 8 (interleaved medians), also in the channels-last layout (core.perf.layout)."""
 
 import sys
 import time
@@ -60,6 +60,7 @@ def cmd_fold_torchvision(args) -> None:
     timed = bench_models.speed(model, args.image_size, (1, 8), args.rounds, seed)
     print(f"speed, median per call ({args.image_size}² images, {args.rounds} interleaved rounds):")
     for batch, t in timed.items():
-        print(f"  B={batch}: unfolded {t['unfolded'] * 1e3:.2f} ms, folded {t['folded'] * 1e3:.2f} ms, "
-              f"torch.fx fused {t['torch.fx fused'] * 1e3:.2f} ms; speed-up {t['unfolded'] / t['folded']:.2f}x, "
-              f"folded / torch.fx fused {t['folded'] / t['torch.fx fused']:.3f}")
+        times = ", ".join(f"{variant} {seconds * 1e3:.2f} ms" for variant, seconds in t.items())
+        ratios = ", ".join(f"{label} {t[ours] / t[reference]:.3f}" for label, ours, reference in bench_models.RATIOS)
+        print(f"  B={batch}: {times}; speed-up {t['unfolded'] / t['folded']:.2f}x "
+              f"({t['unfolded'] / t[bench_models.FOLDED_CL]:.2f}x channels-last)\n    {ratios}")

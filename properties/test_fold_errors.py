@@ -7,6 +7,7 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from core.bound import error_bound
 from core.errors import FoldError
 from core.fold import fold
 from core.kinds import KINDS, NormTerms
@@ -189,3 +190,23 @@ def test_layer_level_folds_name_the_pair_and_the_flattened_positions(case, extra
     with pytest.raises(FoldError, match=re.escape(f"the BatchNorm has {width} features{per} but the Linear has "
                                                   f"{side} {units}: they are no Linear/BatchNorm pair")):
         fold_pair(linear, bn, case.direction, spread=k)
+
+
+@given(pair_cases(kinds=("torch",), max_fan=8, max_batch=2))  # the core layers take 2-D tensors only
+@example(PairCase(kind="torch", direction="before", fan_in=2, fan_out=3, batch=2))
+def test_a_pair_fed_three_dim_tensors_is_refused_by_the_bound(case):
+    """X of shape (N, L, fan_in) with L the BatchNorm1d's width ⇒ error_bound(m, X) raises FoldError naming both layers.
+
+    fold sees no input: it folds a BatchNorm1d into a Linear as if the Linear's features sat in dim 1, true of
+    (N, C) tensors only. On (N, L, C) the Linear keeps its features last while BatchNorm1d normalises dim 1 (the
+    model runs when L = C), so fold(m) scales the wrong dim; error_bound, which sees X, says so.
+    """
+    model, x = case.sequential()
+    X = x[:, None, :].expand(-1, case.bn_dim, -1).contiguous()
+    with torch.no_grad():
+        model(X)  # the model itself runs on X
+    with pytest.raises(FoldError) as info:
+        error_bound(model, X)
+    bn, linear = ("1", "0") if case.direction == "after" else ("0", "1")
+    assert re.search(rf"BatchNorm1d at index {bn} normalises dim 1 of a 3-D tensor here, but \w+ at index {linear} "
+                     r"keeps its channels in dim 1 only of 2-D tensors \(N, C\)", str(info.value)), str(info.value)

@@ -17,6 +17,7 @@ from core.bound import error_bound
 from core.cli import main
 from core.fold import fold
 from core.kinds import is_batchnorm
+from core.perf.layout import channels_last
 from core.vision import MODELS, build, fx_folded, images
 
 pytest.importorskip("torchvision")
@@ -116,6 +117,30 @@ def test_folds_every_pair_torch_fx_fuses(name):
     assert (err <= bound).all()
 
 
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("mobilenet_v2", marks=pytest.mark.slow)])
+def test_fold_and_torch_fx_fuse_give_the_same_program(name):
+    """fold(m) and fuse(m) have the same code, module types and tensors' shapes, strides and dtypes.
+
+    Where every BN follows its conv, both fold each pair into that conv: the bench's folded / torch.fx fused is
+    then the same program timed twice, and any difference from 1 is the machine's noise.
+    """
+    m = model(name)
+    ours, theirs = folded(name)[0], fx_folded(m)[0]
+    assert ours.code == theirs.code
+    assert {k: type(v) for k, v in ours.named_modules() if k} == {k: type(v) for k, v in theirs.named_modules() if k}
+    layout = {k: (v.shape, v.stride(), v.dtype) for k, v in ours.state_dict().items()}
+    assert layout == {k: (v.shape, v.stride(), v.dtype) for k, v in theirs.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", sorted(QUICK))
+def test_a_channels_last_fold_is_within_the_bound(name):
+    """|m(X) − channels_last(fold(m))(X)| ≤ error_bound(m, X): the layout sums each conv in another order only."""
+    m, _, X, bound = bounded(name)
+    with torch.no_grad():
+        err = (m(X).double() - channels_last(copy.deepcopy(folded(name)[0]))(X).double()).abs()
+    assert (err <= bound).all()
+
+
 @pytest.mark.slow
 def test_kept_batchnorms_of_densenet_say_why():
     """densenet121's norm1 BNs follow a concatenation and feed a ReLU: kept, and the reason says so."""
@@ -133,7 +158,8 @@ def test_cli_fold_torchvision(capsys):
     assert "BatchNorm folding: 20 folded, 0 kept" in out and "torch.fx fuse: 20 folded" in out
     delta, bound = re.search(r"max \|Δ\| on 2 images of 32²: (\S+) \(certified bound (\S+)\)", out).groups()
     assert float(delta) <= float(bound)
-    assert re.search(r"B=1: .*speed-up", out) and re.search(r"B=8: .*folded / torch.fx fused", out)
+    assert re.search(r"B=1: .*speed-up .*x \(.*x channels-last\)\n +folded, channels-last / torch.fx fused", out)
+    assert re.search(r"B=8: .*speed-up .*\n.*folded / torch.fx fused \d", out)
 
 
 @pytest.mark.parametrize("argv, message", [

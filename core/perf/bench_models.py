@@ -1,8 +1,15 @@
 """torchvision rows of `bnfold bench`, and the timing of `bnfold fold --torchvision`: unfolded, folded (core.fold)
-and torch.fx-fused (torch.fx.experimental.optimization.fuse) inference of one architecture, interleaved in one run.
+and torch.fx-fused (torch.fx.experimental.optimization.fuse) inference of one architecture, each fused net also
+in the channels-last layout (core.perf.layout), interleaved in one run.
 
-The rows are ratios of medians, like every bench ratio: folded / torch.fx fused (target ≤ 1.00 at each batch
-size: folding along graph edges costs nothing over torch's fuser), folded / unfolded. Keys read
+The rows are ratios of medians, like every bench ratio:
+- folded, channels-last / torch.fx fused (target ≤ 1.00 at each batch size): what fold and the layout give a
+  CPU deployment against torch's fuser;
+- folded / torch.fx fused and folded, channels-last / torch.fx fused, channels-last: the folds alone, in one
+  layout. On resnet18 and mobilenet_v2 both fold the same pairs into the same program
+  (tests/test_fold_torchvision.py), so these are 1 up to the noise of the machine;
+- folded / unfolded.
+Keys read
 "cpu/torchvision B=<batch>: <model> <ours> / <reference>", so they sit apart from the E02 grid. `fold()`'s own
 time on resnet50 (tracing included) is recorded beside them, with its target of 2 s.
 """
@@ -18,13 +25,18 @@ from core import vision
 from core.errors import UsageError
 from core.fold import fold
 from core.perf.bench import ratio_cell, time_cell
+from core.perf.layout import channels_last
 from core.perf.timing import interleaved_medians
 
 DEVICE = "cpu/torchvision"  # the device part of every key here
 FOLD_TIME_MODEL = "resnet50"
 FOLD_TIME_TARGET_S = 2.0
-RATIOS = [("folded / torch.fx fused", "folded", "torch.fx fused"), ("folded / unfolded", "folded", "unfolded")]
-TARGETS = {"folded / torch.fx fused": 1.00}
+FOLDED_CL, FUSED_CL = "folded, channels-last", "torch.fx fused, channels-last"
+RATIOS = [(f"{FOLDED_CL} / torch.fx fused", FOLDED_CL, "torch.fx fused"),
+          ("folded / torch.fx fused", "folded", "torch.fx fused"),
+          (f"{FOLDED_CL} / {FUSED_CL}", FOLDED_CL, FUSED_CL),
+          ("folded / unfolded", "folded", "unfolded")]
+TARGETS = {f"{FOLDED_CL} / torch.fx fused": 1.00}
 
 
 @dataclass(frozen=True)
@@ -43,10 +55,13 @@ QUICK = Settings(models=("resnet18",), image_size=16, rounds=1, fold_runs=0, thr
 
 
 def variants(model: nn.Module) -> dict[str, nn.Module]:
-    """name -> module: the model itself, folded by core.fold, and fused by torch.fx's fuse (a deep copy)."""
+    """name -> module: the model itself, folded by core.fold and fused by torch.fx's fuse (a deep copy), each of
+    those two also channels-last."""
     from torch.fx.experimental.optimization import fuse
 
-    return {"unfolded": model, "folded": fold(model)[0], "torch.fx fused": fuse(copy.deepcopy(model))}
+    folded, fused = fold(model)[0], fuse(copy.deepcopy(model))
+    return {"unfolded": model, "folded": folded, FOLDED_CL: channels_last(fold(model)[0]),
+            "torch.fx fused": fused, FUSED_CL: channels_last(copy.deepcopy(fused))}
 
 
 def speed(model: nn.Module, image_size: int, batch_sizes, rounds: int, seed: int = 0) -> dict:
@@ -124,18 +139,19 @@ def format_rows(result: dict) -> str:
     labels = list(dict.fromkeys(k.split(": ", 1)[1] for k in keys))
     head = "".join(f"{'B=' + b:>11}" for b in batches)
     size = result.get("settings", {}).get("torchvision", {}).get("image_size", "?")
-    lines = ["", f"{'torchvision on cpu (' + str(size) + '² images)':<44}{head}  target"]
     names = list(dict.fromkeys(k.split(": ", 1)[1] for k in medians if k.startswith(DEVICE + " ")))
+    fold_label = f"fold() {FOLD_TIME_MODEL}, tracing included"
+    width = max(len(text) for text in [*names, *labels, fold_label])
+    lines = ["", f"{'torchvision on cpu (' + str(size) + '² images)':<{width + 2}}{head}  target"]
     for name in names:
-        lines.append(f"  {name:<42}" + "".join(time_cell(medians, f"{DEVICE} B={b}: {name}") for b in batches))
+        lines.append(f"  {name:<{width}}" + "".join(time_cell(medians, f"{DEVICE} B={b}: {name}") for b in batches))
     for label in labels:
         cells = "".join(ratio_cell(result, f"{DEVICE} B={b}: {label}") for b in batches)
         bound = targets.get(f"{DEVICE} B={batches[0]}: {label}")
-        lines.append(f"  {label:<42}{cells}  {f'<= {bound:.2f}' if bound is not None else ''}")
+        lines.append(f"  {label:<{width}}{cells}  {f'<= {bound:.2f}' if bound is not None else ''}")
     seconds = medians.get(f"{DEVICE}: fold() {FOLD_TIME_MODEL}")
     if seconds is not None:
         star = "*" if seconds > FOLD_TIME_TARGET_S else " "
         cell = time_cell(medians, f"{DEVICE}: fold() {FOLD_TIME_MODEL}")
-        label = f"fold() {FOLD_TIME_MODEL}, tracing included"
-        lines.append(f"  {label:<42}{cell}{star} <= {FOLD_TIME_TARGET_S:.2f} s")
+        lines.append(f"  {fold_label:<{width}}{cell}{star} <= {FOLD_TIME_TARGET_S:.2f} s")
     return "\n".join(lines)
