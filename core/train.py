@@ -34,12 +34,11 @@ def train(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, steps: int, batch_
     X, Y = X.to(device), Y.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     losses = torch.empty(steps, device=device)
-    bar = tqdm(total=steps, disable=not (progress and sys.stderr.isatty()), file=sys.stderr,
-               mininterval=0.5, unit="step", leave=False)
+    bar = tqdm(total=steps, disable=not (progress and sys.stderr.isatty()), unit="step", leave=False)  # on stderr
     start = time.perf_counter()
     with bar:
         for step in range(steps):
-            ix = torch.randint(0, X.shape[0], (batch_size,), generator=generator).to(device, non_blocking=True)
+            ix = torch.randint(X.shape[0], (batch_size,), generator=generator).to(device)
             loss = F.cross_entropy(model(X.index_select(0, ix)), Y.index_select(0, ix))  # = X[ix], Y[ix], a cheaper op
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
@@ -50,6 +49,5 @@ def train(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, steps: int, batch_
             if step % 1000 == 999 or step == steps - 1:
                 bar.set_postfix(loss=f"{losses[step]:.4f}", refresh=False)
                 bar.update(step + 1 - bar.n)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return History(losses=losses.tolist(), wall_time=time.perf_counter() - start)
+    values = losses.tolist()  # waits for the device, so the wall time below includes its work
+    return History(losses=values, wall_time=time.perf_counter() - start)
