@@ -217,7 +217,7 @@ def _check_layer_spec(i: int, spec, width: int | None) -> int | None:
     if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
         raise _Invalid(f"{where} is {_describe(spec)}; expected a dict with a 'type'")
     kind = spec["type"]
-    where = f"layer {i} ({kind if kind.isidentifier() else _describe(kind)})"
+    where = f"layer {i} ({kind})"  # only linear and batchnorm name it below
     if kind == "linear":
         fan_in = _int_field(f"{where} fan_in", _entry(spec, "fan_in", where))
         fan_out = _int_field(f"{where} fan_out", _entry(spec, "fan_out", where))
@@ -238,7 +238,7 @@ def _check_layer_spec(i: int, spec, width: int | None) -> int | None:
         return dim
     if kind in ACTIVATIONS:
         return width
-    return None  # a kind this check does not know: layer_from_spec decides, a dry run checks the widths
+    return None  # a kind this check does not know: layer_from_spec refuses it
 
 
 def _check_config(config) -> dict:
@@ -321,26 +321,11 @@ def _build(config: dict, state: dict, dtype: torch.dtype) -> CharMLP:
             raise _Invalid(f"tensor {key} has shape {_shape(got)} but the config implies {_shape(want)}")
         if got.dtype != want.dtype:
             raise _Invalid(f"tensor {key} is {got.dtype} but C is {dtype}; every tensor must share one dtype")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state)
     for name, buffer in model.named_buffers():
         if name.endswith("running_var") and bool((buffer < 0).any()):
             raise _Invalid(f"tensor {name} has negative entries; a variance is never negative")
     return model
-
-
-def _dry_run(model: CharMLP) -> None:
-    """One eval forward on a row of '.' ids: the layers must chain and end in vocab_size logits."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = model(torch.zeros(2, model.context_length, dtype=torch.int64))
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise _Invalid(f"the layers do not chain ({str(e).strip().splitlines()[0]})") from e
-    finally:
-        model.train(was_training)
-    if tuple(logits.shape) != (2, model.vocab_size):
-        raise _Invalid(f"the net gives logits of shape {_shape(logits[0])} per row; expected ({model.vocab_size},)")
 
 
 def _unpickling_failure(error: Exception) -> str:
@@ -418,8 +403,6 @@ def load_checkpoint(path) -> Checkpoint:
         training = _bool_field("the training flag", payload.get("training", False))
         dtype = _check_tensors(config, state)
         model = _build(config, state, dtype)
-        if any(_spec_values(spec) is None for spec in config["layers"]):
-            _dry_run(model)
     except _Invalid as e:
         raise CheckpointError(f"{path}: {e}; {fix}") from None
     model.train(training)
