@@ -41,12 +41,16 @@ def same_model(a: CharMLP, b: CharMLP) -> bool:
             and all(sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa))
 
 
-def test_an_inconsistency_reads_file_problem_and_fix(tmp_path):
+@pytest.mark.parametrize("corrupt, problem", [
+    (lambda p: p.pop("config"), "the checkpoint has no 'config' entry"),
+    (lambda p: p.__setitem__("state_dict", [1.0]), "the state_dict is not a dict of named tensors"),
+], ids=["no config", "state_dict a list"])
+def test_an_inconsistency_reads_file_problem_and_fix(corrupt, problem, tmp_path):
     """'PATH: what is wrong; the fix' is the whole message: the file, the inconsistency, then how to recover."""
     path, payload = saved_payload(tmp_path)
-    del payload["config"]
+    corrupt(payload)
     torch.save(payload, path)
-    assert refusal(path) == f"{path}: the checkpoint has no 'config' entry; {FIX}"
+    assert refusal(path) == f"{path}: {problem}; {FIX}"
 
 
 @pytest.mark.parametrize("fmt, expected", [
@@ -204,7 +208,7 @@ def test_a_read_error_says_why(tmp_path, monkeypatch):
 @pytest.mark.parametrize("size, expected", [
     (2**30, "not a readable bnfold checkpoint"),
     (2**30 + 1, "1073741825 bytes is far larger than any bnfold checkpoint; check the path"),
-])
+], ids=["2^30", "2^30 + 1"])
 def test_files_over_a_gibibyte_are_refused_unread(size, expected, tmp_path):
     """A file of more than 2^30 bytes is refused for its size alone; one of exactly 2^30 bytes is read (sparse here)."""
     path = tmp_path / "m.pt"
@@ -286,7 +290,7 @@ def test_a_plain_pickle_names_the_unsupported_operation(tmp_path):
     (pickle.UnpicklingError("Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` "
                             "will likely succeed.\n\nCheck the documentation of torch.load: weights_only"),
      "UnpicklingError"),
-])
+], ids=["no text", "two lines", "advice only"])
 def test_any_failure_of_torch_load_is_one_line(error, reason, tmp_path, monkeypatch):
     """Whatever torch.load raises is one line: its lines joined by '; ', or its type when it says nothing else."""
     path, _ = saved_payload(tmp_path)
