@@ -1,5 +1,6 @@
 """CharMLP: embedding table C plus a layer stack; the E01 and E02 builders; safe checkpoints."""
 
+import errno
 import io
 import math
 import os
@@ -367,10 +368,16 @@ def _read_payload(path):
             warnings.simplefilter("ignore")  # torch warns about pickle protocols on stderr
             return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({os_error_text(e)})") from e
+        if e.errno != errno.EINVAL:
+            raise CheckpointError(f"{path}: cannot read the checkpoint ({os_error_text(e)})") from e
+        raise _unreadable(path, "the file is truncated or corrupted") from e  # torch's zip reader, cut short
     except Exception as e:  # the unpickler raises many kinds on damaged or hostile bytes
-        raise CheckpointError(f"{path}: not a readable bnfold checkpoint (refused to load: {_unpickling_failure(e)}); "
-                              f"re-create it with `bnfold train`") from e
+        raise _unreadable(path, _unpickling_failure(e)) from e
+
+
+def _unreadable(path, reason: str) -> CheckpointError:
+    return CheckpointError(f"{path}: not a readable bnfold checkpoint (refused to load: {reason}); re-create it with "
+                           f"`bnfold train`")
 
 
 def load_checkpoint(path) -> Checkpoint:

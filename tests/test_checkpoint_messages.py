@@ -258,6 +258,17 @@ def test_a_cut_zip_archive_is_truncated_or_corrupted(tmp_path):
     assert reason == "the file is truncated or corrupted (failed finding central directory)"
 
 
+def test_a_checkpoint_cut_anywhere_is_truncated_or_corrupted(tmp_path):
+    """Every cut of a checkpoint (the last byte, half, a 100-byte head) is refused as truncated or corrupted.
+
+    torch's zip reader raises RuntimeError for some cuts and OSError(EINVAL), seeking past the cut end, for
+    others; neither is a failure to read the file, which opened and was read.
+    """
+    data = good_bytes(tmp_path)
+    for cut in (len(data) - 1, len(data) // 2, 100):
+        assert unreadable(tmp_path, data[:cut]).startswith("the file is truncated or corrupted"), cut
+
+
 def test_a_zip_archive_without_its_pickle_is_truncated_or_corrupted(tmp_path):
     """An archive lacking data.pkl: torch's first sentence, which names the missing member, is kept."""
     reason = unreadable(tmp_path, without_member(good_bytes(tmp_path), "/data.pkl"))

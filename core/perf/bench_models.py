@@ -60,7 +60,7 @@ def variants(model: nn.Module) -> dict[str, nn.Module]:
     from torch.fx.experimental.optimization import fuse
 
     folded, fused = fold(model)[0], fuse(copy.deepcopy(model))
-    return {"unfolded": model, "folded": folded, FOLDED_CL: channels_last(fold(model)[0]),
+    return {"unfolded": model, "folded": folded, FOLDED_CL: channels_last(copy.deepcopy(folded)),
             "torch.fx fused": fused, FUSED_CL: channels_last(copy.deepcopy(fused))}
 
 
