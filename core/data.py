@@ -162,7 +162,7 @@ def load_split(path, split: Split) -> tuple[list[str], dict[str, list[str]]]:
 def _code_table(vocab: Vocab) -> "torch.Tensor":
     import torch
 
-    table = torch.full((256,), -1, dtype=torch.int64)
+    table = torch.full((256,), -1)  # int64, from the fill value
     for ch, i in vocab.stoi.items():
         table[ord(ch)] = i
     return table
@@ -330,8 +330,8 @@ def random_rows(rows: int, generator: "torch.Generator", context_length: int = 4
     import torch
 
     vocab = Vocab().size
-    X = torch.randint(0, vocab, (rows, context_length), generator=generator)
-    return X, torch.randint(0, vocab, (rows,), generator=generator)
+    X = torch.randint(vocab, (rows, context_length), generator=generator)
+    return X, torch.randint(vocab, (rows,), generator=generator)
 
 
 def synthetic_names(n: int, seed: int = 0) -> list[str]:
