@@ -28,9 +28,14 @@ def with_statistics(model: nn.Module) -> nn.Module:
 
 
 def conv(c_in, c_out, k=3, padding=1, **kw):
-    with torch.random.fork_rng(devices=[]):  # nn.Conv2d draws its init from the global RNG
+    return seeded(nn.Conv2d, c_in, c_out, k, padding=padding, **kw)
+
+
+def seeded(layer_type, *args, **kw):
+    """layer_type(*args, **kw) initialised from a seed drawn from g, the global RNG left as it was."""
+    with torch.random.fork_rng(devices=[]):  # torch's layers draw their init from the global RNG
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
-        return nn.Conv2d(c_in, c_out, k, padding=padding, **kw)
+        return layer_type(*args, **kw)
 
 
 class DataDependent(nn.Module):
@@ -179,6 +184,25 @@ def test_the_report_bounds_each_layer_in_the_precision_torch_runs_it(bfloat16_cp
     assert conv_pair.fan_in == linear_pair.fan_in == 18
     assert conv_pair.bound_factor >= (18 + 9) * 2.0**-7
     assert linear_pair.bound_factor <= 2 * (18 + 9) * 2.0**-24 * 1.001
+
+
+def test_the_bound_reads_the_precision_of_each_layer(bfloat16_cpu_convolutions):
+    """With float32 CPU convolutions allowed in bfloat16, error_bound of a Linear model is the IEEE one bit for bit,
+    and that of a conv model ≥ 2¹⁷·(1 − 10⁻⁶) times the IEEE one.
+
+    Each pair bound and each rule reads the precision setting of the op it models (matmul or conv): u = 2⁻⁷ (twice
+    bfloat16's) against 2⁻²⁴. Every term grows at least as fast as u (γ(k) = ku/(1 − ku) faster) but the underflow
+    terms and the float64 part of the pair factor, under 10⁻⁸ of the bound here.
+    """
+    linear = with_statistics(nn.Sequential(seeded(nn.Linear, 4, 3), nn.BatchNorm1d(3), nn.Tanh(),
+                                           seeded(nn.Linear, 3, 2)))
+    convolutional = with_statistics(nn.Sequential(conv(2, 3), nn.BatchNorm2d(3), nn.ReLU(), conv(3, 2)))
+    X = torch.randn(2, 4, generator=g), torch.randn(2, 2, 5, 5, generator=g)
+    bf16 = [error_bound(model, x) for model, x in zip((linear, convolutional), X)]
+    torch.backends.mkldnn.conv.fp32_precision = "ieee"  # the fixture restores the setting
+    ieee = [error_bound(model, x) for model, x in zip((linear, convolutional), X)]
+    assert torch.equal(bf16[0], ieee[0])
+    assert (bf16[1] >= 2**17 * (1 - 1e-6) * ieee[1]).all()
 
 
 class Residual(nn.Module):
