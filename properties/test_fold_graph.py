@@ -67,9 +67,10 @@ def snapshot(model):
 @given(net_cases())
 def test_fold_of_a_graph_is_pure(case):
     """state(m) and m's training flags are the same before and after fold(m); fold(m) shares no storage with m and
-    has m's training flag.
+    each of its modules has the training flag of m's module of that name, containers (m.layers) included.
 
-    fold traces m (which reads it), folds into new layers and deep-copies every module and attribute it keeps.
+    fold traces m (which reads it), folds into new layers and deep-copies every module and attribute it keeps;
+    the containers torch.fx builds to hold them are new modules, given m's flags.
     """
     model, _, _ = case.build()
     before, flags = snapshot(model)
@@ -77,6 +78,7 @@ def test_fold_of_a_graph_is_pure(case):
     after, flags_after = snapshot(model)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert flags == flags_after and folded.training == model.training
+    assert all(m.training == model.get_submodule(name).training for name, m in folded.named_modules())
     ours = {t.data_ptr() for t in model.state_dict().values()}
     assert ours.isdisjoint(t.data_ptr() for t in folded.state_dict().values())
 

@@ -1,7 +1,6 @@
 """Folding traced models by example: refusals, what is kept and why, the report of a graph model, hooks, shared and
 nested modules, inference mode, and why a BatchNorm before a zero-padded conv is kept."""
 
-
 import pytest
 import torch
 from torch import fx, nn
@@ -10,7 +9,7 @@ from core.bound import error_bound, pair_bound
 from core.errors import FoldError
 from core.fold import fold
 from core.pairfold import BEFORE, fold_pair
-from properties.strategies import NetCase
+from properties.strategies import NetCase, silent_hook
 
 g = torch.Generator().manual_seed(0)
 
@@ -219,3 +218,175 @@ def test_stochastic_depth_passes_the_bound_in_eval_and_random_draws_are_refused(
     drawn.load_state_dict(model.state_dict())
     with pytest.raises(TypeError, match="bernoulli_.*draws random numbers"):
         error_bound(drawn.eval(), X)
+
+
+def linear(fan_in: int, fan_out: int, gen: torch.Generator) -> nn.Linear:
+    """An nn.Linear whose weight and bias are drawn from gen (nn.Linear's own init draws from the global RNG)."""
+    layer = nn.Linear(fan_in, fan_out, device="meta").to_empty(device="cpu")
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(fan_out, fan_in, generator=gen) / fan_in**0.5)
+        layer.bias.copy_(torch.randn(fan_out, generator=gen))
+    return layer
+
+
+class BnFlattenLinear(nn.Module):
+    """bn → flatten (a module, or a function of x) → Linear on (2, 2, 2, 4) inputs."""
+
+    def __init__(self, flatten, fan_in: int, gen: torch.Generator):
+        super().__init__()
+        self.bn, self.flatten, self.linear = nn.BatchNorm2d(2), flatten, linear(fan_in, 3, gen)
+
+    def forward(self, x):
+        return self.linear(self.flatten(self.bn(x)))
+
+
+FLATTENS_FROM_1 = {  # every way to write "all dims from 1 on" that torch.fx records
+    "nn.Flatten()": nn.Flatten,
+    "torch.flatten(x, 1)": lambda: lambda x: torch.flatten(x, 1),
+    "torch.flatten(x, 1, -1)": lambda: lambda x: torch.flatten(x, 1, -1),
+    "torch.flatten(x, start_dim=1)": lambda: lambda x: torch.flatten(x, start_dim=1),
+    "torch.flatten(x, 1, end_dim=-1)": lambda: lambda x: torch.flatten(x, 1, end_dim=-1),
+    "torch.flatten(x, start_dim=1, end_dim=-1)": lambda: lambda x: torch.flatten(x, start_dim=1, end_dim=-1),
+    "x.flatten(1)": lambda: lambda x: x.flatten(1),
+    "x.flatten(1, -1)": lambda: lambda x: x.flatten(1, -1),
+    "x.flatten(start_dim=1)": lambda: lambda x: x.flatten(start_dim=1),
+}
+
+OTHER_FLATTENS = {  # (flatten, the fan_in it leaves for the Linear): each keeps the batch apart from the features
+    "torch.flatten(x)": (lambda: lambda x: torch.flatten(x), 32),  # no start_dim: dim 0 too, rows mix
+    "x.flatten()": (lambda: lambda x: x.flatten(), 32),
+    "torch.flatten(x, 2)": (lambda: lambda x: torch.flatten(x, 2), 8),
+    "x.flatten(2)": (lambda: lambda x: x.flatten(2), 8),
+    "torch.flatten(x, 1, 2)": (lambda: lambda x: torch.flatten(x, 1, 2), 4),
+    "torch.flatten(x, 1, end_dim=2)": (lambda: lambda x: torch.flatten(x, 1, end_dim=2), 4),
+    "torch.flatten(x, start_dim=1, end_dim=2)": (lambda: lambda x: torch.flatten(x, start_dim=1, end_dim=2), 4),
+    "x.flatten(1, 2)": (lambda: lambda x: x.flatten(1, 2), 4),
+    "x.flatten(start_dim=1, end_dim=2)": (lambda: lambda x: x.flatten(start_dim=1, end_dim=2), 4),
+    "nn.Flatten(1, 2)": (lambda: nn.Flatten(1, 2), 4),
+}
+
+
+@pytest.mark.parametrize("how", FLATTENS_FROM_1)
+def test_a_bn_before_a_flatten_from_dim_1_folds_into_the_linear_after_it(how):
+    """bn → flatten(x, 1) → Linear folds into the Linear, however the Flatten is written (module, function, method,
+    positional or keyword dims): |m(X) − fold(m)(X)| ≤ error_bound(m, X).
+
+    Flattening dims 1.. of (N, C, H, W) puts channel c at features c·HW .. (c + 1)·HW − 1 of each row, so the
+    BatchNorm is a per-feature affine map of the Linear's input, each channel's spread over HW = 8 features.
+    """
+    gen = torch.Generator().manual_seed(10)
+    model = with_statistics(BnFlattenLinear(FLATTENS_FROM_1[how](), 16, gen))
+    folded, report = fold(model)
+    assert [(p.bn_index, p.linear_index, p.direction) for p in report.folded] == [("bn", "linear", "before")]
+    assert report.kept == () and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    X = torch.randn(2, 2, 2, 4, generator=gen)
+    with torch.no_grad():
+        assert ((model(X) - folded(X)).abs() <= error_bound(model, X)).all()
+
+
+@pytest.mark.parametrize("how", OTHER_FLATTENS)
+def test_a_bn_before_any_other_flatten_is_kept(how):
+    """bn → flatten → Linear keeps the bn when the flatten does not take exactly dims 1 to the last (it starts at
+    0 or 2, or ends before the last dim); fold(m) then computes m exactly: fold(m)(X) = m(X).
+
+    There a channel's values do not fill one block of each row's features (the batch mixes in, or the Linear
+    reads a dim other than the flattened channels), so no per-feature scaling of the Linear's input is the
+    BatchNorm. Every fan_in here is a multiple of the 2 channels: a fold would not fail, it would be wrong.
+    """
+    gen = torch.Generator().manual_seed(11)
+    flatten, fan_in = OTHER_FLATTENS[how]
+    model = with_statistics(BnFlattenLinear(flatten(), fan_in, gen))
+    folded, report = fold(model)
+    assert report.folded == () and [k.index for k in report.kept] == ["bn"]
+    assert "is kept: its producer is the model's input 'x', not a Linear or convolution; it feeds" in \
+        report.kept[0].reason
+    X = torch.randn(2, 2, 2, 4, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(folded(X), model(X))
+
+
+class Calibrated(nn.Module):
+    """conv → bn (folds), scaled per channel by a Parameter and shifted by a buffer of a submodule, both read by
+    forward directly (torch.fx get_attr nodes), the scale twice."""
+
+    def __init__(self, gen: torch.Generator):
+        super().__init__()
+        self.conv, self.bn = conv(2, 3), nn.BatchNorm2d(3)
+        self.scale = nn.Parameter(torch.randn(3, 1, 1, generator=gen))
+        self.inner = nn.Module()
+        self.inner.register_buffer("shift", torch.randn(3, 1, 1, generator=gen))
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) * self.scale + self.inner.shift * self.scale
+
+
+def test_a_model_reading_its_tensors_directly_folds_and_the_folded_model_holds_copies():
+    """A model whose forward reads a Parameter or a (nested) buffer itself folds within the bound, and fold(m) holds
+    its own copy of each: torch.equal to m's, sharing no storage, a Parameter still a Parameter.
+
+    torch.fx records those reads as get_attr nodes; fold deep-copies each tensor they name (once, however often
+    forward reads it) into the folded GraphModule, and error_bound reads them from the model as forward does.
+    """
+    gen = torch.Generator().manual_seed(12)
+    model = with_statistics(Calibrated(gen))
+    folded, report = fold(model)
+    assert [(p.bn_index, p.linear_index) for p in report.folded] == [("bn", "conv")]
+    for name in ("scale", "inner.shift"):
+        ours, theirs = folded.get_submodule(name.rpartition(".")[0]), model.get_submodule(name.rpartition(".")[0])
+        copy, source = getattr(ours, name.rpartition(".")[2]), getattr(theirs, name.rpartition(".")[2])
+        assert torch.equal(copy, source) and type(copy) is type(source)
+        assert copy.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()
+    X = torch.randn(2, 2, 4, 4, generator=gen)
+    with torch.no_grad():
+        assert ((model(X) - folded(X)).abs() <= error_bound(model, X)).all()
+
+
+def test_the_folded_graph_module_is_named_after_the_model():
+    """type(fold(m)).__name__ is type(m).__name__: the folded model prints, and shows in tracebacks, as the model it
+    computes."""
+    folded, _ = fold(with_statistics(Calibrated(torch.Generator().manual_seed(13))))
+    assert isinstance(folded, fx.GraphModule) and type(folded).__name__ == "Calibrated"
+
+
+class AfterAdd(nn.Module):
+    """bn1 → bn2 (a run) between an add and a mul: neither end has an affine layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.bn2(self.bn1(x + 1)) * 2
+
+
+def test_a_kept_run_of_batchnorms_says_so():
+    """Each BN of a run of two kept together names the run ("in a run of 2 BatchNorms") and the run's two ends.
+
+    A run folds as a whole or not at all: its first BN's producer and its last BN's consumer decide for all, so
+    a BN's reason names ends that are not its own neighbours, and says why.
+    """
+    _, report = fold(with_statistics(AfterAdd()))
+    assert report.folded == ()
+    assert [(k.index, k.reason) for k in report.kept] == [
+        (name, f"BatchNorm1d '{name}' (in a run of 2 BatchNorms) is kept: its producer is add, not a Linear or "
+               f"convolution; it feeds mul") for name in ("bn1", "bn2")]
+
+
+def test_a_bn_with_no_linear_beside_it_names_its_neighbours_by_type_alone():
+    """In a chain, a BN between two layers that are not affine is kept "between A and B", A and B their types
+    alone; only an affine neighbour that cannot take a fold says why (a hooked Linear).
+
+    Neither a hooked Tanh nor a Softplus (which fold has no kind for) could take a fold whatever they were: what
+    keeps the BN is that they are not Linears. A hooked Linear would take one but for its hook.
+    """
+    gen = torch.Generator().manual_seed(15)
+    hooked_tanh, hooked_linear = nn.Tanh(), linear(3, 3, gen)
+    hooked_tanh.register_forward_hook(silent_hook)
+    hooked_linear.register_forward_hook(silent_hook)
+    _, report = fold(with_statistics(nn.Sequential(hooked_tanh, nn.BatchNorm1d(3), nn.Softplus())))
+    assert [k.reason for k in report.kept] == [
+        "BatchNorm1d at index 1 sits between Tanh and Softplus: no adjacent Linear"]
+    _, report = fold(with_statistics(nn.Sequential(hooked_linear, nn.BatchNorm1d(3), nn.Tanh())))
+    assert [k.reason for k in report.kept] == [
+        "BatchNorm1d at index 1 sits between Linear (which has a hook registered, so calling it may differ from its "
+        "plain map) and Tanh: no adjacent Linear"]
