@@ -100,7 +100,7 @@ class FoldGraph:
         for i in range(len(layers)):
             x = graph.call_module(str(i), (x,))
         graph.output(x)
-        return cls(graph, layers if isinstance(layers, nn.Sequential) else nn.Sequential(*layers), chain=True)
+        return cls(graph, nn.Sequential(*layers), chain=True)  # its layers by index, whatever the model named them
 
     @classmethod
     def trace(cls, model: nn.Module) -> "FoldGraph":

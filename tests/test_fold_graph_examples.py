@@ -1,6 +1,8 @@
 """Folding traced models by example: refusals, what is kept and why, the report of a graph model, hooks, shared and
 nested modules, inference mode, and why a BatchNorm before a zero-padded conv is kept."""
 
+from collections import OrderedDict
+
 import pytest
 import torch
 from torch import fx, nn
@@ -370,6 +372,26 @@ def test_a_kept_run_of_batchnorms_says_so():
     assert [(k.index, k.reason) for k in report.kept] == [
         (name, f"BatchNorm1d '{name}' (in a run of 2 BatchNorms) is kept: its producer is add, not a Linear or "
                f"convolution; it feeds mul") for name in ("bn1", "bn2")]
+
+
+def test_a_sequential_with_named_layers_folds_like_its_layers_in_order():
+    """fold(Sequential(OrderedDict(name → layer))) = fold(Sequential(*layers)): the same report, layers named by
+    index, and an nn.Sequential computing the same values, torch.equal.
+
+    A Sequential without BatchNorms below its children is read as a chain of its children in order, whatever
+    they are called.
+    """
+    gen = torch.Generator().manual_seed(14)
+    layers = OrderedDict(embed=linear(4, 3, gen), norm=nn.BatchNorm1d(3), act=nn.Tanh(), pre=nn.BatchNorm1d(3),
+                         head=linear(3, 2, gen))
+    named = with_statistics(nn.Sequential(layers))
+    folded, report = fold(named)
+    plain, plain_report = fold(nn.Sequential(*layers.values()).eval())
+    assert report == plain_report and [(p.bn_index, p.linear_index) for p in report.folded] == [(1, 0), (3, 4)]
+    assert isinstance(folded, nn.Sequential) and [type(m) for m in folded] == [nn.Linear, nn.Tanh, nn.Linear]
+    X = torch.randn(5, 4, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(folded(X), plain(X))
 
 
 def test_a_bn_with_no_linear_beside_it_names_its_neighbours_by_type_alone():
