@@ -78,7 +78,8 @@ def test_fold_of_a_graph_is_pure(case):
     after, flags_after = snapshot(model)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert flags == flags_after and folded.training == model.training
-    assert all(m.training == model.get_submodule(name).training for name, m in folded.named_modules())
+    modes = [(name, m.training) for name, m in folded.named_modules()]
+    assert modes == [(name, model.get_submodule(name).training) for name, _ in modes]
     ours = {t.data_ptr() for t in model.state_dict().values()}
     assert ours.isdisjoint(t.data_ptr() for t in folded.state_dict().values())
 

@@ -232,7 +232,7 @@ def linear(fan_in: int, fan_out: int, gen: torch.Generator) -> nn.Linear:
 
 
 class BnFlattenLinear(nn.Module):
-    """bn → flatten (a module, or a function of x) → Linear on (2, 2, 2, 4) inputs."""
+    """bn → op (a module, or a function of x: a flatten) → Linear on (2, 2, 2, 4) inputs."""
 
     def __init__(self, flatten, fan_in: int, gen: torch.Generator):
         super().__init__()
@@ -254,17 +254,20 @@ FLATTENS_FROM_1 = {  # every way to write "all dims from 1 on" that torch.fx rec
     "x.flatten(start_dim=1)": lambda: lambda x: x.flatten(start_dim=1),
 }
 
-OTHER_FLATTENS = {  # (flatten, the fan_in it leaves for the Linear): each keeps the batch apart from the features
-    "torch.flatten(x)": (lambda: lambda x: torch.flatten(x), 32),  # no start_dim: dim 0 too, rows mix
-    "x.flatten()": (lambda: lambda x: x.flatten(), 32),
-    "torch.flatten(x, 2)": (lambda: lambda x: torch.flatten(x, 2), 8),
-    "x.flatten(2)": (lambda: lambda x: x.flatten(2), 8),
-    "torch.flatten(x, 1, 2)": (lambda: lambda x: torch.flatten(x, 1, 2), 4),
-    "torch.flatten(x, 1, end_dim=2)": (lambda: lambda x: torch.flatten(x, 1, end_dim=2), 4),
-    "torch.flatten(x, start_dim=1, end_dim=2)": (lambda: lambda x: torch.flatten(x, start_dim=1, end_dim=2), 4),
-    "x.flatten(1, 2)": (lambda: lambda x: x.flatten(1, 2), 4),
-    "x.flatten(start_dim=1, end_dim=2)": (lambda: lambda x: x.flatten(start_dim=1, end_dim=2), 4),
-    "nn.Flatten(1, 2)": (lambda: nn.Flatten(1, 2), 4),
+NOT_FLATTENS_FROM_1_INTO_A_LINEAR = {  # (what the bn feeds, the Linear's fan_in, how the reason names that op)
+    "torch.flatten(x)": (lambda: lambda x: torch.flatten(x), 32, "flatten"),  # no start_dim: dim 0 too, rows mix
+    "x.flatten()": (lambda: lambda x: x.flatten(), 32, ".flatten()"),
+    "torch.flatten(x, 2)": (lambda: lambda x: torch.flatten(x, 2), 8, "flatten"),
+    "x.flatten(2)": (lambda: lambda x: x.flatten(2), 8, ".flatten()"),
+    "torch.flatten(x, 1, 2)": (lambda: lambda x: torch.flatten(x, 1, 2), 4, "flatten"),
+    "torch.flatten(x, 1, end_dim=2)": (lambda: lambda x: torch.flatten(x, 1, end_dim=2), 4, "flatten"),
+    "torch.flatten(x, start_dim=1, end_dim=2)": (lambda: lambda x: torch.flatten(x, start_dim=1, end_dim=2), 4,
+                                                 "flatten"),
+    "x.flatten(1, 2)": (lambda: lambda x: x.flatten(1, 2), 4, ".flatten()"),
+    "x.flatten(start_dim=1, end_dim=2)": (lambda: lambda x: x.flatten(start_dim=1, end_dim=2), 4, ".flatten()"),
+    "nn.Flatten(1, 2)": (lambda: nn.Flatten(1, 2), 4, "Flatten 'flatten'"),
+    "torch.relu(x)": (lambda: lambda x: torch.relu(x), 4, "relu"),  # the Linear reads the last dim, W = 4
+    "torch.flatten(x, 1).relu()": (lambda: lambda x: torch.flatten(x, 1).relu(), 16, "flatten"),
 }
 
 
@@ -286,22 +289,23 @@ def test_a_bn_before_a_flatten_from_dim_1_folds_into_the_linear_after_it(how):
         assert ((model(X) - folded(X)).abs() <= error_bound(model, X)).all()
 
 
-@pytest.mark.parametrize("how", OTHER_FLATTENS)
-def test_a_bn_before_any_other_flatten_is_kept(how):
-    """bn → flatten → Linear keeps the bn when the flatten does not take exactly dims 1 to the last (it starts at
-    0 or 2, or ends before the last dim); fold(m) then computes m exactly: fold(m)(X) = m(X).
+@pytest.mark.parametrize("how", NOT_FLATTENS_FROM_1_INTO_A_LINEAR)
+def test_a_bn_before_anything_but_a_flatten_from_dim_1_into_a_linear_is_kept(how):
+    """bn → op → Linear keeps the bn unless op flattens exactly dims 1 to the last and feeds the Linear itself (here
+    op starts at 0 or 2, ends before the last dim, is a relu, or is followed by one); fold(m)(X) = m(X) exactly.
 
-    There a channel's values do not fill one block of each row's features (the batch mixes in, or the Linear
-    reads a dim other than the flattened channels), so no per-feature scaling of the Linear's input is the
-    BatchNorm. Every fan_in here is a multiple of the 2 channels: a fold would not fail, it would be wrong.
+    Otherwise a channel's values do not fill one block of each row's features as the Linear reads them (the batch
+    mixes in, the Linear reads a dim other than the flattened channels, or a nonlinear op lies between), so no
+    per-feature scaling of the Linear's input is the BatchNorm. Every fan_in here is a multiple of the 2 channels:
+    a fold would not fail, it would be wrong. The reason names the op the bn feeds.
     """
     gen = torch.Generator().manual_seed(11)
-    flatten, fan_in = OTHER_FLATTENS[how]
-    model = with_statistics(BnFlattenLinear(flatten(), fan_in, gen))
+    op, fan_in, described = NOT_FLATTENS_FROM_1_INTO_A_LINEAR[how]
+    model = with_statistics(BnFlattenLinear(op(), fan_in, gen))
     folded, report = fold(model)
-    assert report.folded == () and [k.index for k in report.kept] == ["bn"]
-    assert "is kept: its producer is the model's input 'x', not a Linear or convolution; it feeds" in \
-        report.kept[0].reason
+    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+        ("bn", f"BatchNorm2d 'bn' is kept: its producer is the model's input 'x', not a Linear or convolution; it "
+               f"feeds {described}")]
     X = torch.randn(2, 2, 2, 4, generator=gen)
     with torch.no_grad():
         assert torch.equal(folded(X), model(X))
@@ -412,3 +416,61 @@ def test_a_bn_with_no_linear_beside_it_names_its_neighbours_by_type_alone():
     assert [k.reason for k in report.kept] == [
         "BatchNorm1d at index 1 sits between Linear (which has a hook registered, so calling it may differ from its "
         "plain map) and Tanh: no adjacent Linear"]
+
+
+class TwoUsers(nn.Module):
+    """bn read twice, by a relu and by a conv: bn → relu + conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn, self.conv = nn.BatchNorm2d(2), conv(2, 2)
+
+    def forward(self, x):
+        b = self.bn(x)
+        return torch.relu(b) + self.conv(b)
+
+
+class Upsample(nn.Module):
+    """bn → a transposed conv called with its output size (as U-Net decoders call it)."""
+
+    def __init__(self, gen: torch.Generator):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(2)
+        self.up = nn.ConvTranspose2d(2, 2, 2, stride=2, device="meta").to_empty(device="cpu")
+        with torch.no_grad():
+            self.up.weight.copy_(torch.randn(self.up.weight.shape, generator=gen))
+            self.up.bias.copy_(torch.randn(2, generator=gen))
+
+    def forward(self, x):
+        return self.up(self.bn(x), [5, 9])
+
+
+def test_a_kept_bn_names_what_stands_in_its_way_after_it():
+    """The reason of a BN kept for what follows it names that: each of its users when it has several, the border
+    of a transposed conv it precedes (even one called with an output size as well as the BN's values).
+
+    A BN folds before a layer only into the one layer that alone reads it; a transposed conv never takes one,
+    whatever else it is given: its border outputs sum fewer terms, so no bias holds the BN's shift.
+    """
+    gen = torch.Generator().manual_seed(16)
+    inputs = "BatchNorm2d 'bn' is kept: its producer is the model's input 'x', not a Linear or convolution; "
+    _, report = fold(with_statistics(TwoUsers()))
+    assert [(k.index, k.reason) for k in report.kept] == [("bn", inputs + "it has 2 users (relu, Conv2d 'conv')")]
+    model = with_statistics(Upsample(gen))
+    folded, report = fold(model)
+    assert [(k.index, k.reason) for k in report.kept] == [
+        ("bn", inputs + "it is before ConvTranspose2d 'up': a transposed convolution sums fewer terms at its border, "
+                        "so no bias can hold t·W")]
+    X = torch.randn(2, 2, 2, 4, generator=gen)
+    with torch.no_grad():
+        assert folded(X).shape == (2, 2, 5, 9) and torch.equal(folded(X), model(X))
+
+
+def test_a_flatten_into_a_linear_of_the_wrong_width_is_refused():
+    """bn (C channels) → Flatten → Linear with fan_in no multiple of C raises FoldError naming both layers and both
+    numbers: C·H·W features never make such a fan_in, so the model cannot run as written."""
+    model = with_statistics(BnFlattenLinear(nn.Flatten(), 15, torch.Generator().manual_seed(17)))
+    with pytest.raises(FoldError) as info:
+        fold(model)
+    assert str(info.value) == ("BatchNorm2d 'bn' has 2 features but Linear 'linear', after a Flatten, has fan_in 15, "
+                               "no multiple of it: check the architecture")
