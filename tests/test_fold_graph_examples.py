@@ -474,3 +474,78 @@ def test_a_flatten_into_a_linear_of_the_wrong_width_is_refused():
         fold(model)
     assert str(info.value) == ("BatchNorm2d 'bn' has 2 features but Linear 'linear', after a Flatten, has fan_in 15, "
                                "no multiple of it: check the architecture")
+
+
+class Branchy(nn.Module):
+    """No submodules; control flow on values, which torch.fx cannot trace."""
+
+    def forward(self, x):
+        return x.relu() if x.sum() > 0 else x
+
+
+class Abstract(nn.Module):
+    """A base class leaving forward to its subclasses."""
+
+    def forward(self, x):
+        raise NotImplementedError
+
+
+def test_an_untraceable_model_is_refused_with_torch_fxs_reason():
+    """FoldError names the model, torch.fx's error type and the first line of its message ("no message" for an empty
+    one), and the way out, even for a model with no submodules to fold instead."""
+    with pytest.raises(FoldError) as info:
+        fold(Branchy())
+    assert str(info.value) == (
+        "Branchy cannot be traced by torch.fx (TraceError: symbolically traced variables cannot be used as inputs to "
+        "control flow): fold its traceable submodules instead (its submodules) and put them back into the model")
+    with pytest.raises(FoldError) as info:
+        fold(Abstract())
+    assert str(info.value) == ("Abstract cannot be traced by torch.fx (NotImplementedError: no message): fold its "
+                               "traceable submodules instead (its submodules) and put them back into the model")
+
+
+class UnknownNorm(nn.modules.batchnorm._BatchNorm):
+    """A BatchNorm type written outside torch.nn (as libraries write their own), of no kind fold knows."""
+
+    def _check_input_dim(self, input):
+        pass
+
+
+class ConvUnknownNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv(2, 2), UnknownNorm(2)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def test_a_batchnorm_of_a_type_fold_has_no_kind_for_stays_one_layer_and_is_kept():
+    """A BatchNorm of an unknown type after a conv is kept, the reason naming its type; fold(m) holds it unchanged as
+    one module and computes m exactly.
+
+    torch.fx would trace into a module defined outside torch.nn; fold keeps every BatchNorm one call, so it sees
+    the layer (not its F.batch_norm inside, reported as never called) and says why it cannot fold it.
+    """
+    model = with_statistics(ConvUnknownNorm())
+    folded, report = fold(model)
+    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+        ("bn", "UnknownNorm 'bn' is a UnknownNorm, a BatchNorm type fold has no kind for: kept as it is")]
+    assert type(folded.get_submodule("bn")) is UnknownNorm
+    X = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(18))
+    with torch.no_grad():
+        assert torch.equal(folded(X), model(X))
+
+
+def test_a_batchnorm2d_before_a_linear_is_kept_for_the_dims_they_act_on():
+    """In a chain Tanh → BatchNorm2d → Linear the BN is kept, its reason saying the Linear keeps its features in
+    another dim (not that no Linear is adjacent): a Linear maps the last dim, a BatchNorm2d normalises dim 1."""
+    gen = torch.Generator().manual_seed(19)
+    model = with_statistics(nn.Sequential(nn.Tanh(), nn.BatchNorm2d(2), linear(4, 3, gen)))
+    folded, report = fold(model)
+    assert report.folded == () and [k.reason for k in report.kept] == [
+        "BatchNorm2d at index 1 is kept: its producer is Tanh, not a Linear or convolution; its consumer Linear at "
+        "index 2 keeps its features in another dim than the BatchNorm2d normalises"]
+    X = torch.randn(2, 2, 3, 4, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(folded(X), model(X))
