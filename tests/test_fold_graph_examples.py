@@ -549,3 +549,80 @@ def test_a_batchnorm2d_before_a_linear_is_kept_for_the_dims_they_act_on():
     X = torch.randn(2, 2, 3, 4, generator=gen)
     with torch.no_grad():
         assert torch.equal(folded(X), model(X))
+
+
+class SharedNorm(nn.Module):
+    """first: kept for its neighbours (after an add, read twice); shared: one BatchNorm called at two places."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.shared = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        a = self.first(x + 1)
+        return self.shared(a + 1) + self.shared(a * 2)
+
+
+def test_a_batchnorm_called_twice_is_kept_once_and_kept_ones_come_in_forward_order():
+    """A BatchNorm forward calls at two places is kept, reported once; report.kept lists BNs in the order forward
+    first calls them, whatever kept them.
+
+    Folding a shared BN into one neighbour would change its other call; the report reads like the model.
+    """
+    _, report = fold(with_statistics(SharedNorm()))
+    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+        ("first", "BatchNorm1d 'first' is kept: its producer is add, not a Linear or convolution; it has 2 users "
+                  "(add, mul)"),
+        ("shared", "BatchNorm1d 'shared' is called at 2 places in forward (one module, shared): kept as it is")]
+
+
+class ConvThreeUsers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + torch.relu(y) * torch.sigmoid(y)
+
+
+def test_a_kept_bn_names_what_stands_in_its_way_before_it():
+    """The reason of a BN kept for what precedes it names that: every other user of its producer; in a chain, a
+    Linear before a BatchNorm2d keeping its features in another dim (not that no Linear is adjacent).
+
+    A BN folds after a layer only into the one layer that alone feeds it, and whose output channels are the dim
+    the BN normalises: a Linear maps the last dim, a BatchNorm2d normalises dim 1.
+    """
+    _, report = fold(with_statistics(ConvThreeUsers()))
+    assert [k.reason for k in report.kept] == [
+        "BatchNorm2d 'bn' is kept: its producer Conv2d 'conv' has other users (relu, sigmoid); it feeds add"]
+    gen = torch.Generator().manual_seed(20)
+    model = with_statistics(nn.Sequential(linear(4, 4, gen), nn.BatchNorm2d(2), nn.Tanh()))
+    _, report = fold(model)
+    assert [k.reason for k in report.kept] == [
+        "BatchNorm2d at index 1 is kept: its producer Linear at index 0 keeps its features in another dim than the "
+        "BatchNorm2d normalises; it feeds Tanh"]
+
+
+class NormedConv(nn.Conv2d):
+    """A Conv2d subclass holding a BatchNorm it applies in its forward: torch.fx keeps it as one call."""
+
+    def __init__(self):
+        super().__init__(2, 2, 1, device="meta")
+        self.to_empty(device="cpu")
+        with torch.no_grad():
+            self.weight.copy_(torch.randn(self.weight.shape, generator=g))
+            self.bias.copy_(torch.randn(2, generator=g))
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return self.bn(super().forward(x))
+
+
+def test_a_batchnorm_inside_a_layer_fold_calls_as_one_is_kept_saying_why():
+    """A BN inside a layer torch.fx keeps as one call (a Conv2d subclass) is kept, the reason naming that layer and
+    saying torch.fx keeps it as one call (not a hook, as for a hooked block)."""
+    _, report = fold(with_statistics(nn.Sequential(nn.Tanh(), NormedConv())))  # traced: a BN below a child
+    assert [(k.index, k.reason) for k in report.kept] == [
+        ("1.bn", "BatchNorm2d '1.bn' is inside NormedConv '1', which fold calls as one layer (torch.fx keeps it as "
+                 "one call): kept as it is")]
