@@ -626,3 +626,58 @@ def test_a_batchnorm_inside_a_layer_fold_calls_as_one_is_kept_saying_why():
     assert [(k.index, k.reason) for k in report.kept] == [
         ("1.bn", "BatchNorm2d '1.bn' is inside NormedConv '1', which fold calls as one layer (torch.fx keeps it as "
                  "one call): kept as it is")]
+
+
+class ByKeyword(nn.Module):
+    """conv → bn called as bn(input=...); bn2 → linear called as linear(input=...)."""
+
+    def __init__(self, gen: torch.Generator):
+        super().__init__()
+        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
+        self.bn2, self.linear = nn.BatchNorm1d(3), linear(3, 2, gen)
+
+    def forward(self, x, v):
+        return self.bn(input=self.conv(x)), self.linear(input=self.bn2(v))
+
+
+def test_a_batchnorm_or_layer_called_by_keyword_keeps_the_bn_saying_so():
+    """bn(input=y) and layer(input=bn(y)) keep the BN, the reason saying the input is not passed as the one positional
+    argument; fold(m) computes m exactly.
+
+    fold reads a BatchNorm's input, and the input a layer folds a BN into, at the first positional argument.
+    """
+    gen = torch.Generator().manual_seed(22)
+    model = with_statistics(ByKeyword(gen))
+    folded, report = fold(model)
+    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+        ("bn", "BatchNorm2d 'bn' is not called with its input as its one positional argument, where fold reads it: "
+               "kept as it is"),
+        ("bn2", "BatchNorm1d 'bn2' is kept: its producer is the model's input 'v', not a Linear or convolution; "
+                "Linear 'linear' does not take it as its first positional argument alone")]
+    X, V = torch.randn(2, 2, 3, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(folded(X, V), model(X, V), strict=True))
+
+
+class Scaled(nn.Module):
+    """conv → bn (folds), times a forward argument with a default."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
+
+    def forward(self, x, scale=-3.0):
+        return self.bn(self.conv(x)) * scale
+
+
+def test_error_bound_runs_forward_with_its_default_arguments():
+    """error_bound(m, X) bounds |m(X) − fold(m)(X)| for a forward with an argument left at its default: the bound
+    runs the model as m(X) does, the default included."""
+    model = with_statistics(Scaled())
+    folded, report = fold(model)
+    assert [(p.bn_index, p.linear_index) for p in report.folded] == [("bn", "conv")]
+    X = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(23))
+    with torch.no_grad():
+        err = (model(X) - folded(X)).abs()
+    bound = error_bound(model, X)
+    assert (err <= bound).all()
