@@ -5,6 +5,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from core.bound import error_bound, pair_bound
@@ -681,3 +682,41 @@ def test_error_bound_runs_forward_with_its_default_arguments():
         err = (model(X) - folded(X)).abs()
     bound = error_bound(model, X)
     assert (err <= bound).all()
+
+
+IN_PLACE = {  # each form of an in-place op torch.fx records
+    "x.add_(1)": lambda: lambda x: x.add_(1),
+    "torch.relu_(x)": lambda: lambda x: torch.relu_(x),
+    "F.relu(x, inplace=True)": lambda: lambda x: F.relu(x, inplace=True),
+    "F.hardtanh(x, -2, 2, True)": lambda: lambda x: F.hardtanh(x, -2.0, 2.0, True),
+    "nn.ReLU(inplace=True)": lambda: nn.ReLU(inplace=True),
+}
+
+
+class InPlaceFirst(nn.Module):
+    """op (in place) on the input, then conv → bn (folds)."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op, self.conv, self.bn = op, conv(2, 2), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return self.bn(self.conv(self.op(x)))
+
+
+@pytest.mark.parametrize("how", IN_PLACE)
+def test_error_bound_leaves_its_input_as_it_was_when_forward_writes_in_place(how):
+    """error_bound(m, X) leaves X unchanged, torch.equal, even where forward writes into its input in place (as m(X)
+    itself does), and still bounds |m(X) − fold(m)(X)|, each model run on its own copy of X.
+
+    error_bound evaluates the model's graph on X once per fold; each in-place op gets a copy of its input there,
+    so neither X nor a value another stage reuses is written.
+    """
+    model = with_statistics(InPlaceFirst(IN_PLACE[how]()))
+    folded, _ = fold(model)
+    X = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(24))
+    before = X.clone()
+    bound = error_bound(model, X)
+    assert torch.equal(X, before)
+    with torch.no_grad():
+        assert ((model(X.clone()) - folded(X.clone())).abs() <= bound).all()
