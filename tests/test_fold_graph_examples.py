@@ -11,6 +11,7 @@ from torch import fx, nn
 from core.bound import error_bound, pair_bound
 from core.errors import FoldError
 from core.fold import fold
+from core.model import CharMLP
 from core.pairfold import BEFORE, fold_pair
 from properties.strategies import NetCase, silent_hook
 
@@ -627,6 +628,46 @@ def test_a_batchnorm_inside_a_layer_fold_calls_as_one_is_kept_saying_why():
     assert [(k.index, k.reason) for k in report.kept] == [
         ("1.bn", "BatchNorm2d '1.bn' is inside NormedConv '1', which fold calls as one layer (torch.fx keeps it as "
                  "one call): kept as it is")]
+
+
+def test_a_batchnorm_forward_never_calls_is_reported_and_not_in_the_folded_model():
+    """A BN the model holds but forward never calls is reported kept, named with its type, and fold(m), traced from
+    forward, does not hold it."""
+    model = with_statistics(Residual())
+    model.spare = nn.BatchNorm1d(3)
+    folded, report = fold(model)
+    assert [(k.index, k.reason) for k in report.kept] == [
+        ("spare", "BatchNorm1d 'spare' is never called by forward: kept as it is (the folded model, traced from "
+                  "forward, does not hold it)")]
+    assert not hasattr(folded, "spare")
+
+
+def test_a_lone_layer_folds_as_a_chain_of_one():
+    """fold(layer) for a single layer is nn.Sequential(copy of layer), nothing folded; a lone BatchNorm of any type is
+    kept, no Linear beside it, and one of a type fold has no kind for is named for that."""
+    gen = torch.Generator().manual_seed(25)
+    layer = linear(3, 2, gen)
+    folded, report = fold(layer)
+    assert isinstance(folded, nn.Sequential) and len(folded) == 1 and report.folded == report.kept == ()
+    assert torch.equal(folded[0].weight, layer.weight) and folded[0].weight.data_ptr() != layer.weight.data_ptr()
+    _, report = fold(with_statistics(nn.BatchNorm1d(3)))
+    assert [k.reason for k in report.kept] == [
+        "BatchNorm1d at index 0 sits between the input and the output: no adjacent Linear"]
+    _, report = fold(with_statistics(UnknownNorm(3)))
+    assert [k.reason for k in report.kept] == [
+        "UnknownNorm at index 0 is a UnknownNorm, a BatchNorm type fold has no kind for: kept as it is"]
+
+
+def test_a_charmlp_with_a_batchnorm_nested_in_a_layer_is_refused():
+    """fold(CharMLP) refuses a layer holding BatchNorms inside it, naming the layer and its index: the CharMLP's
+    layers are read as a chain, which would not see them."""
+    gen = torch.Generator().manual_seed(26)
+    model = CharMLP(torch.randn(27, 2, generator=gen), [linear(8, 3, gen), nn.Sequential(nn.BatchNorm1d(3)),
+                                                        linear(3, 27, gen)]).eval()
+    with pytest.raises(FoldError) as info:
+        fold(model)
+    assert str(info.value) == ("Sequential at index 1 holds BatchNorms inside it: flatten the model into one "
+                               "Sequential before folding")
 
 
 class ByKeyword(nn.Module):
