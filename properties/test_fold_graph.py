@@ -3,9 +3,10 @@ residual adds, concatenations, shared and multi-user tensors, depthwise and tran
 pooling, hooked and subclassed BNs) in 1, 2 or 3 spatial dims, with a Flatten or Linear head."""
 
 import torch
-from hypothesis import example, given
+from hypothesis import example, given, note
 
 from core.fold import fold
+from core.graph import model_graph
 from core.kinds import is_batchnorm
 from properties.checks import assert_fold_within_bound
 from properties.strategies import F64, MODELLED_BLOCKS, NetCase, net_cases
@@ -100,3 +101,36 @@ def test_fold_of_a_graph_is_idempotent(case):
     assert a[1] == b[1]
     with torch.no_grad():
         assert torch.equal(once(X), twice(X))
+
+
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, tuple | list):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@given(net_cases())
+@example(NetCase(2, 2, 3, ("conv_bn", "bn_run", "residual", "concat"), "flatten_linear", 2))
+@torch.no_grad()
+def test_a_stage_evaluated_from_the_last_one_has_the_values_of_a_fresh_evaluation(case):
+    """For each stage k of the plan (folds 1..k applied), evaluating from stage k − 1's values only the nodes of fold
+    k and those downstream gives every node the value a fresh evaluation of stage k gives, torch.equal.
+
+    error_bound evaluates its stages that way: a node upstream of fold k reads the same inputs and modules in both
+    stages, so its value carries over; every other node is computed again.
+    """
+    model, X, _ = case.build()
+    graph = model_graph(model)
+    steps, _ = graph.plan()
+    modules, bypassed = dict(graph.modules), set()
+    env = graph.evaluate(modules, bypassed, (X,))
+    for k, step in enumerate(steps):
+        modules[step.layer.target] = graph.fold_step(modules, step)
+        bypassed.add(step.bn)
+        env = graph.evaluate(modules, bypassed, (X,), env, changed=(step.layer, step.bn))
+        fresh = graph.evaluate(modules, bypassed, (X,))
+        stale = [node.name for node in fresh if not same(env[node], fresh[node])]
+        note(f"stage {k + 1} of {len(steps)}: nodes whose values differ {stale}")
+        assert env.keys() == fresh.keys() and stale == []
