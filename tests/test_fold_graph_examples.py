@@ -684,7 +684,7 @@ class ByKeyword(nn.Module):
 
 def test_a_batchnorm_or_layer_called_by_keyword_keeps_the_bn_saying_so():
     """bn(input=y) and layer(input=bn(y)) keep the BN, the reason saying the input is not passed as the one positional
-    argument; fold(m) computes m exactly.
+    argument; fold(m) computes m exactly, and error_bound(m, (X, V)), running m with those keyword calls, is 0.
 
     fold reads a BatchNorm's input, and the input a layer folds a BN into, at the first positional argument.
     """
@@ -699,6 +699,7 @@ def test_a_batchnorm_or_layer_called_by_keyword_keeps_the_bn_saying_so():
     X, V = torch.randn(2, 2, 3, 3, generator=gen), torch.randn(4, 3, generator=gen)
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(folded(X, V), model(X, V), strict=True))
+    assert all(not bound.any() for bound in error_bound(model, (X, V)))
 
 
 class Scaled(nn.Module):
