@@ -116,16 +116,19 @@ def same(a, b) -> bool:
 @torch.no_grad()
 def test_a_stage_evaluated_from_the_last_one_has_the_values_of_a_fresh_evaluation(case):
     """For each stage k of the plan (folds 1..k applied), evaluating from stage k − 1's values only the nodes of fold
-    k and those downstream gives every node the value a fresh evaluation of stage k gives, torch.equal.
+    k and those downstream gives every node the value a fresh evaluation of stage k gives, torch.equal; the first
+    stage outputs m(X) and the last fold(m)(X), torch.equal.
 
     error_bound evaluates its stages that way: a node upstream of fold k reads the same inputs and modules in both
-    stages, so its value carries over; every other node is computed again.
+    stages, so its value carries over; every other node is computed again. A stage runs m's graph with the folded
+    layers and the folded BatchNorms passing their input on, as fold(m) does.
     """
     model, X, _ = case.build()
     graph = model_graph(model)
     steps, _ = graph.plan()
     modules, bypassed = dict(graph.modules), set()
     env = graph.evaluate(modules, bypassed, (X,))
+    assert same(env[graph.nodes[-1]], model(X))
     for k, step in enumerate(steps):
         modules[step.layer.target] = graph.fold_step(modules, step)
         bypassed.add(step.bn)
@@ -134,3 +137,4 @@ def test_a_stage_evaluated_from_the_last_one_has_the_values_of_a_fresh_evaluatio
         stale = [node.name for node in fresh if not same(env[node], fresh[node])]
         note(f"stage {k + 1} of {len(steps)}: nodes whose values differ {stale}")
         assert env.keys() == fresh.keys() and stale == []
+    assert same(env[graph.nodes[-1]], fold(model)[0](X))
