@@ -762,3 +762,30 @@ def test_error_bound_leaves_its_input_as_it_was_when_forward_writes_in_place(how
     assert torch.equal(X, before)
     with torch.no_grad():
         assert ((model(X.clone()) - folded(X.clone())).abs() <= bound).all()
+
+
+class NormedTable(nn.Module):
+    """A BatchNorm over a table the model holds (learned positions) added to the input, and one on the output."""
+
+    def __init__(self, gen: torch.Generator):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(4, 3, generator=gen))
+        self.bn, self.out_bn = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.out_bn(x + self.bn(self.pos))
+
+
+def test_a_kept_bn_names_a_tensor_of_the_model_and_the_models_output_as_its_neighbours():
+    """A BN over a tensor the model holds names that tensor as its producer; a BN whose only user is the output says
+    it feeds the model's output. Neither is a layer a BN could fold into."""
+    gen = torch.Generator().manual_seed(27)
+    model = with_statistics(NormedTable(gen))
+    folded, report = fold(model)
+    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+        ("bn", "BatchNorm1d 'bn' is kept: its producer is pos, not a Linear or convolution; it feeds add"),
+        ("out_bn", "BatchNorm1d 'out_bn' is kept: its producer is add, not a Linear or convolution; it feeds the "
+                   "model's output")]
+    X = torch.randn(4, 3, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(folded(X), model(X))
