@@ -100,7 +100,7 @@ class FoldGraph:
         for i in range(len(layers)):
             x = graph.call_module(str(i), (x,))
         graph.output(x)
-        return cls(graph, layers if isinstance(layers, nn.Sequential) else nn.Sequential(*layers), chain=True)
+        return cls(graph, nn.Sequential(*layers), chain=True)  # its layers by index, whatever the model named them
 
     @classmethod
     def trace(cls, model: nn.Module) -> "FoldGraph":
@@ -175,7 +175,7 @@ class FoldGraph:
         if why is None and self.calls[node.target] > 1:
             why = f"is called at {self.calls[node.target]} places in forward (one module, shared)"
         if why is None and (len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], fx.Node)):
-            why = "is called with more than one input"
+            why = "is not called with its input as its one positional argument, where fold reads it"
         return why
 
     def layer_problem(self, node: fx.Node) -> tuple[str | None, bool]:
@@ -233,7 +233,8 @@ class FoldGraph:
             return None, 1, (f"its consumer {self.name(consumer.target)} {why}", flat)
         source = user if consumer is not user else tail
         if consumer.args[:1] != (source,) or source in consumer.args[1:] or source in consumer.kwargs.values():
-            return None, 1, (f"it is not the only input of {self.name(consumer.target)}", False)
+            return None, 1, (f"{self.name(consumer.target)} does not take it as its first positional argument alone",
+                             False)
         kind = KINDS[type(layer)]
         exact = kind.exact_before(layer)
         if exact is not None:

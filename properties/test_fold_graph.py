@@ -3,9 +3,10 @@ residual adds, concatenations, shared and multi-user tensors, depthwise and tran
 pooling, hooked and subclassed BNs) in 1, 2 or 3 spatial dims, with a Flatten or Linear head."""
 
 import torch
-from hypothesis import example, given
+from hypothesis import example, given, note
 
 from core.fold import fold
+from core.graph import model_graph
 from core.kinds import is_batchnorm
 from properties.checks import assert_fold_within_bound
 from properties.strategies import F64, MODELLED_BLOCKS, NetCase, net_cases
@@ -67,9 +68,10 @@ def snapshot(model):
 @given(net_cases())
 def test_fold_of_a_graph_is_pure(case):
     """state(m) and m's training flags are the same before and after fold(m); fold(m) shares no storage with m and
-    has m's training flag.
+    each of its modules has the training flag of m's module of that name, containers (m.layers) included.
 
-    fold traces m (which reads it), folds into new layers and deep-copies every module and attribute it keeps.
+    fold traces m (which reads it), folds into new layers and deep-copies every module and attribute it keeps;
+    the containers torch.fx builds to hold them are new modules, given m's flags.
     """
     model, _, _ = case.build()
     before, flags = snapshot(model)
@@ -77,6 +79,8 @@ def test_fold_of_a_graph_is_pure(case):
     after, flags_after = snapshot(model)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert flags == flags_after and folded.training == model.training
+    modes = [(name, m.training) for name, m in folded.named_modules()]
+    assert modes == [(name, model.get_submodule(name).training) for name, _ in modes]
     ours = {t.data_ptr() for t in model.state_dict().values()}
     assert ours.isdisjoint(t.data_ptr() for t in folded.state_dict().values())
 
@@ -97,3 +101,40 @@ def test_fold_of_a_graph_is_idempotent(case):
     assert a[1] == b[1]
     with torch.no_grad():
         assert torch.equal(once(X), twice(X))
+
+
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, tuple | list):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@given(net_cases())
+@example(NetCase(2, 2, 3, ("conv_bn", "bn_run", "residual", "concat"), "flatten_linear", 2))
+@torch.no_grad()
+def test_a_stage_evaluated_from_the_last_one_has_the_values_of_a_fresh_evaluation(case):
+    """For each stage k of the plan (folds 1..k applied), evaluating from stage k − 1's values only the nodes of fold
+    k and those downstream gives every node the value a fresh evaluation of stage k gives, torch.equal; the first
+    stage outputs m(X) and the last fold(m)(X), torch.equal.
+
+    error_bound evaluates its stages that way: a node upstream of fold k reads the same inputs and modules in both
+    stages, so its value carries over; every other node is computed again. A stage runs m's graph with the folded
+    layers and the folded BatchNorms passing their input on, as fold(m) does.
+    """
+    model, X, _ = case.build()
+    graph = model_graph(model)
+    steps, _ = graph.plan()
+    modules, bypassed = dict(graph.modules), set()
+    env = graph.evaluate(modules, bypassed, (X,))
+    assert same(env[graph.nodes[-1]], model(X))
+    for k, step in enumerate(steps):
+        modules[step.layer.target] = graph.fold_step(modules, step)
+        bypassed.add(step.bn)
+        env = graph.evaluate(modules, bypassed, (X,), env, changed=(step.layer, step.bn))
+        fresh = graph.evaluate(modules, bypassed, (X,))
+        stale = [node.name for node in fresh if not same(env[node], fresh[node])]
+        note(f"stage {k + 1} of {len(steps)}: nodes whose values differ {stale}")
+        assert env.keys() == fresh.keys() and stale == []
+    assert same(env[graph.nodes[-1]], fold(model)[0](X))

@@ -1,16 +1,19 @@
 """Folding traced models by example: refusals, what is kept and why, the report of a graph model, hooks, shared and
 nested modules, inference mode, and why a BatchNorm before a zero-padded conv is kept."""
 
+from collections import OrderedDict
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from core.bound import error_bound, pair_bound
 from core.errors import FoldError
 from core.fold import fold
+from core.model import CharMLP
 from core.pairfold import BEFORE, fold_pair
-from properties.strategies import NetCase
+from properties.strategies import NetCase, silent_hook
 
 g = torch.Generator().manual_seed(0)
 
@@ -179,8 +182,8 @@ def test_the_report_bounds_each_layer_in_the_precision_torch_runs_it(bfloat16_cp
     a conv pair's ρ counts those roundings, ρ ≥ (n + 9)·2⁻⁷, while a Linear pair's stays at float32's, ρ ≤
     2(n + 9)·2⁻²⁴·(1 + 10⁻³)."""
     (conv_pair,) = fold(nn.Sequential(conv(2, 3, padding=0), nn.BatchNorm2d(3)).eval())[1].folded
-    (linear_pair,) = fold(nn.Sequential(nn.Linear(18, 3, device="meta").to_empty(device="cpu"),
-                                        nn.BatchNorm1d(3)).eval())[1].folded
+    linear_layer = linear(18, 3, torch.Generator().manual_seed(21))  # to_empty alone leaves any bits, nan included
+    (linear_pair,) = fold(nn.Sequential(linear_layer, nn.BatchNorm1d(3)).eval())[1].folded
     assert conv_pair.fan_in == linear_pair.fan_in == 18
     assert conv_pair.bound_factor >= (18 + 9) * 2.0**-7
     assert linear_pair.bound_factor <= 2 * (18 + 9) * 2.0**-24 * 1.001
@@ -243,3 +246,570 @@ def test_stochastic_depth_passes_the_bound_in_eval_and_random_draws_are_refused(
     drawn.load_state_dict(model.state_dict())
     with pytest.raises(TypeError, match="bernoulli_.*draws random numbers"):
         error_bound(drawn.eval(), X)
+
+
+def linear(fan_in: int, fan_out: int, gen: torch.Generator) -> nn.Linear:
+    """An nn.Linear whose weight and bias are drawn from gen (nn.Linear's own init draws from the global RNG)."""
+    layer = nn.Linear(fan_in, fan_out, device="meta").to_empty(device="cpu")
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(fan_out, fan_in, generator=gen) / fan_in**0.5)
+        layer.bias.copy_(torch.randn(fan_out, generator=gen))
+    return layer
+
+
+class BnFlattenLinear(nn.Module):
+    """bn → op (a module, or a function of x: a flatten) → Linear on (2, 2, 2, 4) inputs."""
+
+    def __init__(self, flatten, fan_in: int, gen: torch.Generator):
+        super().__init__()
+        self.bn, self.flatten, self.linear = nn.BatchNorm2d(2), flatten, linear(fan_in, 3, gen)
+
+    def forward(self, x):
+        return self.linear(self.flatten(self.bn(x)))
+
+
+FLATTENS_FROM_1 = {  # every way to write "all dims from 1 on" that torch.fx records
+    "nn.Flatten()": nn.Flatten,
+    "torch.flatten(x, 1)": lambda: lambda x: torch.flatten(x, 1),
+    "torch.flatten(x, 1, -1)": lambda: lambda x: torch.flatten(x, 1, -1),
+    "torch.flatten(x, start_dim=1)": lambda: lambda x: torch.flatten(x, start_dim=1),
+    "torch.flatten(x, 1, end_dim=-1)": lambda: lambda x: torch.flatten(x, 1, end_dim=-1),
+    "torch.flatten(x, start_dim=1, end_dim=-1)": lambda: lambda x: torch.flatten(x, start_dim=1, end_dim=-1),
+    "x.flatten(1)": lambda: lambda x: x.flatten(1),
+    "x.flatten(1, -1)": lambda: lambda x: x.flatten(1, -1),
+    "x.flatten(start_dim=1)": lambda: lambda x: x.flatten(start_dim=1),
+}
+
+NOT_FLATTENS_FROM_1_INTO_A_LINEAR = {  # (what the bn feeds, the Linear's fan_in, how the reason names that op)
+    "torch.flatten(x)": (lambda: lambda x: torch.flatten(x), 32, "flatten"),  # no start_dim: dim 0 too, rows mix
+    "x.flatten()": (lambda: lambda x: x.flatten(), 32, ".flatten()"),
+    "torch.flatten(x, 2)": (lambda: lambda x: torch.flatten(x, 2), 8, "flatten"),
+    "x.flatten(2)": (lambda: lambda x: x.flatten(2), 8, ".flatten()"),
+    "torch.flatten(x, 1, 2)": (lambda: lambda x: torch.flatten(x, 1, 2), 4, "flatten"),
+    "torch.flatten(x, 1, end_dim=2)": (lambda: lambda x: torch.flatten(x, 1, end_dim=2), 4, "flatten"),
+    "torch.flatten(x, start_dim=1, end_dim=2)": (lambda: lambda x: torch.flatten(x, start_dim=1, end_dim=2), 4,
+                                                 "flatten"),
+    "x.flatten(1, 2)": (lambda: lambda x: x.flatten(1, 2), 4, ".flatten()"),
+    "x.flatten(start_dim=1, end_dim=2)": (lambda: lambda x: x.flatten(start_dim=1, end_dim=2), 4, ".flatten()"),
+    "nn.Flatten(1, 2)": (lambda: nn.Flatten(1, 2), 4, "Flatten 'flatten'"),
+    "torch.relu(x)": (lambda: lambda x: torch.relu(x), 4, "relu"),  # the Linear reads the last dim, W = 4
+    "torch.flatten(x, 1).relu()": (lambda: lambda x: torch.flatten(x, 1).relu(), 16, "flatten"),
+}
+
+
+@pytest.mark.parametrize("how", FLATTENS_FROM_1)
+def test_a_bn_before_a_flatten_from_dim_1_folds_into_the_linear_after_it(how):
+    """bn → flatten(x, 1) → Linear folds into the Linear, however the Flatten is written (module, function, method,
+    positional or keyword dims): |m(X) − fold(m)(X)| ≤ error_bound(m, X).
+
+    Flattening dims 1.. of (N, C, H, W) puts channel c at features c·HW .. (c + 1)·HW − 1 of each row, so the
+    BatchNorm is a per-feature affine map of the Linear's input, each channel's spread over HW = 8 features.
+    """
+    gen = torch.Generator().manual_seed(10)
+    model = with_statistics(BnFlattenLinear(FLATTENS_FROM_1[how](), 16, gen))
+    folded, report = fold(model)
+    assert [(p.bn_index, p.linear_index, p.direction) for p in report.folded] == [("bn", "linear", "before")]
+    assert report.kept == () and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    X = torch.randn(2, 2, 2, 4, generator=gen)
+    with torch.no_grad():
+        assert ((model(X) - folded(X)).abs() <= error_bound(model, X)).all()
+
+
+@pytest.mark.parametrize("how", NOT_FLATTENS_FROM_1_INTO_A_LINEAR)
+def test_a_bn_before_anything_but_a_flatten_from_dim_1_into_a_linear_is_kept(how):
+    """bn → op → Linear keeps the bn unless op flattens exactly dims 1 to the last and feeds the Linear itself (here
+    op starts at 0 or 2, ends before the last dim, is a relu, or is followed by one); fold(m)(X) = m(X) exactly.
+
+    Otherwise a channel's values do not fill one block of each row's features as the Linear reads them (the batch
+    mixes in, the Linear reads a dim other than the flattened channels, or a nonlinear op lies between), so no
+    per-feature scaling of the Linear's input is the BatchNorm. Every fan_in here is a multiple of the 2 channels:
+    a fold would not fail, it would be wrong. The reason names the op the bn feeds.
+    """
+    gen = torch.Generator().manual_seed(11)
+    op, fan_in, described = NOT_FLATTENS_FROM_1_INTO_A_LINEAR[how]
+    model = with_statistics(BnFlattenLinear(op(), fan_in, gen))
+    folded, report = fold(model)
+    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+        ("bn", f"BatchNorm2d 'bn' is kept: its producer is the model's input 'x', not a Linear or convolution; it "
+               f"feeds {described}")]
+    X = torch.randn(2, 2, 2, 4, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(folded(X), model(X))
+
+
+class Calibrated(nn.Module):
+    """conv → bn (folds), scaled per channel by a Parameter and shifted by a buffer of a submodule, both read by
+    forward directly (torch.fx get_attr nodes), the scale twice."""
+
+    def __init__(self, gen: torch.Generator):
+        super().__init__()
+        self.conv, self.bn = conv(2, 3), nn.BatchNorm2d(3)
+        self.scale = nn.Parameter(torch.randn(3, 1, 1, generator=gen))
+        self.inner = nn.Module()
+        self.inner.register_buffer("shift", torch.randn(3, 1, 1, generator=gen))
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) * self.scale + self.inner.shift * self.scale
+
+
+def test_a_model_reading_its_tensors_directly_folds_and_the_folded_model_holds_copies():
+    """A model whose forward reads a Parameter or a (nested) buffer itself folds within the bound, and fold(m) holds
+    its own copy of each: torch.equal to m's, sharing no storage, a Parameter still a Parameter.
+
+    torch.fx records those reads as get_attr nodes; fold deep-copies each tensor they name (once, however often
+    forward reads it) into the folded GraphModule, and error_bound reads them from the model as forward does.
+    """
+    gen = torch.Generator().manual_seed(12)
+    model = with_statistics(Calibrated(gen))
+    folded, report = fold(model)
+    assert [(p.bn_index, p.linear_index) for p in report.folded] == [("bn", "conv")]
+    for name in ("scale", "inner.shift"):
+        ours, theirs = folded.get_submodule(name.rpartition(".")[0]), model.get_submodule(name.rpartition(".")[0])
+        copy, source = getattr(ours, name.rpartition(".")[2]), getattr(theirs, name.rpartition(".")[2])
+        assert torch.equal(copy, source) and type(copy) is type(source)
+        assert copy.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()
+    X = torch.randn(2, 2, 4, 4, generator=gen)
+    with torch.no_grad():
+        assert ((model(X) - folded(X)).abs() <= error_bound(model, X)).all()
+
+
+def test_the_folded_graph_module_is_named_after_the_model():
+    """type(fold(m)).__name__ is type(m).__name__: the folded model prints, and shows in tracebacks, as the model it
+    computes."""
+    folded, _ = fold(with_statistics(Calibrated(torch.Generator().manual_seed(13))))
+    assert isinstance(folded, fx.GraphModule) and type(folded).__name__ == "Calibrated"
+
+
+class AfterAdd(nn.Module):
+    """bn1 → bn2 (a run) between an add and a mul: neither end has an affine layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.bn2(self.bn1(x + 1)) * 2
+
+
+def test_a_kept_run_of_batchnorms_says_so():
+    """Each BN of a run of two kept together names the run ("in a run of 2 BatchNorms") and the run's two ends.
+
+    A run folds as a whole or not at all: its first BN's producer and its last BN's consumer decide for all, so
+    a BN's reason names ends that are not its own neighbours, and says why.
+    """
+    _, report = fold(with_statistics(AfterAdd()))
+    assert report.folded == ()
+    assert [(k.index, k.reason) for k in report.kept] == [
+        (name, f"BatchNorm1d '{name}' (in a run of 2 BatchNorms) is kept: its producer is add, not a Linear or "
+               f"convolution; it feeds mul") for name in ("bn1", "bn2")]
+
+
+def test_a_sequential_with_named_layers_folds_like_its_layers_in_order():
+    """fold(Sequential(OrderedDict(name → layer))) = fold(Sequential(*layers)): the same report, layers named by
+    index, and an nn.Sequential computing the same values, torch.equal.
+
+    A Sequential without BatchNorms below its children is read as a chain of its children in order, whatever
+    they are called.
+    """
+    gen = torch.Generator().manual_seed(14)
+    layers = OrderedDict(embed=linear(4, 3, gen), norm=nn.BatchNorm1d(3), act=nn.Tanh(), pre=nn.BatchNorm1d(3),
+                         head=linear(3, 2, gen))
+    named = with_statistics(nn.Sequential(layers))
+    folded, report = fold(named)
+    plain, plain_report = fold(nn.Sequential(*layers.values()).eval())
+    assert report == plain_report and [(p.bn_index, p.linear_index) for p in report.folded] == [(1, 0), (3, 4)]
+    assert isinstance(folded, nn.Sequential) and [type(m) for m in folded] == [nn.Linear, nn.Tanh, nn.Linear]
+    X = torch.randn(5, 4, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(folded(X), plain(X))
+
+
+def test_a_bn_with_no_linear_beside_it_names_its_neighbours_by_type_alone():
+    """In a chain, a BN between two layers that are not affine is kept "between A and B", A and B their types
+    alone; only an affine neighbour that cannot take a fold says why (a hooked Linear).
+
+    Neither a hooked Tanh nor a Softplus (which fold has no kind for) could take a fold whatever they were: what
+    keeps the BN is that they are not Linears. A hooked Linear would take one but for its hook.
+    """
+    gen = torch.Generator().manual_seed(15)
+    hooked_tanh, hooked_linear = nn.Tanh(), linear(3, 3, gen)
+    hooked_tanh.register_forward_hook(silent_hook)
+    hooked_linear.register_forward_hook(silent_hook)
+    _, report = fold(with_statistics(nn.Sequential(hooked_tanh, nn.BatchNorm1d(3), nn.Softplus())))
+    assert [k.reason for k in report.kept] == [
+        "BatchNorm1d at index 1 sits between Tanh and Softplus: no adjacent Linear"]
+    _, report = fold(with_statistics(nn.Sequential(hooked_linear, nn.BatchNorm1d(3), nn.Tanh())))
+    assert [k.reason for k in report.kept] == [
+        "BatchNorm1d at index 1 sits between Linear (which has a hook registered, so calling it may differ from its "
+        "plain map) and Tanh: no adjacent Linear"]
+
+
+class TwoUsers(nn.Module):
+    """bn read twice, by a relu and by a conv: bn → relu + conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn, self.conv = nn.BatchNorm2d(2), conv(2, 2)
+
+    def forward(self, x):
+        b = self.bn(x)
+        return torch.relu(b) + self.conv(b)
+
+
+class Upsample(nn.Module):
+    """bn → a transposed conv called with its output size (as U-Net decoders call it)."""
+
+    def __init__(self, gen: torch.Generator):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(2)
+        self.up = nn.ConvTranspose2d(2, 2, 2, stride=2, device="meta").to_empty(device="cpu")
+        with torch.no_grad():
+            self.up.weight.copy_(torch.randn(self.up.weight.shape, generator=gen))
+            self.up.bias.copy_(torch.randn(2, generator=gen))
+
+    def forward(self, x):
+        return self.up(self.bn(x), [5, 9])
+
+
+def test_a_kept_bn_names_what_stands_in_its_way_after_it():
+    """The reason of a BN kept for what follows it names that: each of its users when it has several, the border
+    of a transposed conv it precedes (even one called with an output size as well as the BN's values).
+
+    A BN folds before a layer only into the one layer that alone reads it; a transposed conv never takes one,
+    whatever else it is given: its border outputs sum fewer terms, so no bias holds the BN's shift.
+    """
+    gen = torch.Generator().manual_seed(16)
+    inputs = "BatchNorm2d 'bn' is kept: its producer is the model's input 'x', not a Linear or convolution; "
+    _, report = fold(with_statistics(TwoUsers()))
+    assert [(k.index, k.reason) for k in report.kept] == [("bn", inputs + "it has 2 users (relu, Conv2d 'conv')")]
+    model = with_statistics(Upsample(gen))
+    folded, report = fold(model)
+    assert [(k.index, k.reason) for k in report.kept] == [
+        ("bn", inputs + "it is before ConvTranspose2d 'up': a transposed convolution sums fewer terms at its border, "
+                        "so no bias can hold t·W")]
+    X = torch.randn(2, 2, 2, 4, generator=gen)
+    with torch.no_grad():
+        assert folded(X).shape == (2, 2, 5, 9) and torch.equal(folded(X), model(X))
+
+
+def test_a_flatten_into_a_linear_of_the_wrong_width_is_refused():
+    """bn (C channels) → Flatten → Linear with fan_in no multiple of C raises FoldError naming both layers and both
+    numbers: C·H·W features never make such a fan_in, so the model cannot run as written."""
+    model = with_statistics(BnFlattenLinear(nn.Flatten(), 15, torch.Generator().manual_seed(17)))
+    with pytest.raises(FoldError) as info:
+        fold(model)
+    assert str(info.value) == ("BatchNorm2d 'bn' has 2 features but Linear 'linear', after a Flatten, has fan_in 15, "
+                               "no multiple of it: check the architecture")
+
+
+class Branchy(nn.Module):
+    """No submodules; control flow on values, which torch.fx cannot trace."""
+
+    def forward(self, x):
+        return x.relu() if x.sum() > 0 else x
+
+
+class Abstract(nn.Module):
+    """A base class leaving forward to its subclasses."""
+
+    def forward(self, x):
+        raise NotImplementedError
+
+
+def test_an_untraceable_model_is_refused_with_torch_fxs_reason():
+    """FoldError names the model, torch.fx's error type and the first line of its message ("no message" for an empty
+    one), and the way out, even for a model with no submodules to fold instead."""
+    with pytest.raises(FoldError) as info:
+        fold(Branchy())
+    assert str(info.value) == (
+        "Branchy cannot be traced by torch.fx (TraceError: symbolically traced variables cannot be used as inputs to "
+        "control flow): fold its traceable submodules instead (its submodules) and put them back into the model")
+    with pytest.raises(FoldError) as info:
+        fold(Abstract())
+    assert str(info.value) == ("Abstract cannot be traced by torch.fx (NotImplementedError: no message): fold its "
+                               "traceable submodules instead (its submodules) and put them back into the model")
+
+
+class UnknownNorm(nn.modules.batchnorm._BatchNorm):
+    """A BatchNorm type written outside torch.nn (as libraries write their own), of no kind fold knows."""
+
+    def _check_input_dim(self, input):
+        pass
+
+
+class ConvUnknownNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv(2, 2), UnknownNorm(2)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+def test_a_batchnorm_of_a_type_fold_has_no_kind_for_stays_one_layer_and_is_kept():
+    """A BatchNorm of an unknown type after a conv is kept, the reason naming its type; fold(m) holds it unchanged as
+    one module and computes m exactly.
+
+    torch.fx would trace into a module defined outside torch.nn; fold keeps every BatchNorm one call, so it sees
+    the layer (not its F.batch_norm inside, reported as never called) and says why it cannot fold it.
+    """
+    model = with_statistics(ConvUnknownNorm())
+    folded, report = fold(model)
+    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+        ("bn", "UnknownNorm 'bn' is a UnknownNorm, a BatchNorm type fold has no kind for: kept as it is")]
+    assert type(folded.get_submodule("bn")) is UnknownNorm
+    X = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(18))
+    with torch.no_grad():
+        assert torch.equal(folded(X), model(X))
+
+
+def test_a_batchnorm2d_before_a_linear_is_kept_for_the_dims_they_act_on():
+    """In a chain Tanh → BatchNorm2d → Linear the BN is kept, its reason saying the Linear keeps its features in
+    another dim (not that no Linear is adjacent): a Linear maps the last dim, a BatchNorm2d normalises dim 1."""
+    gen = torch.Generator().manual_seed(19)
+    model = with_statistics(nn.Sequential(nn.Tanh(), nn.BatchNorm2d(2), linear(4, 3, gen)))
+    folded, report = fold(model)
+    assert report.folded == () and [k.reason for k in report.kept] == [
+        "BatchNorm2d at index 1 is kept: its producer is Tanh, not a Linear or convolution; its consumer Linear at "
+        "index 2 keeps its features in another dim than the BatchNorm2d normalises"]
+    X = torch.randn(2, 2, 3, 4, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(folded(X), model(X))
+
+
+class SharedNorm(nn.Module):
+    """first: kept for its neighbours (after an add, read twice); shared: one BatchNorm called at two places."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.shared = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        a = self.first(x + 1)
+        return self.shared(a + 1) + self.shared(a * 2)
+
+
+def test_a_batchnorm_called_twice_is_kept_once_and_kept_ones_come_in_forward_order():
+    """A BatchNorm forward calls at two places is kept, reported once; report.kept lists BNs in the order forward
+    first calls them, whatever kept them.
+
+    Folding a shared BN into one neighbour would change its other call; the report reads like the model.
+    """
+    _, report = fold(with_statistics(SharedNorm()))
+    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+        ("first", "BatchNorm1d 'first' is kept: its producer is add, not a Linear or convolution; it has 2 users "
+                  "(add, mul)"),
+        ("shared", "BatchNorm1d 'shared' is called at 2 places in forward (one module, shared): kept as it is")]
+
+
+class ConvThreeUsers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + torch.relu(y) * torch.sigmoid(y)
+
+
+def test_a_kept_bn_names_what_stands_in_its_way_before_it():
+    """The reason of a BN kept for what precedes it names that: every other user of its producer; in a chain, a
+    Linear before a BatchNorm2d keeping its features in another dim (not that no Linear is adjacent).
+
+    A BN folds after a layer only into the one layer that alone feeds it, and whose output channels are the dim
+    the BN normalises: a Linear maps the last dim, a BatchNorm2d normalises dim 1.
+    """
+    _, report = fold(with_statistics(ConvThreeUsers()))
+    assert [k.reason for k in report.kept] == [
+        "BatchNorm2d 'bn' is kept: its producer Conv2d 'conv' has other users (relu, sigmoid); it feeds add"]
+    gen = torch.Generator().manual_seed(20)
+    model = with_statistics(nn.Sequential(linear(4, 4, gen), nn.BatchNorm2d(2), nn.Tanh()))
+    _, report = fold(model)
+    assert [k.reason for k in report.kept] == [
+        "BatchNorm2d at index 1 is kept: its producer Linear at index 0 keeps its features in another dim than the "
+        "BatchNorm2d normalises; it feeds Tanh"]
+
+
+class NormedConv(nn.Conv2d):
+    """A Conv2d subclass holding a BatchNorm it applies in its forward: torch.fx keeps it as one call."""
+
+    def __init__(self):
+        super().__init__(2, 2, 1, device="meta")
+        self.to_empty(device="cpu")
+        with torch.no_grad():
+            self.weight.copy_(torch.randn(self.weight.shape, generator=g))
+            self.bias.copy_(torch.randn(2, generator=g))
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return self.bn(super().forward(x))
+
+
+def test_a_batchnorm_inside_a_layer_fold_calls_as_one_is_kept_saying_why():
+    """A BN inside a layer torch.fx keeps as one call (a Conv2d subclass) is kept, the reason naming that layer and
+    saying torch.fx keeps it as one call (not a hook, as for a hooked block)."""
+    _, report = fold(with_statistics(nn.Sequential(nn.Tanh(), NormedConv())))  # traced: a BN below a child
+    assert [(k.index, k.reason) for k in report.kept] == [
+        ("1.bn", "BatchNorm2d '1.bn' is inside NormedConv '1', which fold calls as one layer (torch.fx keeps it as "
+                 "one call): kept as it is")]
+
+
+def test_a_batchnorm_forward_never_calls_is_reported_and_not_in_the_folded_model():
+    """A BN the model holds but forward never calls is reported kept, named with its type, and fold(m), traced from
+    forward, does not hold it."""
+    model = with_statistics(Residual())
+    model.spare = nn.BatchNorm1d(3)
+    folded, report = fold(model)
+    assert [(k.index, k.reason) for k in report.kept] == [
+        ("spare", "BatchNorm1d 'spare' is never called by forward: kept as it is (the folded model, traced from "
+                  "forward, does not hold it)")]
+    assert not hasattr(folded, "spare")
+
+
+def test_a_lone_layer_folds_as_a_chain_of_one():
+    """fold(layer) for a single layer is nn.Sequential(copy of layer), nothing folded; a lone BatchNorm of any type is
+    kept, no Linear beside it, and one of a type fold has no kind for is named for that."""
+    gen = torch.Generator().manual_seed(25)
+    layer = linear(3, 2, gen)
+    folded, report = fold(layer)
+    assert isinstance(folded, nn.Sequential) and len(folded) == 1 and report.folded == report.kept == ()
+    assert torch.equal(folded[0].weight, layer.weight) and folded[0].weight.data_ptr() != layer.weight.data_ptr()
+    _, report = fold(with_statistics(nn.BatchNorm1d(3)))
+    assert [k.reason for k in report.kept] == [
+        "BatchNorm1d at index 0 sits between the input and the output: no adjacent Linear"]
+    _, report = fold(with_statistics(UnknownNorm(3)))
+    assert [k.reason for k in report.kept] == [
+        "UnknownNorm at index 0 is a UnknownNorm, a BatchNorm type fold has no kind for: kept as it is"]
+
+
+def test_a_charmlp_with_a_batchnorm_nested_in_a_layer_is_refused():
+    """fold(CharMLP) refuses a layer holding BatchNorms inside it, naming the layer and its index: the CharMLP's
+    layers are read as a chain, which would not see them."""
+    gen = torch.Generator().manual_seed(26)
+    model = CharMLP(torch.randn(27, 2, generator=gen), [linear(8, 3, gen), nn.Sequential(nn.BatchNorm1d(3)),
+                                                        linear(3, 27, gen)]).eval()
+    with pytest.raises(FoldError) as info:
+        fold(model)
+    assert str(info.value) == ("Sequential at index 1 holds BatchNorms inside it: flatten the model into one "
+                               "Sequential before folding")
+
+
+class ByKeyword(nn.Module):
+    """conv → bn called as bn(input=...); bn2 → linear called as linear(input=...)."""
+
+    def __init__(self, gen: torch.Generator):
+        super().__init__()
+        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
+        self.bn2, self.linear = nn.BatchNorm1d(3), linear(3, 2, gen)
+
+    def forward(self, x, v):
+        return self.bn(input=self.conv(x)), self.linear(input=self.bn2(v))
+
+
+def test_a_batchnorm_or_layer_called_by_keyword_keeps_the_bn_saying_so():
+    """bn(input=y) and layer(input=bn(y)) keep the BN, the reason saying the input is not passed as the one positional
+    argument; fold(m) computes m exactly, and error_bound(m, (X, V)), running m with those keyword calls, is 0.
+
+    fold reads a BatchNorm's input, and the input a layer folds a BN into, at the first positional argument.
+    """
+    gen = torch.Generator().manual_seed(22)
+    model = with_statistics(ByKeyword(gen))
+    folded, report = fold(model)
+    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+        ("bn", "BatchNorm2d 'bn' is not called with its input as its one positional argument, where fold reads it: "
+               "kept as it is"),
+        ("bn2", "BatchNorm1d 'bn2' is kept: its producer is the model's input 'v', not a Linear or convolution; "
+                "Linear 'linear' does not take it as its first positional argument alone")]
+    X, V = torch.randn(2, 2, 3, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(folded(X, V), model(X, V), strict=True))
+    assert all(not bound.any() for bound in error_bound(model, (X, V)))
+
+
+class Scaled(nn.Module):
+    """conv → bn (folds), times a forward argument with a default."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
+
+    def forward(self, x, scale=-3.0):
+        return self.bn(self.conv(x)) * scale
+
+
+def test_error_bound_runs_forward_with_its_default_arguments():
+    """error_bound(m, X) bounds |m(X) − fold(m)(X)| for a forward with an argument left at its default: the bound
+    runs the model as m(X) does, the default included."""
+    model = with_statistics(Scaled())
+    folded, report = fold(model)
+    assert [(p.bn_index, p.linear_index) for p in report.folded] == [("bn", "conv")]
+    X = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(23))
+    with torch.no_grad():
+        err = (model(X) - folded(X)).abs()
+    bound = error_bound(model, X)
+    assert (err <= bound).all()
+
+
+IN_PLACE = {  # each form of an in-place op torch.fx records
+    "x.add_(1)": lambda: lambda x: x.add_(1),
+    "torch.relu_(x)": lambda: lambda x: torch.relu_(x),
+    "F.relu(x, inplace=True)": lambda: lambda x: F.relu(x, inplace=True),
+    "F.hardtanh(x, -2, 2, True)": lambda: lambda x: F.hardtanh(x, -2.0, 2.0, True),
+    "nn.ReLU(inplace=True)": lambda: nn.ReLU(inplace=True),
+}
+
+
+class InPlaceFirst(nn.Module):
+    """op (in place) on the input, then conv → bn (folds)."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op, self.conv, self.bn = op, conv(2, 2), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return self.bn(self.conv(self.op(x)))
+
+
+@pytest.mark.parametrize("how", IN_PLACE)
+def test_error_bound_leaves_its_input_as_it_was_when_forward_writes_in_place(how):
+    """error_bound(m, X) leaves X unchanged, torch.equal, even where forward writes into its input in place (as m(X)
+    itself does), and still bounds |m(X) − fold(m)(X)|, each model run on its own copy of X.
+
+    error_bound evaluates the model's graph on X once per fold; each in-place op gets a copy of its input there,
+    so neither X nor a value another stage reuses is written.
+    """
+    model = with_statistics(InPlaceFirst(IN_PLACE[how]()))
+    folded, _ = fold(model)
+    X = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(24))
+    before = X.clone()
+    bound = error_bound(model, X)
+    assert torch.equal(X, before)
+    with torch.no_grad():
+        assert ((model(X.clone()) - folded(X.clone())).abs() <= bound).all()
+
+
+class NormedTable(nn.Module):
+    """A BatchNorm over a table the model holds (learned positions) added to the input, and one on the output."""
+
+    def __init__(self, gen: torch.Generator):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(4, 3, generator=gen))
+        self.bn, self.out_bn = nn.BatchNorm1d(3), nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.out_bn(x + self.bn(self.pos))
+
+
+def test_a_kept_bn_names_a_tensor_of_the_model_and_the_models_output_as_its_neighbours():
+    """A BN over a tensor the model holds names that tensor as its producer; a BN whose only user is the output says
+    it feeds the model's output. Neither is a layer a BN could fold into."""
+    gen = torch.Generator().manual_seed(27)
+    model = with_statistics(NormedTable(gen))
+    folded, report = fold(model)
+    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+        ("bn", "BatchNorm1d 'bn' is kept: its producer is pos, not a Linear or convolution; it feeds add"),
+        ("out_bn", "BatchNorm1d 'out_bn' is kept: its producer is add, not a Linear or convolution; it feeds the "
+                   "model's output")]
+    X = torch.randn(4, 3, generator=gen)
+    with torch.no_grad():
+        assert torch.equal(folded(X), model(X))
