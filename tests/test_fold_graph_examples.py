@@ -31,14 +31,9 @@ def with_statistics(model: nn.Module) -> nn.Module:
 
 
 def conv(c_in, c_out, k=3, padding=1, **kw):
-    return seeded(nn.Conv2d, c_in, c_out, k, padding=padding, **kw)
-
-
-def seeded(layer_type, *args, **kw):
-    """layer_type(*args, **kw) initialised from a seed drawn from g, the global RNG left as it was."""
-    with torch.random.fork_rng(devices=[]):  # torch's layers draw their init from the global RNG
+    with torch.random.fork_rng(devices=[]):  # nn.Conv2d draws its init from the global RNG
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
-        return layer_type(*args, **kw)
+        return nn.Conv2d(c_in, c_out, k, padding=padding, **kw)
 
 
 class DataDependent(nn.Module):
@@ -197,13 +192,12 @@ def test_the_bound_reads_the_precision_of_each_layer(bfloat16_cpu_convolutions):
     bfloat16's) against 2⁻²⁴. Every term grows at least as fast as u (γ(k) = ku/(1 − ku) faster) but the underflow
     terms and the float64 part of the pair factor, under 10⁻⁸ of the bound here.
     """
-    linear = with_statistics(nn.Sequential(seeded(nn.Linear, 4, 3), nn.BatchNorm1d(3), nn.Tanh(),
-                                           seeded(nn.Linear, 3, 2)))
+    dense = with_statistics(nn.Sequential(linear(4, 3, g), nn.BatchNorm1d(3), nn.Tanh(), linear(3, 2, g)))
     convolutional = with_statistics(nn.Sequential(conv(2, 3), nn.BatchNorm2d(3), nn.ReLU(), conv(3, 2)))
     X = torch.randn(2, 4, generator=g), torch.randn(2, 2, 5, 5, generator=g)
-    bf16 = [error_bound(model, x) for model, x in zip((linear, convolutional), X)]
+    bf16 = [error_bound(model, x) for model, x in zip((dense, convolutional), X)]
     torch.backends.mkldnn.conv.fp32_precision = "ieee"  # the fixture restores the setting
-    ieee = [error_bound(model, x) for model, x in zip((linear, convolutional), X)]
+    ieee = [error_bound(model, x) for model, x in zip((dense, convolutional), X)]
     assert torch.equal(bf16[0], ieee[0])
     assert (bf16[1] >= 2**17 * (1 - 1e-6) * ieee[1]).all()
 
