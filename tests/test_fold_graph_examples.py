@@ -744,12 +744,20 @@ def test_error_bound_runs_forward_with_its_default_arguments():
     assert (err <= bound).all()
 
 
+def shift(x, amount, inplace=False):
+    """x + amount, written into x when inplace: a user function torch.fx records as one call, as written."""
+    return x.add_(amount) if inplace else x + amount
+
+
+fx.wrap("shift")
+
 IN_PLACE = {  # each form of an in-place op torch.fx records
     "x.add_(1)": lambda: lambda x: x.add_(1),
     "torch.relu_(x)": lambda: lambda x: torch.relu_(x),
     "F.relu(x, inplace=True)": lambda: lambda x: F.relu(x, inplace=True),
     "F.hardtanh(x, -2, 2, True)": lambda: lambda x: F.hardtanh(x, -2.0, 2.0, True),
     "nn.ReLU(inplace=True)": lambda: nn.ReLU(inplace=True),
+    "shift(x, 1.0, True), wrapped": lambda: lambda x: shift(x, 1.0, True),
 }
 
 
