@@ -209,7 +209,7 @@ class FoldGraph:
         """(consumer, spread, None) if the run ending at tail folds before its consumer, else (None, 1, (why, flat))."""
         users = list(tail.users)
         if len(users) != 1:
-            return None, 1, (f"it has {len(users)} users ({', '.join(self.describe(u) for u in users)})", False)
+            return _refused(f"it has {len(users)} users ({', '.join(self.describe(u) for u in users)})")
         (user,) = users
         spread, bn = 1, self.modules[tail.target]
         consumer = user
@@ -226,23 +226,22 @@ class FoldGraph:
                 spread = fan_in // width
         if consumer.op != "call_module" or not isinstance(self.modules[consumer.target], AFFINE_TYPES):
             via = f"{self.describe(user)}, which feeds " if consumer is not user else ""
-            return None, 1, (f"it feeds {via}{self.describe(consumer)}", consumer is user)
+            return _refused(f"it feeds {via}{self.describe(consumer)}", flat=consumer is user)
         layer = self.modules[consumer.target]
         why, flat = self.layer_problem(consumer)
         if why is not None:
-            return None, 1, (f"its consumer {self.name(consumer.target)} {why}", flat)
+            return _refused(f"its consumer {self.name(consumer.target)} {why}", flat)
         source = user if consumer is not user else tail
         if consumer.args[:1] != (source,) or source in consumer.args[1:] or source in consumer.kwargs.values():
-            return None, 1, (f"{self.name(consumer.target)} does not take it as its first positional argument alone",
-                             False)
+            return _refused(f"{self.name(consumer.target)} does not take it as its first positional argument alone")
         kind = KINDS[type(layer)]
         exact = kind.exact_before(layer)
         if exact is not None:
-            return None, 1, (f"it is before {self.name(consumer.target)}: {exact}", False)
+            return _refused(f"it is before {self.name(consumer.target)}: {exact}")
         if consumer is user and not pairs(layer, bn):
             why = (f"its consumer {self.name(consumer.target)} keeps its features in another dim than the "
                    f"{type(bn).__name__} normalises")
-            return None, 1, (why, False)
+            return _refused(why)
         return consumer, spread, None
 
     def kept_reason(self, bn: fx.Node, run: list[fx.Node], after: tuple[str, bool], before: tuple[str, bool]) -> str:
@@ -370,14 +369,18 @@ class FoldGraph:
                     module.training = model.get_submodule(name).training
                 except AttributeError:
                     pass
-        gm.training = model.training
-        return gm
+        return gm  # fold sets its training flag
 
     def folded_layers(self, steps: list[Step]) -> list[nn.Module]:
         """A chain's layers with every step folded: folded layers new, the others deep copies."""
         modules = self.final_modules(steps)
         removed = {s.bn.target for s in steps}
         return [m if m is not self.modules[t] else copy.deepcopy(m) for t, m in modules.items() if t not in removed]
+
+
+def _refused(why: str, flat: bool = False) -> tuple[None, int, tuple[str, bool]]:
+    """FoldGraph.before_partner's answer when a run does not fold before its consumer: (None, 1, (why, flat))."""
+    return None, 1, (why, flat)
 
 
 def pairs(layer: nn.Module, bn: nn.Module) -> bool:
