@@ -3,8 +3,8 @@
 torch runs CPU convolutions through oneDNN, whose direct convolutions work in channels-last order (NHWC);
 a conv whose weight is channels-last writes a channels-last output, so each conv after it reads that
 layout too and no tensor is reordered between layers. On this project's 2-core x86 machine (one thread,
-224² images) that takes folded resnet18 to 0.74–0.77 and mobilenet_v2 to 0.68–0.80 of the time of the same
-folded net in the default layout.
+224² images, B = 1 and 8) that takes folded resnet18 to 0.73–0.79 and mobilenet_v2 to 0.68–0.81 of the time of
+the same folded net in the default layout, and the other torchvision models tried to 0.66–0.91.
 
 The values are those of the same layers: a convolution still sums its C_in/groups·volume products, in
 another order, which the certified bound allows (it holds for every order of the sums, docs/design.md).
