@@ -122,10 +122,10 @@ def minimum_names(fractions=DEFAULT_FRACTIONS) -> int:
     if min(fractions) <= 0:
         raise ValueError(f"every split fraction must be positive, got {tuple(fractions)}")
     top = math.ceil(1 / min(fractions)) + 1  # one past the bound, for the rounding of f·n
-    for n in range(top, 1, -1):
+    for n in range(top, 3, -1):
         if min(split_sizes(n - 1, fractions)) <= 0:
             return n
-    return 1
+    return 3  # three parts need three names
 
 
 def require_enough_names(count: int, path, fractions=DEFAULT_FRACTIONS) -> None:
@@ -192,7 +192,7 @@ def build_dataset(names, context_length: int, vocab: Vocab | None = None):
     if (flat < 0).any():
         bad = text[int((flat < 0).nonzero()[0])]
         raise DataError(f"character {bad!r} is not in the vocabulary")
-    lengths = torch.tensor([len(name) + 1 for name in names], dtype=torch.int64)
+    lengths = torch.tensor([len(name) + 1 for name in names])  # int64
     starts = torch.cumsum(lengths + context_length, 0) - lengths  # first label of each name
     first_row = torch.cumsum(lengths, 0) - lengths
     row_starts = torch.repeat_interleave(starts, lengths)

@@ -85,6 +85,8 @@ weights = st.lists(st.integers(1, 50), min_size=3, max_size=3)
 
 @given(weights=weights, extra=st.integers(0, 400))
 @example(weights=[8, 1, 1], extra=0)
+@example(weights=[1, 1, 1], extra=0)  # the fewest possible: three names
+@example(weights=[14, 3, 3], extra=0)  # 3 names leave dev empty, 4 do not
 def test_from_the_minimum_up_no_part_of_the_split_is_empty(weights, extra):
     """n ≥ minimum_names(f) ⇒ every part of split_sizes(n, f) ≥ 1, and minimum_names(f) − 1 leaves a part empty.
 
