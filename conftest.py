@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from tqdm import tqdm
 
 settings.register_profile("dev", max_examples=30, deadline=None)
@@ -28,6 +28,10 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("thorough", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Mutation testing needs a failure, not a minimal one: without shrinking a failing law stops at its first
+# counterexample, within mutmut's timeout (which it sets from the passing run's duration).
+settings.register_profile("mutation", parent=settings.get_profile("ci"), report_multiple_bugs=False,
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 ROOT = Path(__file__).parent
