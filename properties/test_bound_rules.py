@@ -116,6 +116,23 @@ def test_rules_at_the_kinks(layer, x, r, scale, dtype):
     check_layer((layer, x.double(), r, scale, 0.0, dtype))
 
 
+def test_the_affine_rule_carries_the_rounding_of_the_bias():
+    """|L(x̂') − L(x̂)| ≤ R(L, x̂, D) for L(x) = x + 2 in float32 with x̂ = 2⁻²³, half an ulp of 2, and x̂' just above it.
+
+    2 + x̂ is a tie and rounds (to even) to 2, 2 + x̂' rounds up to 2 + 2⁻²²: one ulp of the bias apart, however
+    small D = |x̂' − x̂|. Only the rule's 2γ(n + 1)·|b| term covers it.
+    """
+    layer = nn.Linear(1, 1, device="meta").to_empty(device="cpu")
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+        layer.bias.fill_(2.0)
+    x, x2 = torch.tensor([[2.0**-23]]), torch.tensor([[2.0**-23 * (1 + 2.0**-20)]])
+    with torch.no_grad():
+        change = difference(layer(x2), layer(x))
+    bound = propagate(layer, x, difference(x2, x), "Linear")
+    assert change.item() == 2.0**-22 and covered(change, bound), (change.item(), bound.item())
+
+
 class Graph(nn.Module):
     """A function of tensors as a module torch.fx traces."""
 
