@@ -242,6 +242,15 @@ def test_stochastic_depth_passes_the_bound_in_eval_and_random_draws_are_refused(
         error_bound(drawn.eval(), X)
 
 
+def test_dropout_in_training_is_refused_saying_to_call_eval():
+    """A Dropout in training downstream of a fold is refused: each model would draw its own mask."""
+    model = with_statistics(nn.Sequential(conv(2, 2), nn.BatchNorm2d(2), nn.Dropout(0.5)))
+    model[2].train()
+    with torch.random.fork_rng(devices=[]), pytest.raises(TypeError) as info:  # the mask drawn in training
+        error_bound(model, torch.randn(2, 2, 4, 4, generator=g))
+    assert str(info.value) == "error_bound needs Dropout in eval mode (in training it is random): call model.eval()"
+
+
 def linear(fan_in: int, fan_out: int, gen: torch.Generator) -> nn.Linear:
     """An nn.Linear whose weight and bias are drawn from gen (nn.Linear's own init draws from the global RNG)."""
     layer = nn.Linear(fan_in, fan_out, device="meta").to_empty(device="cpu")
