@@ -31,14 +31,18 @@ def test_round_trip(model, tmp_path):
 
 
 class RunsCode:
+    """Unpickling this runs `touch marker`, unless the unpickler refuses it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
 
 
 def test_pickled_code_is_refused_without_running(tmp_path):
     marker = tmp_path / "ran"
-    payload = RunsCode()
-    payload.marker = marker
+    payload = RunsCode(marker)
     path = tmp_path / "evil.pt"
     torch.save({"format": "bnfold.charmlp/1", "config": payload}, path)
     with pytest.raises(CheckpointError, match="refused"):
@@ -48,8 +52,7 @@ def test_pickled_code_is_refused_without_running(tmp_path):
 
 def test_plain_pickle_is_refused(tmp_path):
     marker = tmp_path / "ran"
-    payload = RunsCode()
-    payload.marker = marker
+    payload = RunsCode(marker)
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps(payload))
     with pytest.raises(CheckpointError):

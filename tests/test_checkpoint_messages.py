@@ -15,6 +15,7 @@ from core.errors import CheckpointError
 from core.layers import BatchNorm1d, Linear, Tanh
 from core.limits import MAX_SEED
 from core.model import CharMLP, e01_mlp, e02_mlp, load, load_checkpoint, save
+from tests.test_checkpoint import RunsCode
 
 FIX = "the file is damaged or was not written by this bnfold: re-create it with `bnfold train`"
 
@@ -166,14 +167,6 @@ def test_a_checkpoint_written_on_a_gpu_loads_on_the_cpu(tmp_path):
     path.write_bytes(cuda_tagged(payload))
     loaded = load(path)
     assert same_model(loaded, model) and all(t.device.type == "cpu" for t in loaded.state_dict().values())
-
-
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_loading_stays_weights_only_when_the_environment_asks_otherwise(tmp_path, monkeypatch):

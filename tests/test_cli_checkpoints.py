@@ -9,6 +9,7 @@ import torch
 from core.data import Split, synthetic_names
 from core.model import load_checkpoint
 from tests.cli_runner import assert_one_line_error, run_cli, run_main
+from tests.test_checkpoint import RunsCode
 
 
 def strict_json(text: str):
@@ -121,18 +122,6 @@ def test_unreadable_checkpoints_are_one_line(make, expected, tmp_path, small_nam
     make(path)
     line = assert_one_line_error(run_main("eval", path, "--names", small_names), f"{path}: ", expected)
     assert "weights_only" not in line
-
-
-class RunsCode:
-    """Unpickling this runs `touch marker`, unless the unpickler refuses it."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_hostile_checkpoint_through_the_command_line(tmp_path):
