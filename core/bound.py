@@ -121,7 +121,7 @@ def absolute(t: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
     return hit[1]
 
 
-def pair_magnitude(layer: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor, spread: int = 1,
+def pair_magnitude(layer: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor,
                    cache: dict | None = None) -> torch.Tensor:
     """M_j: the sum of the magnitudes of the terms of output j of the unfolded pair, in float64.
 
@@ -161,12 +161,12 @@ def pair_underflow(linear: nn.Module, bn: nn.Module, x: torch.Tensor, cache: dic
     return underflow(x.dtype) * (2 * n * (2 + s) + 2 * BN_ROUNDINGS * (1 + rows) + n * largest + 1)
 
 
-def pair_bound(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor, spread: int = 1,
+def pair_bound(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor,
                cache: dict | None = None) -> torch.Tensor:
     """ρ·M_j + A: the bound on |unfolded_j − folded_j| for one pair at input x."""
     n = KINDS[type(linear)].terms(linear)
     u = unit_roundoff(x.dtype, x.device, op_of(linear))
-    return pair_factor(n, direction, u) * pair_magnitude(linear, bn, direction, x, spread, cache) \
+    return pair_factor(n, direction, u) * pair_magnitude(linear, bn, direction, x, cache) \
         + pair_underflow(linear, bn, x, cache)
 
 
@@ -381,10 +381,14 @@ def _mean_rule(args, kwargs, Ds, u, eta):
     return ((1 + g) * Ds[0] + 2 * g * f64(x).abs()).mean(*rest, **kwargs) + 4 * eta
 
 
+def _stochastic_depth_arguments(input, p, mode, training=True):
+    """p and training of a call to torchvision's stochastic_depth(input, p, mode, training=True), however passed."""
+    return p, training
+
+
 def _stochastic_depth_rule(args, kwargs, Ds, u, eta):
     """torchvision's stochastic_depth(x, p, mode, training) is x itself when not training or p = 0."""
-    p = args[1] if len(args) > 1 else kwargs["p"]
-    training = args[3] if len(args) > 3 else kwargs.get("training", True)
+    p, training = _stochastic_depth_arguments(*args, **kwargs)
     if training and p > 0:
         raise TypeError("error_bound needs stochastic_depth in eval mode (in training it is random): call model.eval()")
     return Ds[0]
@@ -545,7 +549,7 @@ def error_bound(model: nn.Module, X):
         else:
             start, x, at_layer = step.layer, env[step.bn.args[0]], env[step.layer.args[0]]
         check_rank(graph, step, at_layer)
-        D = {start: pair_bound(layer, bn, step.direction, x, step.spread, cache)}
+        D = {start: pair_bound(layer, bn, step.direction, x, cache)}
         out = propagate_graph(graph, modules, bypassed, env, D, cache)
         total = out if total is None else _add_bounds(total, out)
         modules[step.layer.target] = graph.fold_step(modules, step)

@@ -1,0 +1,392 @@
+"""Each rule of core.bound is the formula docs/design-conv.md states for it (§4 to §6), term for term.
+
+The soundness laws (test_bound_rules.py, test_fold_pair.py) see a rule that is too small, not one that is larger
+than its derivation: a kernel allowance of 9u for 8u, a range clamp at 3 for 2, a flat region not claimed, a
+window counted too wide. Torch's kernels are more accurate than the allowances, so no observation of them pins
+those terms. These laws pin them to the derivation instead: each documented formula is evaluated here on its own,
+element by element in Python floats and from the layer's own parameters, with the unit roundoff u and the underflow
+η drawn far from any dtype's, so that every term of the formula shows in the result; the rule must give the same
+value up to the rounding of the two evaluations (`agree`).
+"""
+
+import copy
+import functools
+import math
+
+import pytest
+import torch
+from hypothesis import example, given, note
+from hypothesis import strategies as st
+from torch import fx, nn
+
+from core.bound import RULES, adaptive_window, pair_bound, pair_factor, pair_magnitude, pair_underflow, propagate_graph
+from core.graph import FoldGraph
+from core.kinds import KINDS, ConvKind
+from properties.strategies import (
+    KIND_STRATEGIES,
+    conv_pair_cases,
+    inputs_for,
+    pair_cases,
+    tensors,
+)
+from properties.test_bound_rules import GRAPH_OPS, RULE_TYPES, Graph
+
+F32, F64 = torch.float32, torch.float64
+U64 = 2.0**-53
+# Both sides evaluate the same formula from non-negative terms: at most 256 float64 operations along any path (an
+# affine map sums n ≤ 54 products here; cosh, exp and sqrt count as 4 each, as kernels within 4 ulp), so each is
+# within γ₆₄(256) of the exact value, and the two within twice that: 2⁻⁴⁴ relative.
+SPEC_ROUNDINGS = 256
+UNITS = (0.0, 2.0**-24, 2.0**-10)  # u: none, float32's, and one where every allowance term is 2¹⁴ times larger
+ETAS = (0.0, 2.0**-149, 2.0**-12)  # η likewise
+
+
+def gamma(k: float, u: float) -> float:
+    """γ(k) = ku / (1 − ku) (Higham, Lemma 3.1)."""
+    return k * u / (1 - k * u)
+
+
+REL = 2 * gamma(SPEC_ROUNDINGS, U64)
+
+
+def agree(rule: torch.Tensor, spec: torch.Tensor) -> bool:
+    """|rule − spec| ≤ REL·max(rule, spec) elementwise, of the same shape: the two evaluations of one formula."""
+    note(f"rule {rule.flatten()[:8].tolist()}, spec {spec.flatten()[:8].tolist()}")
+    if rule.shape != spec.shape:
+        return False
+    return bool(((rule - spec).abs() <= REL * torch.maximum(rule, spec)).all())
+
+
+def elementwise(fn, x: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """fn(x_i, D_i) for every element, in Python floats."""
+    return torch.tensor([fn(a, d) for a, d in zip(x.flatten().tolist(), D.flatten().tolist())],
+                        dtype=F64).reshape(x.shape)
+
+
+def cosh_squared(m: float) -> float:
+    """cosh(m)² as IEEE float64 evaluates it: +∞ beyond the largest float."""
+    c = math.inf if m > 710 else math.cosh(m)
+    return c * c
+
+
+def rounded(value: float, dtype: torch.dtype) -> float:
+    return torch.tensor(value, dtype=dtype).item()
+
+
+def threshold(value: float, pick) -> float:
+    """A threshold as a kernel may compare with it (§6, ReLU6 and Hardtanh): `pick` of its roundings to each float
+    dtype of torch."""
+    return pick(rounded(value, t) for t in (F64, F32, torch.float16, torch.bfloat16))
+
+
+def tanh_spec(layer, u, eta):
+    """D·max tanh' over [x̂ − D, x̂ + D], at most 2, plus 4 ulp (8u) of each side's |tanh| ≤ min(1, |x|), plus 8η each."""
+    def at(x, d):
+        return min(2.0, d / cosh_squared(max(abs(x) - d, 0.0))) + 8 * u * (min(1.0, abs(x)) + min(1.0, abs(x) + d)) \
+            + 16 * eta
+    return at
+
+
+def sigmoid_spec(layer, u, eta):
+    """D·max σ' over [x̂ − D, x̂ + D], at most 1, plus 4 ulp (8u) of each side's σ ≤ 1, plus η each."""
+    def at(x, d):
+        e = math.exp(-max(abs(x) - d, 0.0))
+        return min(1.0, d * e / (1 + e) ** 2) + 16 * u + 2 * eta
+    return at
+
+
+def relu_spec(layer, u, eta):
+    """D, exact; 0 where both inputs are ≤ 0."""
+    return lambda x, d: 0.0 if x + d <= 0 else d
+
+
+def hardtanh_spec(layer, u, eta):
+    """min(D, hi − lo), exact; 0 where both inputs are ≤ lo or both ≥ hi, with lo and hi as any dtype rounds them."""
+    lo, hi = threshold(layer.min_val, min), threshold(layer.max_val, max)
+    return lambda x, d: 0.0 if x + d <= lo or x - d >= hi else min(d, hi - lo)
+
+
+def leaky_relu_spec(layer, u, eta):
+    """max(1, |a|)·D, plus one rounding of |a||x| per side (|x̂'| ≤ |x̂| + D) and η each; |a| as large as any dtype
+    rounds it."""
+    a = threshold(abs(layer.negative_slope), max)
+    return lambda x, d: max(1.0, a) * d + u * a * (abs(x) + abs(x) + d) + 2 * eta
+
+
+def hardswish_spec(layer, u, eta):
+    """D·max |(2t + 3)/6| over t in [x̂ − D, x̂ + D] clamped to [−3, 3], 0 where x̂ + D ≤ −3, plus γ(8) of each side's
+    |f| ≤ |x| and 8η each."""
+    def slope(t):
+        return abs(2 * min(max(t, -3.0), 3.0) + 3) / 6
+
+    def at(x, d):
+        s = 0.0 if x + d <= -3 else max(slope(x - d), slope(x + d))
+        return s * d + gamma(8, u) * (abs(x) + abs(x) + d) + 16 * eta
+    return at
+
+
+def hardsigmoid_spec(layer, u, eta):
+    """D/6, at most 1, where [x̂ − D, x̂ + D] meets (−3, 3), else 0; plus 8u per side and η each."""
+    return lambda x, d: (0.0 if x + d <= -3 or x - d >= 3 else min(d / 6, 1.0)) + 16 * u + 2 * eta
+
+
+def gate_spec(slope):
+    """slope·D, plus γ(16) of each side's |f| ≤ |x| and 16η each: SiLU's slope 1.1, GELU's 1.13."""
+    def spec(layer, u, eta):
+        return lambda x, d: slope * d + gamma(16, u) * (abs(x) + abs(x) + d) + 32 * eta
+    return spec
+
+
+def identity_spec(layer, u, eta):
+    return lambda x, d: d
+
+
+ELEMENTWISE_SPECS = {"tanh": tanh_spec, "sigmoid": sigmoid_spec, "relu": relu_spec, "hardtanh": hardtanh_spec,
+                     "leaky_relu": leaky_relu_spec, "hardswish": hardswish_spec, "hardsigmoid": hardsigmoid_spec,
+                     "silu": gate_spec(1.1), "gelu": gate_spec(1.13), "identity": identity_spec,
+                     "dropout": identity_spec}
+
+
+def terms(layer) -> int:
+    """n of §4: fan-in for a Linear, C_in/g·K for a conv, C_in/g·Π ⌈k·gcd(d, s)/s⌉ for a transposed conv."""
+    if not isinstance(KINDS[type(layer)], ConvKind):
+        return KINDS[type(layer)].matrix(layer).shape[0]
+    per_group = layer.in_channels // layer.groups
+    if KINDS[type(layer)].transposed:
+        return per_group * math.prod(-(-k * math.gcd(d, s) // s)
+                                     for k, d, s in zip(layer.kernel_size, layer.dilation, layer.stride))
+    return per_group * math.prod(layer.kernel_size)
+
+
+def magnitude_map(layer):
+    """v ↦ the layer's own map of v with |W| and no bias (padding and geometry included), in float64."""
+    probe = copy.deepcopy(layer).double()
+    with torch.no_grad():
+        probe.weight.abs_()
+        if probe.bias is not None:
+            probe.bias.zero_()
+    return lambda v: probe(v).detach()
+
+
+def per_output(layer, v: torch.Tensor, ndim: int) -> torch.Tensor:
+    conv = isinstance(KINDS[type(layer)], ConvKind)
+    return v.reshape(-1, *([1] * (ndim - 2))) if conv and ndim > 2 else v
+
+
+def affine_spec(layer, x, D, u, eta):
+    """(1 + g)·|W|D + 2g·(|W||x̂| + |b|) + 4nη, g = γ(n + 1)."""
+    n, bias = terms(layer), KINDS[type(layer)].bias(layer)
+    g = gamma(n + 1, u)
+    W = magnitude_map(layer)
+    out = (1 + g) * W(D) + 2 * g * W(x.abs()) + 4 * n * eta
+    return out if bias is None else out + 2 * g * per_output(layer, bias.double().abs(), out.ndim)
+
+
+def batchnorm_spec(layer, x, D, u, eta):
+    """(1 + g)|s|D + 2g(|s|(|x̂| + |μ|) + |β|) + 16η per channel, g = γ(8), s = γ_c / √(v_c + ε)."""
+    mean, var, gm, beta, eps = KINDS[type(layer)].terms(layer)
+    g = gamma(8, u)
+    channels = []
+    for c in range(x.shape[1]):
+        s = abs(1.0 if gm is None else gm[c].item()) / math.sqrt(var[c].item() + eps)
+        terms = (s, abs(mean[c].item()), 0.0 if beta is None else abs(beta[c].item()))
+        channels.append(elementwise(functools.partial(batchnorm_at, *terms, g, eta), x[:, c], D[:, c]))
+    return torch.stack(channels, 1)
+
+
+def batchnorm_at(s, m, shift, g, eta, a, d):
+    return (1 + g) * s * d + 2 * g * (s * (abs(a) + m) + shift) + 16 * eta
+
+
+def observed_window(size: int, out: int) -> int:
+    """The most inputs any output of torch's adaptive average pooling from `size` to `out` reads: pooling the rows
+    of an identity matrix marks which inputs each output averages."""
+    reads = torch.nn.functional.adaptive_avg_pool1d(torch.eye(size, dtype=F64)[:, None, :], out)
+    return int((reads[:, 0, :] > 0).sum(0).max())
+
+
+def pool_spec(layer, x, D, u, eta):
+    """layer((1 + g)D + 2g|x̂|) + 4η, g = γ(N + 1): N the kernel's volume, or (adaptive) the largest window."""
+    name = type(layer).__name__
+    d = int(name[-2])
+    if name.startswith("Adaptive"):
+        sizes = layer.output_size if isinstance(layer.output_size, tuple | list) else (layer.output_size,) * d
+        N = math.prod(observed_window(n, n if o is None else o) for n, o in zip(x.shape[-d:], sizes))
+    else:
+        k = layer.kernel_size
+        N = math.prod(k) if isinstance(k, tuple | list) else k ** d
+    g = gamma(N + 1, u)
+    return layer((1 + g) * D + 2 * g * x.abs()) + 4 * eta
+
+
+def max_pool_spec(layer, x, D, u, eta):
+    """The same pooling of D, at least 0."""
+    return layer(D).clamp(min=0)
+
+
+def move_spec(layer, x, D, u, eta):
+    return layer(D)
+
+
+MAP_SPECS = {"linear": affine_spec, "conv": affine_spec, "batchnorm": batchnorm_spec, "avg_pool": pool_spec,
+             "adaptive_avg_pool": pool_spec, "max_pool": max_pool_spec, "move": move_spec}
+
+
+def spec_of(rule, layer, x, D, u, eta) -> torch.Tensor:
+    if rule in MAP_SPECS:
+        return MAP_SPECS[rule](layer, x, D, u, eta)
+    return elementwise(ELEMENTWISE_SPECS[rule](layer, u, eta), x, D)
+
+
+bounds = st.floats(0, 1e3) | st.sampled_from((0.0, 1e-300, 3.0))
+
+
+@pytest.mark.parametrize("rule", sorted(RULE_TYPES))
+@given(data=st.data(), u=st.sampled_from(UNITS), eta=st.sampled_from(ETAS))
+def test_each_rule_is_its_documented_formula(rule, data, u, eta):
+    """R(L, x̂, D; u, η) = spec_R(L, x̂, D; u, η) for every layer kind L of rule R, with the spec evaluated from §6.
+
+    Every term of a documented rule is a slope, a range, a flat region, a window, or an allowance in u or η; with u
+    and η drawn up to 2⁻¹⁰ every one changes the value, so a rule larger (or smaller) than its derivation fails.
+    """
+    layer = data.draw(st.sampled_from(RULE_TYPES[rule]).flatmap(lambda t: KIND_STRATEGIES[t]))
+    x = data.draw(inputs_for(layer))
+    D = data.draw(tensors(tuple(x.shape), bounds))
+    note(f"{layer}: u = {u}, η = {eta}")
+    with torch.no_grad():
+        assert agree(RULES[rule](layer, x, D, u, eta, None), spec_of(rule, layer, x, D, u, eta))
+
+
+KINK_LAYERS = [nn.Hardtanh(-0.3, 0.7), nn.ReLU6(), nn.ReLU(), nn.Hardswish(), nn.Hardsigmoid(), nn.Tanh(),
+               nn.LeakyReLU(-0.3)]
+
+
+@pytest.mark.parametrize("layer", KINK_LAYERS, ids=lambda layer: type(layer).__name__)
+@given(x=st.sampled_from((-3.0, 3.0, -0.3, 0.7, 0.0, 6.0, -1.5, 1.0)), d=st.sampled_from((0.0, 1.5, 3.0, 6.0, 1e-9)),
+       u=st.sampled_from(UNITS), eta=st.sampled_from(ETAS))
+def test_each_rule_is_its_documented_formula_at_the_kinks(layer, x, d, u, eta):
+    """R(L, x̂, D) = spec_R(L, x̂, D) where x̂ ± D lands on a threshold, a kink or a range's end, where the flat tests
+    and clamps decide."""
+    rule = KINDS[type(layer)].rule
+    xs, Ds = torch.tensor([[x]], dtype=F64), torch.tensor([[d]], dtype=F64)
+    assert agree(RULES[rule](layer, xs, Ds, u, eta, None), spec_of(rule, layer, xs, Ds, u, eta))
+
+
+@given(size=st.integers(1, 40), out=st.integers(1, 40))
+@example(size=7, out=3)
+@example(size=5, out=5)
+def test_adaptive_window_is_the_largest_window_torch_pools(size, out):
+    """adaptive_window(L, O) = max_o #{inputs output o averages} in torch's adaptive pooling from L to O; None for O
+    keeps L (a window of 1)."""
+    assert adaptive_window(size, out) == observed_window(size, out)
+    assert adaptive_window(size, None) == 1
+
+
+GRAPH_SPECS = {
+    "add": lambda a, b, Da, Db, u, eta: (1 + u) * (Da + Db) + 2 * u * (a.abs() + b.abs()),
+    "sub": lambda a, b, Da, Db, u, eta: (1 + u) * (Da + Db) + 2 * u * (a.abs() + b.abs()),
+    "add_inplace": lambda a, b, Da, Db, u, eta: (1 + u) * (Da + Db) + 2 * u * (a.abs() + b.abs()),
+    "add_scalar": lambda a, b, Da, Db, u, eta: (1 + u) * Da + 2 * u * (a.abs() + 2.5),
+    "mul": lambda a, b, Da, Db, u, eta: a.abs() * Db + b.abs() * Da + Da * Db
+    + u * (a.abs() * b.abs() + (a.abs() + Da) * (b.abs() + Db)) + 2 * eta,
+    "mul_scalar": lambda a, b, Da, Db, u, eta: 3 * Da + u * (3 * a.abs() + (a.abs() + Da) * 3) + 2 * eta,
+    "mean": lambda a, b, Da, Db, u, eta: mean_spec(a, Da, u, eta, (2, 3), False),
+    "mean_keepdim": lambda a, b, Da, Db, u, eta: mean_spec(a, Da, u, eta, (-1,), True),
+    "mean_all": lambda a, b, Da, Db, u, eta: mean_spec(a, Da, u, eta, tuple(range(a.ndim)), False),
+}
+
+
+def mean_spec(a, Da, u, eta, dims, keepdim):
+    """mean over N elements: (1 + g)·mean(D) + 2g·mean(|x̂|) + 4η, g = γ(N + 1)."""
+    N = math.prod(a.shape[d] for d in dims)
+    g = gamma(N + 1, u)
+    return ((1 + g) * Da + 2 * g * a.abs()).mean(dims, keepdim=keepdim) + 4 * eta
+
+
+SPEC_OPS = {**{name: GRAPH_OPS[name] for name in GRAPH_SPECS if name in GRAPH_OPS}, "mean_all": lambda a, b: a.mean()}
+UNIT_OF = {F32: 2.0**-24, F64: 2.0**-53}
+ETA_OF = {F32: 2.0**-149, F64: 2.0**-1074}
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH_SPECS))
+@given(a=tensors((2, 4, 3, 2)), b=tensors((2, 4, 3, 2)), Da=tensors((2, 4, 3, 2), bounds),
+       Db=tensors((2, 4, 3, 2), bounds), dtype=st.sampled_from((F32, F64)))
+@example(a=torch.zeros(2, 4, 3, 2, dtype=F64), b=torch.zeros(2, 4, 3, 2, dtype=F64),
+         Da=torch.zeros(2, 4, 3, 2, dtype=F64), Db=torch.zeros(2, 4, 3, 2, dtype=F64), dtype=F32)
+def test_each_graph_rule_is_its_documented_formula(name, a, b, Da, Db, dtype):
+    """B_f(â, b̂, D_a, D_b) = spec_f for add, sub, mul and mean nodes of a traced graph, with u and η of the dtype
+    (§6: one rounding of |a ± b| per side; |â|D_b + |b̂|D_a + D_aD_b plus one rounding of |ab| per side and η each;
+    a mean's γ(N + 1))."""
+    fn = SPEC_OPS[name]
+    graph = FoldGraph(fx.symbolic_trace(Graph(fn)).graph, Graph(fn), chain=False)
+    ah, bh = a.to(dtype), b.to(dtype)
+    env = graph.evaluate(graph.modules, set(), (ah, bh))
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    bound = propagate_graph(graph, graph.modules, set(), env, dict(zip(placeholders, (Da, Db))))
+    spec = GRAPH_SPECS[name](ah.double(), bh.double(), Da, Db, UNIT_OF[dtype], ETA_OF[dtype])
+    assert agree(bound, spec.expand(bound.shape) if spec.ndim == bound.ndim else spec)
+
+
+def unit_of(x: torch.Tensor) -> float:
+    return UNIT_OF[x.dtype]
+
+
+def pair_factor_spec(n: int, direction: str, u: float) -> float:
+    """ρ = γ(n + 9) + (1 + γ₆₄(k))(1 + γ(n + 2)) − 1, k = 6, plus n before (docs/design.md, §4)."""
+    k = 6 + (n if direction == "before" else 0)
+    return gamma(n + 9, u) + (1 + gamma(k, U64)) * (1 + gamma(n + 2, u)) - 1
+
+
+@given(n=st.integers(1, 2**16), direction=st.sampled_from(("after", "before")), u=st.sampled_from(UNITS[1:]))
+@example(n=1, direction="after", u=2.0**-24)
+def test_pair_factor_is_its_documented_formula(n, direction, u):
+    """pair_factor(n, direction, u) = ρ of docs/design.md with the conv's n of §4."""
+    assert agree(torch.tensor(pair_factor(n, direction, u)), torch.tensor(pair_factor_spec(n, direction, u)))
+
+
+def largest_weight_sum(layer) -> float:
+    """max_j Σ_i |W_ij|, i over the inputs output j reads (every kernel offset of a transposed conv's group)."""
+    if not isinstance(KINDS[type(layer)], ConvKind):
+        return KINDS[type(layer)].matrix(layer).double().abs().sum(0).max().item()
+    weight = layer.weight.double().abs()
+    if KINDS[type(layer)].transposed:  # (C_in, C_out/g, *k): sum each group's inputs and offsets per output
+        per_input = weight.flatten(2).sum(2)
+        return per_input.reshape(layer.groups, -1, per_input.shape[1]).sum(1).max().item()
+    return weight.flatten(1).sum(1).max().item()
+
+
+def pair_parts(layer, bn, direction, x):
+    """(M, A, n) of §4 and §5 for a pair: M per output, from the layer's own map with |W|; A from its parameters."""
+    mean, var, gm, beta, eps = (None if v is None else (v.double() if isinstance(v, torch.Tensor) else v)
+                                for v in KINDS[type(bn)].terms(bn))
+    s = (torch.ones_like(mean) if gm is None else gm).abs() / (var + eps).sqrt()
+    beta = torch.zeros_like(mean) if beta is None else beta.abs()
+    b = KINDS[type(layer)].bias(layer)
+    W, ax = magnitude_map(layer), x.double().abs()
+    if direction == "after":
+        z = W(ax)
+        M = per_output(layer, s, z.ndim) * (z + per_output(layer, mean.abs() + (0 if b is None else b.double().abs()),
+                                                             z.ndim)) + per_output(layer, beta, z.ndim)
+    else:
+        shape = (-1, *[1] * (x.ndim - 2))
+        M = W(ax * s.reshape(shape) + ((mean * s).abs() + beta).reshape(shape))
+        M = M if b is None else M + per_output(layer, b.double().abs(), M.ndim)
+    n = terms(layer)
+    rows = largest_weight_sum(layer)
+    A = 2 * n * (2 + s.max().item()) + 16 * (1 + rows) + n * ax.max().item() + 1
+    return M, A, n
+
+
+@given(st.one_of(pair_cases(max_fan=8, max_batch=4), conv_pair_cases(exact=False)))
+def test_pair_bound_is_its_documented_formula(case):
+    """pair_bound = ρ·M_j + A per output: M_j the magnitudes of output j's terms (after: |s|(|W||x| + |b| + |μ|) +
+    |β|; before: |W|(|x||s| + |μs| + |β|) + |b|, through the layer's own map), A = η(2n(2 + max|s|) + 16(1 +
+    max_j Σ_i |W_ij|) + n·max|x| + 1) (§4, §5)."""
+    layer, bn, x = case.build()
+    M, A, n = pair_parts(layer, bn, case.direction, x)
+    eta = ETA_OF[x.dtype]
+    with torch.no_grad():
+        assert agree(pair_magnitude(layer, bn, case.direction, x), M)
+        assert agree(torch.tensor(pair_underflow(layer, bn, x)), torch.tensor(eta * A))
+        assert agree(pair_bound(layer, bn, case.direction, x),
+                     pair_factor_spec(n, case.direction, unit_of(x)) * M + eta * A)
