@@ -38,7 +38,7 @@ def train(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, steps: int, batch_
     start = time.perf_counter()
     with bar:
         for step in range(steps):
-            ix = torch.randint(X.shape[0], (batch_size,), generator=generator).to(device)
+            ix = torch.randint(X.shape[0], (batch_size,), generator=generator, device=generator.device).to(device)
             loss = F.cross_entropy(model(X.index_select(0, ix)), Y.index_select(0, ix))  # = X[ix], Y[ix], a cheaper op
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():

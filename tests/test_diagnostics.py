@@ -270,6 +270,23 @@ def test_recorder_on_one_parameter_and_on_none():
     assert rec.names == rec.alive == rec.changed == [] and rec.update_data == {}
 
 
+def test_training_ignores_torch_default_device():
+    """train(device='cpu') under torch.set_default_device('meta') records the losses it records without one: the
+    batch indices are drawn on the generator's device and the loss record is made on the device train is given,
+    so a process whose default device is 'cuda' still trains on the CPU."""
+    X, Y = batch(rows=200)
+    runs = []
+    for default in (None, "meta"):
+        model = e01("zeros")
+        torch.set_default_device(default)
+        try:
+            history = train(model, X, Y, 3, generator=torch.Generator().manual_seed(1), device="cpu", progress=False)
+        finally:
+            torch.set_default_device(None)
+        runs.append(history.losses)
+    assert runs[0] == runs[1]
+
+
 @pytest.mark.gpu
 def test_training_on_cuda_moves_everything_and_records_what_the_cpu_does():
     """train(device='cuda') moves a CPU model and CPU data there; a Recorder entered on the CUDA model records the
