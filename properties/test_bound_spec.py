@@ -19,7 +19,16 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch import fx, nn
 
-from core.bound import RULES, adaptive_window, pair_bound, pair_factor, pair_magnitude, pair_underflow, propagate_graph
+from core.bound import (
+    RULES,
+    adaptive_window,
+    loss_bound,
+    pair_bound,
+    pair_factor,
+    pair_magnitude,
+    pair_underflow,
+    propagate_graph,
+)
 from core.graph import FoldGraph
 from core.kinds import KINDS, ConvKind
 from properties.strategies import (
@@ -390,3 +399,18 @@ def test_pair_bound_is_its_documented_formula(case):
         assert agree(torch.tensor(pair_underflow(layer, bn, x)), torch.tensor(eta * A))
         assert agree(pair_bound(layer, bn, case.direction, x),
                      pair_factor_spec(n, case.direction, unit_of(x)) * M + eta * A)
+
+
+@given(data=st.data(), n=st.integers(1, 6), v=st.integers(2, 27))
+def test_loss_bound_is_its_documented_formula(data, n, v):
+    """loss_bound(z, B, Y) = (mean_rows(max_k B_k + B_y) + 2γ₆₄(N + V + 8)·mean_rows(2·max_k(|z_k| + B_k) + log V))
+    ·(1 + 2⁻³⁰) (docs/design.md: the Lipschitz part of the mean cross-entropy, and the rounding of both float64
+    evaluations); B drawn 0 in places leaves the rounding part alone, so each of its constants shows."""
+    z = data.draw(tensors((n, v), st.floats(-30, 30)))
+    B = data.draw(tensors((n, v), st.sampled_from((0.0, 1e-3)) | st.floats(0, 1)))
+    Y = torch.tensor(data.draw(st.lists(st.integers(0, v - 1), min_size=n, max_size=n)))
+    rows = [(max(B[i].tolist()) + B[i, Y[i]].item(), 2 * max((z[i].abs() + B[i]).tolist()) + math.log(v))
+            for i in range(n)]
+    lipschitz, size = (sum(r[k] for r in rows) / n for k in (0, 1))
+    spec = (lipschitz + 2 * gamma(n + v + 8, U64) * size) * (1 + 2.0**-30)
+    assert agree(torch.tensor(loss_bound(z, B, Y)), torch.tensor(spec))
