@@ -225,8 +225,7 @@ class FoldGraph:
                                     f"after a Flatten, has fan_in {fan_in}, no multiple of it: check the architecture")
                 spread = fan_in // width
         if consumer.op != "call_module" or not isinstance(self.modules[consumer.target], AFFINE_TYPES):
-            via = f"{self.describe(user)}, which feeds " if consumer is not user else ""
-            return _refused(f"it feeds {via}{self.describe(consumer)}", flat=consumer is user)
+            return _refused(f"it feeds {self.describe(user)}", flat=True)  # a consumer past a Flatten is affine
         layer = self.modules[consumer.target]
         why, flat = self.layer_problem(consumer)
         if why is not None:

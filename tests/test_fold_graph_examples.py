@@ -580,6 +580,30 @@ def test_a_batchnorm2d_before_a_linear_is_kept_for_the_dims_they_act_on():
         assert torch.equal(folded(X), model(X))
 
 
+class SharedConsumer(nn.Module):
+    """A BatchNorm between an add and a conv that forward also calls on its own input."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn, self.conv = nn.BatchNorm2d(2), nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        return self.conv(self.bn(x + 1)) + self.conv(x)
+
+
+def test_a_batchnorm_before_a_shared_layer_is_kept_saying_why_its_consumer_cannot_take_it():
+    """BN → conv, where forward calls the conv at two places: the BN is kept, its reason naming the consumer and why
+    it cannot take a fold (folding it in would change the conv's other call)."""
+    model = with_statistics(SharedConsumer())
+    folded, report = fold(model)
+    assert report.folded == () and [k.reason for k in report.kept] == [
+        "BatchNorm2d 'bn' is kept: its producer is add, not a Linear or convolution; its consumer Conv2d 'conv' is "
+        "called at 2 places in forward (one module, shared)"]
+    X = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(20))
+    with torch.no_grad():
+        assert torch.equal(folded(X), model(X))
+
+
 class SharedNorm(nn.Module):
     """first: kept for its neighbours (after an add, read twice); shared: one BatchNorm called at two places."""
 
