@@ -237,8 +237,9 @@ def _leaky_relu_rule(layer, x64, D, u, eta, cache):
 
 def _hardswish_rule(layer, x64, D, u, eta, cache):
     """f = x·relu6(x + 3)/6: f' = (2x + 3)/6 on (−3, 3), 0 below, 1 above; |f'| is convex on [−3, 3], so its
-    largest value on [x̂ − D, x̂ + D] is at an end clamped to [−3, 3]; 0 where x̂ + D ≤ −3. |f(x)| ≤ |x|."""
-    slope = torch.maximum(((2 * (x64 - D).clamp(-3, 3) + 3) / 6).abs(), ((2 * (x64 + D).clamp(-3, 3) + 3) / 6).abs())
+    largest value on [x̂ − D, x̂ + D] is at an end clamped to [−3, 3]; 0 where x̂ + D ≤ −3. |f(x)| ≤ |x|. The upper end
+    needs neither the clamp at −3 nor |·|: it counts only where x̂ + D > −3, and below −3/2 the lower end is larger."""
+    slope = torch.maximum(((2 * (x64 - D).clamp(-3, 3) + 3) / 6).abs(), (2 * (x64 + D).clamp(max=3) + 3) / 6)
     slope = torch.where(x64 + D <= -3, 0.0, slope)
     return slope * D + rounding_bound(ACTIVATION_ROUNDINGS, u) * (2 * x64.abs() + D) + 2 * ACTIVATION_ROUNDINGS * eta
 

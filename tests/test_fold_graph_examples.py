@@ -202,6 +202,26 @@ def test_the_bound_reads_the_precision_of_each_layer(bfloat16_cpu_convolutions):
     assert (bf16[1] >= 2**17 * (1 - 1e-6) * ieee[1]).all()
 
 
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = conv(2, 2)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return y, y.sum((2, 3))
+
+
+def test_a_model_with_nothing_to_fold_has_a_bound_of_float64_zeros_shaped_like_its_outputs():
+    """fold changes nothing in a model without BatchNorms, so folded(X) = model(X) bit for bit and error_bound is
+    exactly 0: float64 zeros (the dtype of every bound) shaped like each output, a tuple of outputs included."""
+    X = torch.randn(3, 2, 4, 4, generator=g)
+    bound = error_bound(TwoOutputs().eval(), X)
+    assert isinstance(bound, tuple) and [(b.shape, b.dtype) for b in bound] == [
+        ((3, 2, 4, 4), torch.float64), ((3, 2), torch.float64)]
+    assert all(torch.equal(b, torch.zeros_like(b)) for b in bound)
+
+
 class Residual(nn.Module):
     """x + bn(conv(x)), its branch passed through `depth` (torchvision's StochasticDepth in EfficientNet) if given."""
 
@@ -232,8 +252,10 @@ def test_stochastic_depth_passes_the_bound_in_eval_and_random_draws_are_refused(
     plain.load_state_dict(model.state_dict())
     assert torch.equal(error_bound(model, X), error_bound(plain.eval(), X))
     model.depth.train()
-    with pytest.raises(TypeError, match="stochastic_depth in eval mode"):
+    with pytest.raises(TypeError) as info:
         error_bound(model, X)
+    assert str(info.value) == ("error_bound needs stochastic_depth in eval mode (in training it is random): call "
+                               "model.eval()")
     model.depth.p = 0.0
     assert torch.equal(error_bound(model, X), error_bound(plain, X))
     drawn = Residual(DrawnDepth())
