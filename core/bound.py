@@ -140,7 +140,7 @@ def pair_magnitude(layer: nn.Module, bn: nn.Module, direction: str, x: torch.Ten
         return per_output(layer, s, z.ndim) * (z + per_output(layer, b + mean.abs(), z.ndim)) \
             + per_output(layer, beta.abs(), z.ndim)
     m = ax * channelwise(s, ax.ndim) + channelwise((mean * s).abs() + beta.abs(), ax.ndim)
-    if isinstance(kind, ConvKind) is False and m.ndim > 2:  # a Linear after a Flatten
+    if not isinstance(kind, ConvKind):  # a Linear, perhaps after a Flatten
         m = m.flatten(1)
     z = kind.linear_map(layer, m, W)
     return z + per_output(layer, b, z.ndim)
@@ -426,12 +426,12 @@ def _is_stochastic_depth(target) -> bool:
 
 
 def _zeros_like(value):
-    """A zero bound shaped like a value (a tensor, or a tuple or list holding tensors); other values as they are."""
+    """A zero bound shaped like a value: a tensor, a tuple or list of values, or 0 for any other value."""
     if isinstance(value, torch.Tensor):
         return torch.zeros(value.shape, dtype=torch.float64)
     if isinstance(value, tuple | list):
         return type(value)(_zeros_like(v) for v in value)
-    return value
+    return 0  # a value that is no tensor (a size, a flag) is the same in both models
 
 
 def propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict, cache: dict | None = None):
@@ -502,7 +502,7 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict, ca
 
 def _bound_or_zero(a, env, Ds):
     if not isinstance(a, fx.Node):
-        return a
+        return _zeros_like(a)
     D = Ds.get(a)
     return _zeros_like(env[a]) if D is None else D
 

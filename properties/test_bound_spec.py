@@ -22,6 +22,7 @@ from torch import fx, nn
 from core.bound import (
     RULES,
     adaptive_window,
+    error_bound,
     loss_bound,
     pair_bound,
     pair_factor,
@@ -404,6 +405,27 @@ def test_pair_bound_is_its_documented_formula(case):
         assert_agree(torch.tensor(pair_underflow(layer, bn, x)), torch.tensor(eta * A))
         assert_agree(pair_bound(layer, bn, case.direction, x),
                      pair_factor_spec(n, case.direction, unit_of(x)) * M + eta * A)
+
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+def test_pair_underflow_of_a_pair_without_outputs():
+    """A of §5 for Linear(3, 0) → BatchNorm1d(0): max|s| and max_j Σ_i |W_ij| are maxima over nothing, 0, so
+    A = η(2·3·2 + 16 + 3·max|x| + 1)."""
+    linear, bn = nn.Linear(3, 0).eval(), nn.BatchNorm1d(0).eval()
+    x = torch.tensor([[0.5, -4.0, 2.0]])
+    assert pair_underflow(linear, bn, x) == 2.0**-149 * (2 * 3 * 2 + 16 + 3 * 4.0 + 1)
+
+
+@given(st.one_of(pair_cases(max_fan=8, max_batch=4), conv_pair_cases()))
+def test_the_bound_of_a_model_that_is_one_pair_is_its_pair_bound(case):
+    """error_bound(pair, x) = pair_bound(x)·(1 + 2⁻³⁰) + 2⁻¹⁰²², bit for bit: one fold, nothing downstream, and the
+    factor and floor that cover the bound's own float64 rounding and underflow (§5, §7)."""
+    model, x = case.sequential()
+    layer, bn = (model[0], model[1]) if case.direction == "after" else (model[1], model[0])
+    with torch.no_grad():
+        expected = pair_bound(layer, bn, case.direction, x) * (1 + 2.0**-30) + 2.0**-1022
+        assert torch.equal(error_bound(model, x), expected)
 
 
 @given(data=st.data(), n=st.integers(1, 6), v=st.integers(2, 27))

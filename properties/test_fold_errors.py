@@ -210,3 +210,24 @@ def test_a_pair_fed_three_dim_tensors_is_refused_by_the_bound(case):
     bn, linear = ("1", "0") if case.direction == "after" else ("0", "1")
     assert re.search(rf"BatchNorm1d at index {bn} normalises dim 1 of a 3-D tensor here, but \w+ at index {linear} "
                      r"keeps its channels in dim 1 only of 2-D tensors \(N, C\)", str(info.value)), str(info.value)
+
+
+def test_an_unbatched_conv1d_pair_is_refused_by_the_bound():
+    """Conv1d(2, 2, 1) → BatchNorm1d(2) on an unbatched (C, L) = (2, 2) input ⇒ error_bound raises FoldError.
+
+    Conv1d reads (C, L) as one sample; BatchNorm1d then reads the (C, L) output as (N, C), normalising L: the model
+    runs, but fold folded the BN into the conv's channels."""
+    gen = torch.Generator().manual_seed(3)
+    conv, bn = torch.nn.Conv1d(2, 2, 1), torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        for t in (conv.weight, conv.bias, bn.running_mean, bn.running_var):
+            t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+    model = torch.nn.Sequential(conv, bn).eval()
+    X = torch.rand(2, 2, generator=gen)
+    with torch.no_grad():
+        model(X)
+    with pytest.raises(FoldError) as info:
+        error_bound(model, X)
+    assert str(info.value).startswith(
+        "BatchNorm1d at index 1 normalises dim 1 of a 2-D tensor here, but Conv1d at index 0 keeps its channels in "
+        "dim 1 only of 3-D tensors (N, C, ...): fold(model) folded them as if it did")

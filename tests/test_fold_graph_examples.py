@@ -222,6 +222,30 @@ def test_a_model_with_nothing_to_fold_has_a_bound_of_float64_zeros_shaped_like_i
     assert all(torch.equal(b, torch.zeros_like(b)) for b in bound)
 
 
+class TwoBlocks(nn.Module):
+    """conv → BN → ReLU → conv → BN, returning its output and, if `sized`, the output's channel count too."""
+
+    def __init__(self, sized: bool):
+        super().__init__()
+        self.sized = sized
+        self.net = nn.Sequential(conv(2, 3), nn.BatchNorm2d(3), nn.ReLU(), conv(3, 2), nn.BatchNorm2d(2))
+
+    def forward(self, x):
+        y = self.net(x)
+        return (y, y.shape[1]) if self.sized else y
+
+
+def test_an_output_that_is_no_tensor_has_a_bound_of_zero():
+    """A model returning (y, y.shape[1]) has the bound (B_y, 0): a size is the same in both models, and y's bound,
+    summed over two folds, is the one of the model returning y alone."""
+    model, plain = with_statistics(TwoBlocks(sized=True)), TwoBlocks(sized=False)
+    plain.load_state_dict(model.state_dict())
+    X = torch.randn(2, 2, 4, 4, generator=g)
+    bound = error_bound(model, X)
+    assert isinstance(bound, tuple) and bound[1] == 0
+    assert torch.equal(bound[0], error_bound(plain.eval(), X))
+
+
 class Residual(nn.Module):
     """x + bn(conv(x)), its branch passed through `depth` (torchvision's StochasticDepth in EfficientNet) if given."""
 
