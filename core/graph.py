@@ -91,6 +91,7 @@ class FoldGraph:
         self.position = {node: i for i, node in enumerate(self.nodes)}
         self.modules = {n.target: root.get_submodule(n.target) for n in self.nodes if n.op == "call_module"}
         self.calls = Counter(n.target for n in self.nodes if n.op == "call_module")
+        self.in_place = {n for n in self.nodes if writes_in_place(n, self.modules)}
 
     @classmethod
     def from_layers(cls, layers: Sequence[nn.Module]) -> "FoldGraph":
@@ -320,11 +321,10 @@ class FoldGraph:
     def run_node(self, node: fx.Node, modules: dict[str, nn.Module], env: dict):
         args = fx.node.map_arg(node.args, env.__getitem__)
         kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
-        module = modules.get(node.target) if node.op == "call_module" else None
-        if mutates(node, module, args, kwargs) and isinstance(args[0], torch.Tensor):
+        if node in self.in_place and isinstance(args[0], torch.Tensor):
             args = (args[0].clone(), *args[1:])
         if node.op == "call_module":
-            return module(*args, **kwargs)
+            return modules[node.target](*args, **kwargs)
         if node.op == "call_function":
             return node.target(*args, **kwargs)
         if node.op == "call_method":
@@ -396,32 +396,21 @@ def attribute(root: nn.Module, target: str):
 
 
 IN_PLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv}
-_SIGNATURES: dict = {}
 
 
-def mutates(node: fx.Node, module: nn.Module | None, args: tuple, kwargs: dict) -> bool:
+def writes_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     """Whether the call writes into its first argument: an inplace=True module or function, x.op_(), x += y."""
     if node.op == "call_module":
-        return getattr(module, "inplace", False) is True
+        return getattr(modules[node.target], "inplace", False) is True
     if node.op == "call_method":
         return node.target.endswith("_") and not node.target.startswith("_")
     if node.op != "call_function":
         return False
     if node.target in IN_PLACE_OPERATORS or getattr(node.target, "__name__", "").endswith("_"):
         return True
-    if kwargs.get("inplace") is True:
-        return True
-    if node.target not in _SIGNATURES:
-        try:
-            _SIGNATURES[node.target] = inspect.signature(node.target)
-        except (TypeError, ValueError):
-            _SIGNATURES[node.target] = None
-    signature = _SIGNATURES[node.target]
-    if signature is None or "inplace" not in signature.parameters:
-        return False
-    try:
-        return signature.bind(*args, **kwargs).arguments.get("inplace") is True
-    except TypeError:
+    try:  # inplace as a keyword (how torch.fx records torch's own functions) or by position
+        return inspect.signature(node.target).bind(*node.args, **node.kwargs).arguments.get("inplace") is True
+    except (TypeError, ValueError):  # no signature to read, or a call it does not bind
         return False
 
 
