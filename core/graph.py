@@ -72,11 +72,13 @@ def flattens_from_1(node: fx.Node, module: nn.Module | None) -> bool:
     if node.op == "call_module":
         return type(module) is nn.Flatten and (module.start_dim, module.end_dim) == (1, -1) and not hooked(module)
     if (node.op, node.target) in (("call_function", torch.flatten), ("call_method", "flatten")):
-        rest = node.args[1:]
-        start = rest[0] if rest else node.kwargs.get("start_dim", 0)
-        end = rest[1] if len(rest) > 1 else node.kwargs.get("end_dim", -1)
-        return (start, end) == (1, -1) and len(rest) <= 2
+        return _flatten_dims(*node.args, **node.kwargs) == (1, -1)
     return False
+
+
+def _flatten_dims(input, start_dim=0, end_dim=-1) -> tuple:
+    """(start_dim, end_dim) of a call torch.flatten(input, start_dim=0, end_dim=-1) or x.flatten(...)."""
+    return start_dim, end_dim
 
 
 class FoldGraph:
@@ -167,7 +169,7 @@ class FoldGraph:
                 steps += [Step(consumer, bn, BEFORE, spread) for bn in reversed(run)]
                 continue
             kept += [(bn, self.kept_reason(bn, run, after, before)) for bn in run]
-        kept.sort(key=lambda item: self.position[item[0]])
+        kept.sort()  # fx.Node orders by position in the graph
         return steps, [(self.key(n.target), reason) for n, reason in kept] + self.hidden_bns()
 
     def bn_problem(self, node: fx.Node) -> str | None:
@@ -175,7 +177,7 @@ class FoldGraph:
         why = unfoldable(self.modules[node.target])
         if why is None and self.calls[node.target] > 1:
             why = f"is called at {self.calls[node.target]} places in forward (one module, shared)"
-        if why is None and (len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], fx.Node)):
+        if why is None and not node.args:  # bn(input=x): a BatchNorm takes one input, so it is this or bn(x)
             why = "is not called with its input as its one positional argument, where fold reads it"
         return why
 
@@ -270,7 +272,7 @@ class FoldGraph:
                 continue
             owners = [t for t in called if name.startswith(t + ".")]
             if owners:
-                owner = max(owners, key=len)
+                owner = max(owners)  # the innermost: owners are prefixes of one name, the longest is the largest
                 what = self.modules[owner]
                 why = "it has a hook registered" if hooked(what) else "torch.fx keeps it as one call"
                 reason = (f"{type(module).__name__} '{name}' is inside {self.name(owner)}, which fold calls as one "
@@ -363,12 +365,11 @@ class FoldGraph:
                 root[node.target] = copy.deepcopy(attribute(self.root, node.target))
         gm = fx.GraphModule(root, graph, class_name=type(model).__name__)
         for name, module in gm.named_modules():
-            if name and name not in root:
-                try:
-                    module.training = model.get_submodule(name).training
-                except AttributeError:
-                    pass
-        return gm  # fold sets its training flag
+            try:
+                module.training = model.get_submodule(name).training
+            except AttributeError:
+                pass
+        return gm
 
     def folded_layers(self, steps: list[Step]) -> list[nn.Module]:
         """A chain's layers with every step folded: folded layers new, the others deep copies."""
