@@ -103,7 +103,7 @@ def pair_factor(n: int, direction: str, u: float) -> float:
 
 def channelwise(v: torch.Tensor, ndim: int) -> torch.Tensor:
     """A per-channel vector shaped to broadcast over dim 1 of an ndim-D tensor (N, C, *spatial)."""
-    return v.reshape(-1, *([1] * (ndim - 2))) if ndim > 2 else v
+    return v.reshape(-1, *([1] * (ndim - 2)))
 
 
 def per_output(layer: nn.Module, v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -361,15 +361,13 @@ def _add_rule(args, kwargs, Ds, u, eta):
     """a + b (or a − b): (1 + u)(D_a + D_b) + 2u(|â| + |b̂|): one rounding of |a ± b| ≤ |a| + |b| per side."""
     if kwargs.get("alpha", 1) != 1:
         raise TypeError("error_bound models add/sub without alpha")
-    a, b = (_magnitude(v) for v in args[:2])
-    Da, Db = (_or_zero(d) for d in Ds[:2])
+    a, b, Da, Db = _magnitude(args[0]), _magnitude(args[1]), _or_zero(Ds[0]), _or_zero(Ds[1])
     return (1 + u) * (Da + Db) + 2 * u * (a + b)
 
 
 def _mul_rule(args, kwargs, Ds, u, eta):
     """a·b: |â|D_b + |b̂|D_a + D_aD_b, plus one rounding of |ab| per side, the other's ≤ (|â| + D_a)(|b̂| + D_b)."""
-    a, b = (_magnitude(v) for v in args[:2])
-    Da, Db = (_or_zero(d) for d in Ds[:2])
+    a, b, Da, Db = _magnitude(args[0]), _magnitude(args[1]), _or_zero(Ds[0]), _or_zero(Ds[1])
     return a * Db + b * Da + Da * Db + u * (a * b + (a + Da) * (b + Db)) + 2 * eta
 
 

@@ -263,6 +263,8 @@ def test_each_rule_is_its_documented_formula(rule, layer_type, data, u, eta):
     """
     layer = data.draw(KIND_STRATEGIES[layer_type])
     x = data.draw(inputs_for(layer))
+    if layer_type is nn.Linear and data.draw(st.booleans()):  # torch's maps the last dim of a tensor of any rank
+        x = x[:, None, :].expand(-1, data.draw(st.integers(1, 3)), -1).clone()
     D = data.draw(tensors(tuple(x.shape), bounds))
     note(f"{layer}: u = {u}, η = {eta}")
     with torch.no_grad():
@@ -301,7 +303,7 @@ GRAPH_SPECS = {
     "add": lambda a, b, Da, Db, u, eta: (1 + u) * (Da + Db) + 2 * u * (a.abs() + b.abs()),
     "sub": lambda a, b, Da, Db, u, eta: (1 + u) * (Da + Db) + 2 * u * (a.abs() + b.abs()),
     "add_inplace": lambda a, b, Da, Db, u, eta: (1 + u) * (Da + Db) + 2 * u * (a.abs() + b.abs()),
-    "add_scalar": lambda a, b, Da, Db, u, eta: (1 + u) * Da + 2 * u * (a.abs() + 2.5),
+    "add_scalar": lambda a, b, Da, Db, u, eta: (1 + u) * Da + 2 * u * (a.abs() + 0.1),
     "mul": lambda a, b, Da, Db, u, eta: a.abs() * Db + b.abs() * Da + Da * Db
     + u * (a.abs() * b.abs() + (a.abs() + Da) * (b.abs() + Db)) + 2 * eta,
     "mul_scalar": lambda a, b, Da, Db, u, eta: 3 * Da + u * (3 * a.abs() + (a.abs() + Da) * 3) + 2 * eta,
@@ -318,7 +320,8 @@ def mean_spec(a, Da, u, eta, dims, keepdim):
     return ((1 + g) * Da + 2 * g * a.abs()).mean(dims, keepdim=keepdim) + 4 * eta
 
 
-SPEC_OPS = {**{name: GRAPH_OPS[name] for name in GRAPH_SPECS if name in GRAPH_OPS}, "mean_all": lambda a, b: a.mean()}
+SPEC_OPS = {**{name: GRAPH_OPS[name] for name in GRAPH_SPECS if name in GRAPH_OPS}, "mean_all": lambda a, b: a.mean(),
+            "add_scalar": lambda a, b: 0.1 + a}  # 0.1, no float32: the scalar's magnitude is read in float64
 UNIT_OF = {F32: 2.0**-24, F64: 2.0**-53}
 ETA_OF = {F32: 2.0**-149, F64: 2.0**-1074}
 
@@ -411,10 +414,11 @@ def test_pair_bound_is_its_documented_formula(case):
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
 def test_pair_underflow_of_a_pair_without_outputs():
     """A of §5 for Linear(3, 0) → BatchNorm1d(0): max|s| and max_j Σ_i |W_ij| are maxima over nothing, 0, so
-    A = η(2·3·2 + 16 + 3·max|x| + 1)."""
+    A = η(2·3·2 + 16 + 3·max|x| + 1), and η(2·3·2 + 16 + 1) for a batch of no rows."""
     linear, bn = nn.Linear(3, 0).eval(), nn.BatchNorm1d(0).eval()
     x = torch.tensor([[0.5, -4.0, 2.0]])
     assert pair_underflow(linear, bn, x) == 2.0**-149 * (2 * 3 * 2 + 16 + 3 * 4.0 + 1)
+    assert pair_underflow(linear, bn, x[:0]) == 2.0**-149 * (2 * 3 * 2 + 16 + 1)  # and max|x| over no rows, 0
 
 
 @given(st.one_of(pair_cases(max_fan=8, max_batch=4), conv_pair_cases()))

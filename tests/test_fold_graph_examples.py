@@ -288,6 +288,23 @@ def test_stochastic_depth_passes_the_bound_in_eval_and_random_draws_are_refused(
         error_bound(drawn.eval(), X)
 
 
+class ScaledAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return torch.add(x, self.bn(self.conv(x)), alpha=0.5)
+
+
+def test_an_add_with_alpha_downstream_of_a_fold_is_refused():
+    """torch.add(a, b, alpha=0.5) scales b by a rounded product the add rule does not count: error_bound says so."""
+    model = with_statistics(ScaledAdd())
+    with pytest.raises(TypeError) as info:
+        error_bound(model, torch.randn(1, 2, 3, 3, generator=g))
+    assert str(info.value) == "error_bound models add/sub without alpha"
+
+
 def test_dropout_in_training_is_refused_saying_to_call_eval():
     """A Dropout in training downstream of a fold is refused: each model would draw its own mask."""
     model = with_statistics(nn.Sequential(conv(2, 2), nn.BatchNorm2d(2), nn.Dropout(0.5)))
