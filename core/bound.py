@@ -11,6 +11,8 @@ Each layer kind names its rule in `core.kinds`; a function or method in a traced
 layer it computes (`FUNCTION_LAYERS`, `METHOD_LAYERS`) or has a graph rule of its own (`GRAPH_RULES`).
 """
 
+import contextlib
+import contextvars
 import math
 import operator
 
@@ -111,18 +113,30 @@ def per_output(layer: nn.Module, v: torch.Tensor, ndim: int) -> torch.Tensor:
     return channelwise(v, ndim) if isinstance(KINDS[type(layer)], ConvKind) else v
 
 
-def absolute(t: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-    """|t| in float64 on the CPU, computed once per tensor when a cache is given."""
-    if cache is None:
+_MAGNITUDES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("magnitudes", default=None)
+
+
+def absolute(t: torch.Tensor) -> torch.Tensor:
+    """|t| in float64 on the CPU; within `magnitudes_kept()` computed once per tensor (error_bound reads each weight
+    once per fold upstream of it)."""
+    kept = _MAGNITUDES.get()
+    if kept is None:
         return f64(t).abs()
-    hit = cache.get(id(t))
-    if hit is None or hit[0] is not t:
-        hit = cache[id(t)] = (t, f64(t).abs())
-    return hit[1]
+    if id(t) not in kept:
+        kept[id(t)] = (t, f64(t).abs())  # t itself is held too, so no other tensor takes its id meanwhile
+    return kept[id(t)][1]
 
 
-def pair_magnitude(layer: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor,
-                   cache: dict | None = None) -> torch.Tensor:
+@contextlib.contextmanager
+def magnitudes_kept():
+    token = _MAGNITUDES.set({})
+    try:
+        yield
+    finally:
+        _MAGNITUDES.reset(token)
+
+
+def pair_magnitude(layer: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor) -> torch.Tensor:
     """M_j: the sum of the magnitudes of the terms of output j of the unfolded pair, in float64.
 
     after:  M_j = |s_j|·(Σ_i |x_i||W_ij| + |b_j| + |μ_j|) + |β_j|
@@ -132,8 +146,8 @@ def pair_magnitude(layer: nn.Module, bn: nn.Module, direction: str, x: torch.Ten
     kind = KINDS[type(layer)]
     mean, _, _, beta, _ = norm_terms(bn)
     s = norm_affine(bn)[0].abs()
-    W, b = absolute(layer.weight, cache), kind.bias(layer)
-    b = torch.zeros(kind.channels(layer)[1], dtype=torch.float64) if b is None else absolute(b, cache)
+    W, b = absolute(layer.weight), kind.bias(layer)
+    b = torch.zeros(kind.channels(layer)[1], dtype=torch.float64) if b is None else absolute(b)
     ax = f64(x).abs()
     if direction == AFTER:
         z = kind.linear_map(layer, ax, W)
@@ -146,7 +160,7 @@ def pair_magnitude(layer: nn.Module, bn: nn.Module, direction: str, x: torch.Ten
     return z + per_output(layer, b, z.ndim)
 
 
-def pair_underflow(linear: nn.Module, bn: nn.Module, x: torch.Tensor, cache: dict | None = None) -> float:
+def pair_underflow(linear: nn.Module, bn: nn.Module, x: torch.Tensor) -> float:
     """A: what underflow adds to |unfolded_j − folded_j|, with η = `underflow(dtype)`, n the terms per output:
 
     A = η·(2n(2 + max|s|) + 2·8·(1 + max_j Σ_i |W_ij|) + n·max|x| + 1): n products of 2η each on both sides (after
@@ -155,37 +169,36 @@ def pair_underflow(linear: nn.Module, bn: nn.Module, x: torch.Tensor, cache: dic
     """
     n = KINDS[type(linear)].terms(linear)
     s = norm_affine(bn)[0].abs().max().item() if len(bn.running_mean) else 0.0
-    W = absolute(linear.weight, cache)
+    W = absolute(linear.weight)
     rows = f64(KINDS[type(linear)].blocks(linear)).abs().sum(-2).max().item() if W.numel() else 0.0
     largest = f64(x).abs().max().item() if x.numel() else 0.0
     return underflow(x.dtype) * (2 * n * (2 + s) + 2 * BN_ROUNDINGS * (1 + rows) + n * largest + 1)
 
 
-def pair_bound(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor,
-               cache: dict | None = None) -> torch.Tensor:
+def pair_bound(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor) -> torch.Tensor:
     """ρ·M_j + A: the bound on |unfolded_j − folded_j| for one pair at input x."""
     n = KINDS[type(linear)].terms(linear)
     u = unit_roundoff(x.dtype, x.device, op_of(linear))
-    return pair_factor(n, direction, u) * pair_magnitude(linear, bn, direction, x, cache) \
-        + pair_underflow(linear, bn, x, cache)
+    return pair_factor(n, direction, u) * pair_magnitude(linear, bn, direction, x) \
+        + pair_underflow(linear, bn, x)
 
 
 # Propagation: |layer(x̂) − layer(x̂')| given |x̂ − x̂'| ≤ D, for a layer both models share. Each side is its
 # exact value plus its own rounding; the exact values differ by at most the map's slope times D, and
-# x̂' is bounded by |x̂| + D. Every rule takes (layer, x̂ in float64, D, u, η, cache); η (`underflow`) is the most
+# x̂' is bounded by |x̂| + D. Every rule takes (layer, x̂ in float64, D, u, η); η (`underflow`) is the most
 # a product or quotient that underflows loses, added once per such operation on each side.
 
-def _affine_rule(layer, x64, D, u, eta, cache):
+def _affine_rule(layer, x64, D, u, eta):
     """Linear and conv: (1 + g)·|W|D + 2g·(|W||x̂| + |b|), g = γ(n + 1), as one map of (1 + g)D + 2g|x̂|."""
     kind = KINDS[type(layer)]
     n = kind.terms(layer)
     g = rounding_bound(n + 1, u)
-    out = kind.linear_map(layer, (1 + g) * D + 2 * g * x64.abs(), absolute(layer.weight, cache)) + 4 * n * eta
+    out = kind.linear_map(layer, (1 + g) * D + 2 * g * x64.abs(), absolute(layer.weight)) + 4 * n * eta
     b = kind.bias(layer)
-    return out if b is None else out + 2 * g * per_output(layer, absolute(b, cache), out.ndim)
+    return out if b is None else out + 2 * g * per_output(layer, absolute(b), out.ndim)
 
 
-def _batchnorm_rule(layer, x64, D, u, eta, cache):
+def _batchnorm_rule(layer, x64, D, u, eta):
     mean, _, _, beta, _ = norm_terms(layer)
     s = norm_affine(layer)[0].abs()
     s, mean, beta = (channelwise(v, x64.ndim) for v in (s, mean, beta))
@@ -193,7 +206,7 @@ def _batchnorm_rule(layer, x64, D, u, eta, cache):
     return (1 + g) * s * D + 2 * g * (s * (x64.abs() + mean.abs()) + beta.abs()) + 2 * BN_ROUNDINGS * eta
 
 
-def _tanh_rule(layer, x64, D, u, eta, cache):
+def _tanh_rule(layer, x64, D, u, eta):
     """tanh' = 1/cosh², largest on [|x̂| − D, |x̂| + D] at its point nearest 0; |tanh a| ≤ min(1, |a|), so the exact
     outputs also differ by at most 2."""
     ax = x64.abs()
@@ -202,19 +215,19 @@ def _tanh_rule(layer, x64, D, u, eta, cache):
             + 2 * ACTIVATION_ROUNDINGS * eta)
 
 
-def _sigmoid_rule(layer, x64, D, u, eta, cache):
+def _sigmoid_rule(layer, x64, D, u, eta):
     """σ' = σ(a)σ(−a), largest at the point of [|x̂| − D, |x̂| + D] nearest 0; σ ∈ [0, 1], so the exact outputs also
     differ by at most 1."""
     near0 = (x64.abs() - D).clamp(min=0)
     return (D * near0.sigmoid() * (-near0).sigmoid()).clamp(max=1) + 2 * ACTIVATION_ROUNDINGS * u + 2 * eta
 
 
-def _relu_rule(layer, x64, D, u, eta, cache):
+def _relu_rule(layer, x64, D, u, eta):
     """Exact; both inputs are ≤ 0, so both outputs 0, where x̂ + D ≤ 0."""
     return torch.where(x64 + D <= 0, 0.0, D)
 
 
-def _hardtanh_rule(layer, x64, D, u, eta, cache):
+def _hardtanh_rule(layer, x64, D, u, eta):
     """clamp(·, lo, hi) is exact and 1-Lipschitz, its outputs differ by at most hi − lo, and are equal where both
     inputs are ≤ lo or both ≥ hi."""
     lo, hi = thresholds(layer.min_val, min), thresholds(layer.max_val, max)
@@ -229,13 +242,13 @@ def thresholds(value: float, pick) -> float:
                                                                          torch.bfloat16))
 
 
-def _leaky_relu_rule(layer, x64, D, u, eta, cache):
+def _leaky_relu_rule(layer, x64, D, u, eta):
     """Slope max(1, |a|); a·x is one rounding, u·|a||x| on each side; a as large as the kernel's dtype rounds it."""
     a = thresholds(abs(layer.negative_slope), max)
     return max(1.0, a) * D + u * a * (2 * x64.abs() + D) + 2 * eta
 
 
-def _hardswish_rule(layer, x64, D, u, eta, cache):
+def _hardswish_rule(layer, x64, D, u, eta):
     """f = x·relu6(x + 3)/6: f' = (2x + 3)/6 on (−3, 3), 0 below, 1 above; |f'| is convex on [−3, 3], so its
     largest value on [x̂ − D, x̂ + D] is at an end clamped to [−3, 3]; 0 where x̂ + D ≤ −3. |f(x)| ≤ |x|. The upper end
     needs neither the clamp at −3 nor |·|: it counts only where x̂ + D > −3, and below −3/2 the lower end is larger."""
@@ -244,7 +257,7 @@ def _hardswish_rule(layer, x64, D, u, eta, cache):
     return slope * D + rounding_bound(ACTIVATION_ROUNDINGS, u) * (2 * x64.abs() + D) + 2 * ACTIVATION_ROUNDINGS * eta
 
 
-def _hardsigmoid_rule(layer, x64, D, u, eta, cache):
+def _hardsigmoid_rule(layer, x64, D, u, eta):
     """f = relu6(x + 3)/6: slope 1/6 where [x̂ − D, x̂ + D] meets (−3, 3), else both outputs equal; f ∈ [0, 1]."""
     flat = (x64 + D <= -3) | (x64 - D >= 3)
     return torch.where(flat, 0.0, (D / 6).clamp(max=1)) + 2 * ACTIVATION_ROUNDINGS * u + 2 * eta
@@ -255,25 +268,25 @@ def _gate(slope, x64, D, u, eta):
     return slope * D + rounding_bound(GATE_ROUNDINGS, u) * (2 * x64.abs() + D) + 2 * GATE_ROUNDINGS * eta
 
 
-def _silu_rule(layer, x64, D, u, eta, cache):
+def _silu_rule(layer, x64, D, u, eta):
     return _gate(SILU_SLOPE, x64, D, u, eta)
 
 
-def _gelu_rule(layer, x64, D, u, eta, cache):
+def _gelu_rule(layer, x64, D, u, eta):
     return _gate(GELU_SLOPE, x64, D, u, eta)
 
 
-def _identity_rule(layer, x64, D, u, eta, cache):
+def _identity_rule(layer, x64, D, u, eta):
     return D
 
 
-def _dropout_rule(layer, x64, D, u, eta, cache):
+def _dropout_rule(layer, x64, D, u, eta):
     if layer.training:
         raise TypeError("error_bound needs Dropout in eval mode (in training it is random): call model.eval()")
     return D
 
 
-def _max_pool_rule(layer, x64, D, u, eta, cache):
+def _max_pool_rule(layer, x64, D, u, eta):
     """Exact: |max_w a − max_w a'| ≤ max_w |a − a'|, so the same pooling of D bounds it (a window of padding
     alone is −∞ on both sides: 0)."""
     return layer(D).clamp(min=0)
@@ -283,7 +296,7 @@ def _window(kernel, ndim: int) -> int:
     return math.prod(kernel) if isinstance(kernel, tuple | list) else kernel ** ndim
 
 
-def _avg_pool_rule(layer, x64, D, u, eta, cache):
+def _avg_pool_rule(layer, x64, D, u, eta):
     """Sum of N ≤ kernel-volume terms and a division: (1 + g)·avg(D) + 2g·avg(|x̂|), g = γ(N + 1)."""
     spatial = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}[type(layer)]
     g = rounding_bound(_window(layer.kernel_size, spatial) + 1, u)
@@ -296,7 +309,7 @@ def adaptive_window(size: int, out: int | None) -> int:
     return max(-(-(i + 1) * size // out) - (i * size) // out for i in range(out))
 
 
-def _adaptive_avg_pool_rule(layer, x64, D, u, eta, cache):
+def _adaptive_avg_pool_rule(layer, x64, D, u, eta):
     """As avg_pool, with N the largest window (`adaptive_window` per spatial dim)."""
     spatial = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}[type(layer)]
     sizes = layer.output_size if isinstance(layer.output_size, tuple | list) else (layer.output_size,) * spatial
@@ -305,7 +318,7 @@ def _adaptive_avg_pool_rule(layer, x64, D, u, eta, cache):
     return layer((1 + g) * D + 2 * g * x64.abs()) + 4 * eta
 
 
-def _move_rule(layer, x64, D, u, eta, cache):
+def _move_rule(layer, x64, D, u, eta):
     """Flatten copies values: the same flatten of D bounds the difference exactly."""
     return layer(D)
 
@@ -318,7 +331,7 @@ RULES = {"linear": _affine_rule, "conv": _affine_rule, "batchnorm": _batchnorm_r
          "move": _move_rule}
 
 
-def propagate(layer: nn.Module, x: torch.Tensor, D: torch.Tensor, name: str, cache: dict | None = None) -> torch.Tensor:
+def propagate(layer: nn.Module, x: torch.Tensor, D: torch.Tensor, name: str) -> torch.Tensor:
     """Bound on |layer(x̂) − layer(x̂')| given |x̂ − x̂'| ≤ D, by the rule its kind names."""
     kind = KINDS.get(type(layer))
     if kind is None or kind.rule not in RULES:
@@ -326,7 +339,7 @@ def propagate(layer: nn.Module, x: torch.Tensor, D: torch.Tensor, name: str, cac
                         f"to core.bound.RULES")
     if kind.rule == "batchnorm":
         check_norm(layer, name)
-    return RULES[kind.rule](layer, f64(x), D, unit_roundoff(x.dtype, x.device, op_of(layer)), underflow(x.dtype), cache)
+    return RULES[kind.rule](layer, f64(x), D, unit_roundoff(x.dtype, x.device, op_of(layer)), underflow(x.dtype))
 
 
 # Functions and methods of a traced graph, read as the layer they compute: call(*rest) -> that layer.
@@ -432,13 +445,13 @@ def _zeros_like(value):
     return 0  # a value that is no tensor (a size, a flag) is the same in both models
 
 
-def propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict, cache: dict | None = None):
+def propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict):
     """Bound on the difference at node given the bounds Ds at its inputs (None: no difference), or None.
 
     A bound that overflows float64 is +inf, still a bound; a rule meeting one may compute ∞·0 = nan, which
     becomes +inf too, so a bound is never nan.
     """
-    return _no_nan(_propagate_node(graph, node, modules, env, Ds, cache))
+    return _no_nan(_propagate_node(graph, node, modules, env, Ds))
 
 
 def _no_nan(D):
@@ -447,7 +460,7 @@ def _no_nan(D):
     return type(D)(_no_nan(d) for d in D) if isinstance(D, tuple | list) else D
 
 
-def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict, cache: dict | None = None):
+def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict):
     if node.target in RANDOM:
         raise TypeError(f"error_bound needs a model without random ops, but {graph.describe(node)} (node "
                         f"'{node.name}') draws random numbers, which differ between the two models: call "
@@ -475,11 +488,11 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict, ca
         if hooked(modules[target]):
             raise TypeError(f"error_bound has no error model for {name}: it has a hook registered, which may change "
                             f"its output; remove the hook to bound the model")
-        return propagate(modules[target], x, arg_D[0], name, cache)
+        return propagate(modules[target], x, arg_D[0], name)
     key = target
     layers = FUNCTION_LAYERS if op == "call_function" else METHOD_LAYERS if op == "call_method" else {}
     if key in layers:
-        return propagate(layers[key](*args[1:], **kwargs), x, arg_D[0], name, cache)
+        return propagate(layers[key](*args[1:], **kwargs), x, arg_D[0], name)
     if key in ADD:
         return _add_rule(args, kwargs, arg_D, u, eta)
     if key in MUL:
@@ -505,14 +518,14 @@ def _bound_or_zero(a, env, Ds):
     return _zeros_like(env[a]) if D is None else D
 
 
-def propagate_graph(graph, modules: dict, bypassed: set, env: dict, D: dict, cache: dict | None = None):
+def propagate_graph(graph, modules: dict, bypassed: set, env: dict, D: dict):
     """The bound at the output, carried from the bounds D at some nodes ({node: bound}) through every node after
     them, each by its rule (a bypassed node passes its input's on); env holds the values of the model at hand."""
     Ds = dict(D)
     for node in graph.nodes[min(graph.position[n] for n in D) + 1:]:
         if node in Ds:
             continue
-        bound = Ds.get(node.args[0]) if node in bypassed else propagate_node(graph, node, modules, env, Ds, cache)
+        bound = Ds.get(node.args[0]) if node in bypassed else propagate_node(graph, node, modules, env, Ds)
         if bound is not None:
             Ds[node] = bound
     out = Ds.get(graph.nodes[-1])
@@ -525,6 +538,7 @@ def model_input(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+@magnitudes_kept()
 def error_bound(model: nn.Module, X):
     """Certified elementwise bound B (float64, CPU) with |model(X) − fold(model)[0](X)| ≤ B, both in eval.
 
@@ -538,7 +552,7 @@ def error_bound(model: nn.Module, X):
     graph = model_graph(model)
     steps, _ = graph.plan()
     inputs = X if isinstance(X, tuple) else (model_input(model, X),)
-    modules, bypassed, cache = dict(graph.modules), set(), {}
+    modules, bypassed = dict(graph.modules), set()
     env = graph.evaluate(modules, bypassed, inputs)
     total = None
     for step in steps:
@@ -548,8 +562,8 @@ def error_bound(model: nn.Module, X):
         else:
             start, x, at_layer = step.layer, env[step.bn.args[0]], env[step.layer.args[0]]
         check_rank(graph, step, at_layer)
-        D = {start: pair_bound(layer, bn, step.direction, x, cache)}
-        out = propagate_graph(graph, modules, bypassed, env, D, cache)
+        D = {start: pair_bound(layer, bn, step.direction, x)}
+        out = propagate_graph(graph, modules, bypassed, env, D)
         total = out if total is None else _add_bounds(total, out)
         modules[step.layer.target] = graph.fold_step(modules, step)
         bypassed.add(step.bn)
