@@ -56,9 +56,9 @@ def _fp32_precision(backend: str, op: str) -> str:
     return getattr(getattr(getattr(torch.backends, backend, None), op, None), "fp32_precision", "none")
 
 
-def unit_roundoff(dtype: torch.dtype, device=None, op: str = "matmul") -> float:
-    """u of `dtype`; float32 matmuls (op "matmul") or convolutions ("conv") allowed to run in TF32 or bfloat16
-    get 2u of that format.
+def unit_roundoff(dtype: torch.dtype, device=None, conv: bool = False) -> float:
+    """u of `dtype`; float32 matmuls (or convolutions, with `conv`) allowed to run in TF32 or bfloat16 get 2u of
+    that format.
 
     Twice the narrower format's u makes each counted rounding cover two, which pays for
     the rounding of both operands of every product (TF32: u = 2^-11, bfloat16: u = 2^-8).
@@ -67,7 +67,7 @@ def unit_roundoff(dtype: torch.dtype, device=None, op: str = "matmul") -> float:
     u = ieee_unit_roundoff(dtype)
     if dtype == torch.float32:
         cuda = device is not None and torch.device(device).type == "cuda"
-        if op == "conv":
+        if conv:
             precision = ("tf32" if torch.backends.cudnn.allow_tf32 else _fp32_precision("cudnn", "conv")) if cuda \
                 else _fp32_precision("mkldnn", "conv")
             u = {"tf32": 2.0**-10, "bf16": 2.0**-7}.get(precision, u)
@@ -92,9 +92,9 @@ def underflow(dtype: torch.dtype) -> float:
     return info.smallest_normal * info.eps
 
 
-def op_of(layer: nn.Module) -> str:
-    """Which float32 precision setting governs the layer's products: "conv" or "matmul"."""
-    return "conv" if isinstance(KINDS.get(type(layer)), ConvKind) else "matmul"
+def convolves(layer: nn.Module) -> bool:
+    """Whether torch's float32 convolution setting governs the layer's products (else its matmul setting)."""
+    return isinstance(KINDS.get(type(layer)), ConvKind)
 
 
 def pair_factor(n: int, direction: str, u: float) -> float:
@@ -178,7 +178,7 @@ def pair_underflow(linear: nn.Module, bn: nn.Module, x: torch.Tensor) -> float:
 def pair_bound(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor) -> torch.Tensor:
     """ρ·M_j + A: the bound on |unfolded_j − folded_j| for one pair at input x."""
     n = KINDS[type(linear)].terms(linear)
-    u = unit_roundoff(x.dtype, x.device, op_of(linear))
+    u = unit_roundoff(x.dtype, x.device, convolves(linear))
     return pair_factor(n, direction, u) * pair_magnitude(linear, bn, direction, x) \
         + pair_underflow(linear, bn, x)
 
@@ -339,7 +339,7 @@ def propagate(layer: nn.Module, x: torch.Tensor, D: torch.Tensor, name: str) -> 
                         f"to core.bound.RULES")
     if kind.rule == "batchnorm":
         check_norm(layer, name)
-    return RULES[kind.rule](layer, f64(x), D, unit_roundoff(x.dtype, x.device, op_of(layer)), underflow(x.dtype))
+    return RULES[kind.rule](layer, f64(x), D, unit_roundoff(x.dtype, x.device, convolves(layer)), underflow(x.dtype))
 
 
 # Functions and methods of a traced graph, read as the layer they compute: call(*rest) -> that layer.
@@ -411,7 +411,7 @@ def _magnitude(v):
 
 
 def _or_zero(d):
-    return torch.zeros((), dtype=torch.float64) if d is None else d
+    return 0.0 if d is None else d
 
 
 ADD = {operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub, "add", "add_", "sub", "sub_"}

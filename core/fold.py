@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.bound import op_of, pair_factor, unit_roundoff
+from core.bound import convolves, pair_factor, unit_roundoff
 from core.graph import model_graph
 from core.kinds import fan_in
 from core.model import CharMLP
@@ -99,7 +99,7 @@ def fold(model: nn.Module) -> tuple[nn.Module, FoldReport]:
     for step in steps:
         layer = graph.modules[step.layer.target]
         weight, n = layer.weight, fan_in(layer)
-        factor = pair_factor(n, step.direction, unit_roundoff(weight.dtype, weight.device, op_of(layer)))
+        factor = pair_factor(n, step.direction, unit_roundoff(weight.dtype, weight.device, convolves(layer)))
         key = graph.key(step.layer.target)
         index = key - sum(r < key for r in removed) if graph.chain else key
         pairs.append(FoldedPair(graph.key(step.bn.target), key, step.direction, index, n, factor,

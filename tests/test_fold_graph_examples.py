@@ -1,6 +1,7 @@
 """Folding traced models by example: refusals, what is kept and why, the report of a graph model, hooks, shared and
 nested modules, inference mode, and why a BatchNorm before a zero-padded conv is kept."""
 
+import math
 from collections import OrderedDict
 
 import pytest
@@ -303,6 +304,39 @@ def test_an_add_with_alpha_downstream_of_a_fold_is_refused():
     with pytest.raises(TypeError) as info:
         error_bound(model, torch.randn(1, 2, 3, 3, generator=g))
     assert str(info.value) == "error_bound models add/sub without alpha"
+
+
+def test_a_bound_meeting_infinity_times_zero_is_infinite_not_nan():
+    """In float64, pair → Linear(1e200) → Linear(1e200) → Linear(0): the bound overflows to +∞ and the zero weight
+    then makes ∞·0 = nan, which the bound turns into +∞ (a bound, if a useless one), never nan or 0."""
+    model = nn.Sequential(nn.Linear(1, 1), nn.BatchNorm1d(1), nn.Linear(1, 1), nn.Linear(1, 1), nn.Linear(1, 1))
+    model = model.double().eval()
+    with torch.no_grad():
+        for layer, w in zip(model[2:], (1e200, 1e200, 0.0)):
+            layer.weight.fill_(w)
+            layer.bias.fill_(0.0)
+    bound = error_bound(model, torch.ones(2, 1, dtype=torch.float64))
+    assert torch.equal(bound, torch.full((2, 1), math.inf, dtype=torch.float64))
+
+
+def test_a_batchnorm_in_training_downstream_of_a_fold_is_refused_by_the_bound():
+    """conv → BN → ReLU → BN in training: the second BN is kept (nothing to fold it into) and normalises with batch
+    statistics, so no bound carries through it: error_bound refuses, naming it and saying to call eval()."""
+    model = with_statistics(nn.Sequential(conv(2, 2), nn.BatchNorm2d(2), nn.ReLU(), nn.BatchNorm2d(2)))
+    model[3].train()
+    with pytest.raises(FoldError) as info:
+        error_bound(model, torch.randn(2, 2, 3, 3, generator=g))
+    assert str(info.value) == ("BatchNorm2d at index 3 is in training mode, so it normalises with batch statistics, "
+                               "not a fixed affine map: call model.eval() before folding")
+
+
+def test_a_layer_without_an_error_model_downstream_of_a_fold_is_refused_naming_it():
+    """conv → BN → ELU: fold folds the pair, but the bound has no rule for ELU: error_bound says where one goes."""
+    model = with_statistics(nn.Sequential(conv(2, 2), nn.BatchNorm2d(2), nn.ELU()))
+    with pytest.raises(TypeError) as info:
+        error_bound(model, torch.randn(2, 2, 3, 3, generator=g))
+    assert str(info.value) == ("error_bound has no error model for ELU at index 2: add its kind to core.kinds and "
+                               "its rule to core.bound.RULES")
 
 
 def test_dropout_in_training_is_refused_saying_to_call_eval():
