@@ -233,8 +233,7 @@ class FoldGraph:
         why, flat = self.layer_problem(consumer)
         if why is not None:
             return _refused(f"its consumer {self.name(consumer.target)} {why}", flat)
-        source = user if consumer is not user else tail
-        if consumer.args[:1] != (source,) or source in consumer.args[1:] or source in consumer.kwargs.values():
+        if not consumer.args:  # layer(input=x): an affine layer takes one input, so it is this or layer(x)
             return _refused(f"{self.name(consumer.target)} does not take it as its first positional argument alone")
         kind = KINDS[type(layer)]
         exact = kind.exact_before(layer)
