@@ -15,6 +15,7 @@ import contextlib
 import contextvars
 import math
 import operator
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -292,14 +293,15 @@ def _max_pool_rule(layer, x64, D, u, eta):
     return layer(D).clamp(min=0)
 
 
-def _window(kernel, ndim: int) -> int:
-    return math.prod(kernel) if isinstance(kernel, tuple | list) else kernel ** ndim
+def _kernel_volume(layer) -> int:
+    """The number of values an average pooling window holds (AvgPool2d/3d keep a kernel given as one int an int)."""
+    k = layer.kernel_size
+    return math.prod(k) if isinstance(k, tuple | list) else k ** (2 if isinstance(layer, nn.AvgPool2d) else 3)
 
 
 def _avg_pool_rule(layer, x64, D, u, eta):
     """Sum of N ≤ kernel-volume terms and a division: (1 + g)·avg(D) + 2g·avg(|x̂|), g = γ(N + 1)."""
-    spatial = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}[type(layer)]
-    g = rounding_bound(_window(layer.kernel_size, spatial) + 1, u)
+    g = rounding_bound(_kernel_volume(layer) + 1, u)
     return layer((1 + g) * D + 2 * g * x64.abs()) + 4 * eta
 
 
@@ -432,8 +434,9 @@ SHAPE_ONLY = {torch.ones_like, torch.zeros_like, torch.empty_like, torch.full_li
 
 
 def _is_stochastic_depth(target) -> bool:
-    return f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}" == \
-        "torchvision.ops.stochastic_depth.stochastic_depth"
+    """target is torchvision's stochastic_depth (a model that calls it has imported torchvision)."""
+    module = sys.modules.get("torchvision.ops.stochastic_depth")
+    return module is not None and target is module.stochastic_depth
 
 
 def _zeros_like(value):

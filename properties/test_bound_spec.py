@@ -444,4 +444,7 @@ def test_loss_bound_is_its_documented_formula(data, n, v):
             for i in range(n)]
     lipschitz, size = (sum(r[k] for r in rows) / n for k in (0, 1))
     spec = (lipschitz + 2 * gamma(n + v + 8, U64) * size) * (1 + 2.0**-30)
-    assert_agree(torch.tensor(loss_bound(z, B, Y)), torch.tensor(spec))
+    # Both sum n rows of a few non-negative terms, then take a handful of steps: under n + 16 roundings each, and
+    # under 2γ₆₄(n + 16) apart. (Dropping B from the size term would move the result by up to 8γ₆₄(N + V + 8) of
+    # the Lipschitz part, more than that.)
+    assert abs(loss_bound(z, B, Y) - spec) <= 2 * gamma(n + 16, U64) * spec
