@@ -7,6 +7,7 @@ compute them. Inputs, perturbations and slack are drawn by hypothesis.
 """
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -144,6 +145,12 @@ class Graph(nn.Module):
         return self.fn(a, b)
 
 
+@functools.cache
+def traced(fn) -> FoldGraph:
+    """The graph of Graph(fn), traced once per function: the laws evaluate it on every example."""
+    return FoldGraph(fx.symbolic_trace(Graph(fn)).graph, Graph(fn), chain=False)
+
+
 GRAPH_OPS = {  # name: f(a, b) on a, b of shape (N, 4, 3, 2) (b broadcast as (N, 4, 1, 1) where noted)
     "add": lambda a, b: a + b,
     "sub": lambda a, b: torch.sub(a, b),
@@ -189,7 +196,7 @@ def test_graph_rules_cover_every_change_within_D(name, a, b, ra, rb, scale, slac
     plus one rounding per side; mean: a sum and a division, γ(N + 1); moves and joins copy values, so the same
     move of D bounds the change; a functional layer is its layer's rule (docs/design-conv.md).
     """
-    graph = FoldGraph(fx.symbolic_trace(Graph(GRAPH_OPS[name])).graph, Graph(GRAPH_OPS[name]), chain=False)
+    graph = traced(GRAPH_OPS[name])
     ah, ah2, Da = moved(a, ra if "a" in moves else 0 * ra, scale, slack, dtype)
     bh, bh2, Db = moved(b, rb if "b" in moves else 0 * rb, scale, slack, dtype)
     env = graph.evaluate(graph.modules, set(), (ah, bh))

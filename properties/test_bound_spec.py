@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import example, given, note
 from hypothesis import strategies as st
-from torch import fx, nn
+from torch import nn
 
 from core.bound import (
     RULES,
@@ -30,7 +30,6 @@ from core.bound import (
     pair_underflow,
     propagate_graph,
 )
-from core.graph import FoldGraph
 from core.kinds import KINDS, ConvKind
 from properties.strategies import (
     KIND_STRATEGIES,
@@ -39,7 +38,7 @@ from properties.strategies import (
     pair_cases,
     tensors,
 )
-from properties.test_bound_rules import GRAPH_OPS, RULE_TYPES, Graph
+from properties.test_bound_rules import GRAPH_OPS, RULE_TYPES, traced
 
 F32, F64 = torch.float32, torch.float64
 U64 = 2.0**-53
@@ -336,7 +335,7 @@ def test_each_graph_rule_is_its_documented_formula(name, a, b, Da, Db, dtype):
     (§6: one rounding of |a ± b| per side; |â|D_b + |b̂|D_a + D_aD_b plus one rounding of |ab| per side and η each;
     a mean's γ(N + 1))."""
     fn = SPEC_OPS[name]
-    graph = FoldGraph(fx.symbolic_trace(Graph(fn)).graph, Graph(fn), chain=False)
+    graph = traced(fn)
     ah, bh = a.to(dtype), b.to(dtype)
     env = graph.evaluate(graph.modules, set(), (ah, bh))
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
