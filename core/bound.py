@@ -148,7 +148,7 @@ def pair_magnitude(layer: nn.Module, bn: nn.Module, direction: str, x: torch.Ten
     mean, _, _, beta, _ = norm_terms(bn)
     s = norm_affine(bn)[0].abs()
     W, b = absolute(layer.weight), kind.bias(layer)
-    b = torch.zeros(kind.channels(layer)[1], dtype=torch.float64) if b is None else absolute(b)
+    b = W.new_zeros(kind.channels(layer)[1]) if b is None else absolute(b)
     ax = f64(x).abs()
     if direction == AFTER:
         z = kind.linear_map(layer, ax, W)
@@ -458,9 +458,8 @@ def propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict):
 
 
 def _no_nan(D):
-    if isinstance(D, torch.Tensor):
-        return D.nan_to_num(nan=math.inf, posinf=math.inf)
-    return type(D)(_no_nan(d) for d in D) if isinstance(D, tuple | list) else D
+    """D with nan made +inf (a tuple of bounds comes from a move of D, which makes no nan of its own)."""
+    return torch.where(D.isnan(), math.inf, D) if isinstance(D, torch.Tensor) else D
 
 
 def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict):
@@ -481,7 +480,6 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict):
     args = fx.node.map_arg(node.args, env.__getitem__)
     kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
     arg_D = tuple(Ds.get(a) if isinstance(a, fx.Node) else None for a in node.args)
-    x = args[0] if args else None
     first = next((a for a in args if isinstance(a, torch.Tensor)), None)
     u = unit_roundoff(first.dtype, first.device) if first is not None else U64
     eta = underflow(first.dtype) if first is not None else ETA64
@@ -491,11 +489,11 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict):
         if hooked(modules[target]):
             raise TypeError(f"error_bound has no error model for {name}: it has a hook registered, which may change "
                             f"its output; remove the hook to bound the model")
-        return propagate(modules[target], x, arg_D[0], name)
+        return propagate(modules[target], args[0], arg_D[0], name)
     key = target
     layers = FUNCTION_LAYERS if op == "call_function" else METHOD_LAYERS if op == "call_method" else {}
     if key in layers:
-        return propagate(layers[key](*args[1:], **kwargs), x, arg_D[0], name)
+        return propagate(layers[key](*args[1:], **kwargs), args[0], arg_D[0], name)
     if key in ADD:
         return _add_rule(args, kwargs, arg_D, u, eta)
     if key in MUL:
@@ -516,7 +514,7 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict):
 
 def _bound_or_zero(a, env, Ds):
     if not isinstance(a, fx.Node):
-        return _zeros_like(a)
+        return 0  # a constant the output holds
     D = Ds.get(a)
     return _zeros_like(env[a]) if D is None else D
 

@@ -420,6 +420,21 @@ def test_pair_underflow_of_a_pair_without_outputs():
     assert pair_underflow(linear, bn, x[:0]) == 2.0**-149 * (2 * 3 * 2 + 16 + 1)  # and max|x| over no rows, 0
 
 
+
+@pytest.mark.parametrize("direction", ["after", "before"])
+def test_the_pair_bound_of_a_pair_of_zeros_is_its_underflow_term(direction):
+    """pair_bound = ρ·0 + η·A for a float32 Linear(2, 2) with W = b = 0, a BatchNorm with μ = β = 0, and x = 0: every
+    magnitude M_j is 0, so only what underflow may add is left (§5): η = 2⁻¹⁴⁹, A = 2·2·(2 + max|s|) + 16 + 1."""
+    linear, bn = nn.Linear(2, 2).eval(), nn.BatchNorm1d(2).eval()
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.zero_()
+    x = torch.zeros(3, 2)
+    M, A, _ = pair_parts(linear, bn, direction, x)
+    assert torch.equal(M, torch.zeros(3, 2, dtype=F64))
+    assert_agree(pair_bound(linear, bn, direction, x), torch.full((3, 2), 2.0**-149 * A, dtype=F64))
+
+
 @given(st.one_of(pair_cases(max_fan=8, max_batch=4), conv_pair_cases()))
 def test_the_bound_of_a_model_that_is_one_pair_is_its_pair_bound(case):
     """error_bound(pair, x) = pair_bound(x)·(1 + 2⁻³⁰) + 2⁻¹⁰²², bit for bit: one fold, nothing downstream, and the

@@ -233,17 +233,17 @@ class TwoBlocks(nn.Module):
 
     def forward(self, x):
         y = self.net(x)
-        return (y, y.shape[1]) if self.sized else y
+        return (y, y.shape[1], None) if self.sized else y
 
 
 def test_an_output_that_is_no_tensor_has_a_bound_of_zero():
-    """A model returning (y, y.shape[1]) has the bound (B_y, 0): a size is the same in both models, and y's bound,
-    summed over two folds, is the one of the model returning y alone."""
+    """A model returning (y, y.shape[1], None) has the bound (B_y, 0, 0): a size or a constant is the same in both
+    models, and y's bound, summed over two folds, is the one of the model returning y alone."""
     model, plain = with_statistics(TwoBlocks(sized=True)), TwoBlocks(sized=False)
     plain.load_state_dict(model.state_dict())
     X = torch.randn(2, 2, 4, 4, generator=g)
     bound = error_bound(model, X)
-    assert isinstance(bound, tuple) and bound[1] == 0
+    assert isinstance(bound, tuple) and bound[1:] == (0, 0)
     assert torch.equal(bound[0], error_bound(plain.eval(), X))
 
 
@@ -307,14 +307,17 @@ def test_an_add_with_alpha_downstream_of_a_fold_is_refused():
 
 
 def test_a_bound_meeting_infinity_times_zero_is_infinite_not_nan():
-    """In float64, pair → Linear(1e200) → Linear(1e200) → Linear(0): the bound overflows to +∞ and the zero weight
-    then makes ∞·0 = nan, which the bound turns into +∞ (a bound, if a useless one), never nan or 0."""
-    model = nn.Sequential(nn.Linear(1, 1), nn.BatchNorm1d(1), nn.Linear(1, 1), nn.Linear(1, 1), nn.Linear(1, 1))
-    model = model.double().eval()
+    """In float64, pair → (copy, then w − w with |w| = 10²⁰⁰) twice → Linear(0): the values stay 0 after each
+    difference while the bound grows by 2·10²⁰⁰ and overflows to +∞; the zero weight then makes ∞·0 = nan, which
+    the bound turns into +∞ (a bound, if a useless one), never nan, 0 or the largest float."""
+    weights = [[[1.0], [1.0]], [[1e200, -1e200]], [[1.0], [1.0]], [[1e200, -1e200]], [[0.0]]]
+    model = nn.Sequential(nn.Linear(1, 1), nn.BatchNorm1d(1), nn.Linear(1, 2), nn.Linear(2, 1), nn.Linear(1, 2),
+                          nn.Linear(2, 1), nn.Linear(1, 1)).double().eval()
     with torch.no_grad():
-        for layer, w in zip(model[2:], (1e200, 1e200, 0.0)):
-            layer.weight.fill_(w)
-            layer.bias.fill_(0.0)
+        for layer, w in zip(model[2:], weights):
+            layer.weight.copy_(torch.tensor(w, dtype=torch.float64))
+            layer.bias.zero_()
+        assert torch.equal(model(torch.ones(2, 1, dtype=torch.float64)), torch.zeros(2, 1, dtype=torch.float64))
     bound = error_bound(model, torch.ones(2, 1, dtype=torch.float64))
     assert torch.equal(bound, torch.full((2, 1), math.inf, dtype=torch.float64))
 
