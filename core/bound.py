@@ -491,7 +491,7 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict):
                             f"its output; remove the hook to bound the model")
         return propagate(modules[target], args[0], arg_D[0], name)
     key = target
-    layers = FUNCTION_LAYERS if op == "call_function" else METHOD_LAYERS if op == "call_method" else {}
+    layers = FUNCTION_LAYERS if op == "call_function" else METHOD_LAYERS  # placeholders and get_attrs have no bound
     if key in layers:
         return propagate(layers[key](*args[1:], **kwargs), args[0], arg_D[0], name)
     if key in ADD:

@@ -342,6 +342,34 @@ def test_a_layer_without_an_error_model_downstream_of_a_fold_is_refused_naming_i
                                "its rule to core.bound.RULES")
 
 
+class TwoInputLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.bilinear = conv(2, 2), nn.BatchNorm2d(2), nn.Bilinear(3, 3, 1)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.bilinear(y, y)
+
+
+def test_a_module_of_two_inputs_downstream_of_a_fold_is_refused_naming_it():
+    """conv → BN → Bilinear(y, y): the bound has rules for layers of one input only, and says which layer has two."""
+    model = with_statistics(TwoInputLayer())
+    with pytest.raises(TypeError) as info:
+        error_bound(model, torch.randn(1, 2, 3, 3, generator=g))
+    assert str(info.value) == "error_bound has no error model for Bilinear 'bilinear' called with more than one input"
+
+
+def test_a_hooked_layer_downstream_of_a_fold_is_refused_naming_it():
+    """conv → BN → ReLU with a forward hook: the hook may change the ReLU's output, so no rule bounds it."""
+    model = with_statistics(nn.Sequential(conv(2, 2), nn.BatchNorm2d(2), nn.ReLU()))
+    model[2].register_forward_hook(lambda module, inputs, output: output)
+    with pytest.raises(TypeError) as info:
+        error_bound(model, torch.randn(1, 2, 3, 3, generator=g))
+    assert str(info.value) == ("error_bound has no error model for ReLU at index 2: it has a hook registered, which "
+                               "may change its output; remove the hook to bound the model")
+
+
 def test_dropout_in_training_is_refused_saying_to_call_eval():
     """A Dropout in training downstream of a fold is refused: each model would draw its own mask."""
     model = with_statistics(nn.Sequential(conv(2, 2), nn.BatchNorm2d(2), nn.Dropout(0.5)))
