@@ -369,10 +369,11 @@ METHOD_LAYERS = {
 }
 
 
-# Graph rules: ops with several inputs, or that move values around. Each takes (args, Ds, u) where args are
-# the call's values (x̂ side) and Ds the same structure with a bound (float64) or None (no difference).
+# Graph rules: ops with several inputs, or that move values around. Each takes what it reads of (args, kwargs, Ds,
+# u, η), where args are the call's values (x̂ side) and Ds the same structure with a bound (float64) or None (no
+# difference).
 
-def _add_rule(args, kwargs, Ds, u, eta):
+def _add_rule(args, kwargs, Ds, u):
     """a + b (or a − b): (1 + u)(D_a + D_b) + 2u(|â| + |b̂|): one rounding of |a ± b| ≤ |a| + |b| per side."""
     if kwargs.get("alpha", 1) != 1:
         raise TypeError("error_bound models add/sub without alpha")
@@ -380,7 +381,7 @@ def _add_rule(args, kwargs, Ds, u, eta):
     return (1 + u) * (Da + Db) + 2 * u * (a + b)
 
 
-def _mul_rule(args, kwargs, Ds, u, eta):
+def _mul_rule(args, Ds, u, eta):
     """a·b: |â|D_b + |b̂|D_a + D_aD_b, plus one rounding of |ab| per side, the other's ≤ (|â| + D_a)(|b̂| + D_b)."""
     a, b, Da, Db = _magnitude(args[0]), _magnitude(args[1]), _or_zero(Ds[0]), _or_zero(Ds[1])
     return a * Db + b * Da + Da * Db + u * (a * b + (a + Da) * (b + Db)) + 2 * eta
@@ -400,7 +401,7 @@ def _stochastic_depth_arguments(input, p, mode, training=True):
     return p, training
 
 
-def _stochastic_depth_rule(args, kwargs, Ds, u, eta):
+def _stochastic_depth_rule(args, kwargs, Ds):
     """torchvision's stochastic_depth(x, p, mode, training) is x itself when not training or p = 0."""
     p, training = _stochastic_depth_arguments(*args, **kwargs)
     if training and p > 0:
@@ -495,13 +496,13 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict):
     if key in layers:
         return propagate(layers[key](*args[1:], **kwargs), args[0], arg_D[0], name)
     if key in ADD:
-        return _add_rule(args, kwargs, arg_D, u, eta)
+        return _add_rule(args, kwargs, arg_D, u)
     if key in MUL:
-        return _mul_rule(args, kwargs, arg_D, u, eta)
+        return _mul_rule(args, arg_D, u, eta)
     if key in MEAN:
         return _mean_rule(args, kwargs, arg_D, u, eta)
     if op == "call_function" and _is_stochastic_depth(target):
-        return _stochastic_depth_rule(args, kwargs, arg_D, u, eta)
+        return _stochastic_depth_rule(args, kwargs, arg_D)
     if key in MOVES and arg_D[0] is not None and all(d is None for d in arg_D[1:]):
         D = arg_D[0]
         return getattr(D, target)(*args[1:], **kwargs) if op == "call_method" else target(D, *args[1:], **kwargs)

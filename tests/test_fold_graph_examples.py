@@ -360,6 +360,24 @@ def test_a_module_of_two_inputs_downstream_of_a_fold_is_refused_naming_it():
     assert str(info.value) == "error_bound has no error model for Bilinear 'bilinear' called with more than one input"
 
 
+class ExpHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return torch.exp(self.bn(self.conv(x)))
+
+
+def test_a_function_without_a_rule_downstream_of_a_fold_is_refused_naming_it():
+    """conv → BN → torch.exp: exp has no rule (it is no move: its change is not exp of the change), so error_bound
+    names the node and says where a rule goes."""
+    with pytest.raises(TypeError) as info:
+        error_bound(with_statistics(ExpHead()), torch.randn(1, 2, 3, 3, generator=g))
+    assert str(info.value) == ("error_bound has no error model for exp (node 'exp'): add a rule for it to "
+                               "core.bound (docs/design-conv.md says how)")
+
+
 def test_a_hooked_layer_downstream_of_a_fold_is_refused_naming_it():
     """conv → BN → ReLU with a forward hook: the hook may change the ReLU's output, so no rule bounds it."""
     model = with_statistics(nn.Sequential(conv(2, 2), nn.BatchNorm2d(2), nn.ReLU()))
