@@ -520,14 +520,16 @@ def _bound_or_zero(a, env, Ds):
     return _zeros_like(env[a]) if D is None else D
 
 
-def propagate_graph(graph, modules: dict, bypassed: set, env: dict, D: dict):
+def propagate_graph(graph, modules: dict, env: dict, D: dict):
     """The bound at the output, carried from the bounds D at some nodes ({node: bound}) through every node after
-    them, each by its rule (a bypassed node passes its input's on); env holds the values of the model at hand."""
+    them, each by its rule; env holds the values of the model at hand.
+
+    No BatchNorm folded by an earlier step lies after the first of them: the plan folds runs in graph order, and a
+    step starts at its pair's output, after every BatchNorm of the runs before it (docs/design-conv.md §7).
+    """
     Ds = dict(D)
     for node in graph.nodes[min(graph.position[n] for n in D) + 1:]:
-        if node in Ds:
-            continue
-        bound = Ds.get(node.args[0]) if node in bypassed else propagate_node(graph, node, modules, env, Ds)
+        bound = propagate_node(graph, node, modules, env, Ds)
         if bound is not None:
             Ds[node] = bound
     out = Ds.get(graph.nodes[-1])
@@ -565,7 +567,7 @@ def error_bound(model: nn.Module, X):
             start, x, at_layer = step.layer, env[step.bn.args[0]], env[step.layer.args[0]]
         check_rank(graph, step, at_layer)
         D = {start: pair_bound(layer, bn, step.direction, x)}
-        out = propagate_graph(graph, modules, bypassed, env, D)
+        out = propagate_graph(graph, modules, env, D)
         total = out if total is None else _add_bounds(total, out)
         modules[step.layer.target] = graph.fold_step(modules, step)
         bypassed.add(step.bn)

@@ -203,7 +203,7 @@ def test_graph_rules_cover_every_change_within_D(name, a, b, ra, rb, scale, slac
     bh, bh2, Db = moved(b, rb if "b" in moves else 0 * rb, scale, slack, dtype)
     env = graph.evaluate(graph.modules, set(), (ah, bh))
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    bound = propagate_graph(graph, graph.modules, set(), env, dict(zip(placeholders, (Da, Db))))
+    bound = propagate_graph(graph, graph.modules, env, dict(zip(placeholders, (Da, Db))))
     fn = GRAPH_OPS[name]
     change = difference(fn(ah2, bh2), fn(ah, bh))
     note(f"{name} {dtype}: max change {change.max().item():.3e}, max bound {bound.max().item():.3e}")

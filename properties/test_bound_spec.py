@@ -339,7 +339,7 @@ def test_each_graph_rule_is_its_documented_formula(name, a, b, Da, Db, dtype):
     ah, bh = a.to(dtype), b.to(dtype)
     env = graph.evaluate(graph.modules, set(), (ah, bh))
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    bound = propagate_graph(graph, graph.modules, set(), env, dict(zip(placeholders, (Da, Db))))
+    bound = propagate_graph(graph, graph.modules, env, dict(zip(placeholders, (Da, Db))))
     spec = GRAPH_SPECS[name](ah.double(), bh.double(), Da, Db, UNIT_OF[dtype], ETA_OF[dtype])
     assert_agree(bound, spec.expand(bound.shape) if spec.ndim == bound.ndim else spec)
 

@@ -247,6 +247,27 @@ def test_an_output_that_is_no_tensor_has_a_bound_of_zero():
     assert torch.equal(bound[0], error_bound(plain.eval(), X))
 
 
+class UnusedBranch(nn.Module):
+    """conv → BN computed and dropped: forward returns relu(x), which no fold reaches."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        self.bn(self.conv(x))
+        return torch.relu(x)
+
+
+def test_a_fold_the_output_does_not_read_has_a_bound_of_zero():
+    """A folded pair whose value forward drops changes nothing the model returns: the bound is 0 shaped like the
+    output, plus the floor 2⁻¹⁰²² that covers the bound's own underflow once a fold is bounded."""
+    X = torch.randn(2, 2, 3, 3, generator=g)
+    model = with_statistics(UnusedBranch())
+    assert [p.bn_index for p in fold(model)[1].folded] == ["bn"]
+    assert torch.equal(error_bound(model, X), torch.full((2, 2, 3, 3), 2.0**-1022, dtype=torch.float64))
+
+
 class Residual(nn.Module):
     """x + bn(conv(x)), its branch passed through `depth` (torchvision's StochasticDepth in EfficientNet) if given."""
 
