@@ -248,7 +248,7 @@ def test_an_output_that_is_no_tensor_has_a_bound_of_zero():
 
 
 class UnusedBranch(nn.Module):
-    """conv → BN computed and dropped: forward returns relu(x), which no fold reaches."""
+    """conv → BN computed and dropped: forward returns (relu(x), Σx), which no fold reaches."""
 
     def __init__(self):
         super().__init__()
@@ -256,16 +256,19 @@ class UnusedBranch(nn.Module):
 
     def forward(self, x):
         self.bn(self.conv(x))
-        return torch.relu(x)
+        return torch.relu(x), x.sum()
 
 
 def test_a_fold_the_output_does_not_read_has_a_bound_of_zero():
-    """A folded pair whose value forward drops changes nothing the model returns: the bound is 0 shaped like the
+    """A folded pair whose value forward drops changes nothing the model returns: the bound is 0 shaped like each
     output, plus the floor 2⁻¹⁰²² that covers the bound's own underflow once a fold is bounded."""
     X = torch.randn(2, 2, 3, 3, generator=g)
     model = with_statistics(UnusedBranch())
     assert [p.bn_index for p in fold(model)[1].folded] == ["bn"]
-    assert torch.equal(error_bound(model, X), torch.full((2, 2, 3, 3), 2.0**-1022, dtype=torch.float64))
+    bound = error_bound(model, X)
+    assert isinstance(bound, tuple) and len(bound) == 2
+    assert all(torch.equal(b, torch.full(shape, 2.0**-1022, dtype=torch.float64))
+               for b, shape in zip(bound, ((2, 2, 3, 3), ())))
 
 
 class Residual(nn.Module):
