@@ -185,15 +185,28 @@ def test_the_report_bounds_each_layer_in_the_precision_torch_runs_it(bfloat16_cp
     assert linear_pair.bound_factor <= 2 * (18 + 9) * 2.0**-24 * 1.001
 
 
+class DenseResidual(nn.Module):
+    """Linear → BN → Tanh, then a Linear whose output is added to its input: a graph of matmuls and an add."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin1, self.bn, self.lin2 = linear(4, 3, g), nn.BatchNorm1d(3), linear(3, 3, g)
+
+    def forward(self, x):
+        y = torch.tanh(self.bn(self.lin1(x)))
+        return self.lin2(y) + y
+
+
 def test_the_bound_reads_the_precision_of_each_layer(bfloat16_cpu_convolutions):
-    """With float32 CPU convolutions allowed in bfloat16, error_bound of a Linear model is the IEEE one bit for bit,
-    and that of a conv model ≥ 2¹⁷·(1 − 10⁻⁶) times the IEEE one.
+    """With float32 CPU convolutions allowed in bfloat16, error_bound of a Linear model (with an add, whose rule
+    reads the matmul setting too) is the IEEE one bit for bit, and that of a conv model ≥ 2¹⁷·(1 − 10⁻⁶) times the
+    IEEE one.
 
     Each pair bound and each rule reads the precision setting of the op it models (matmul or conv): u = 2⁻⁷ (twice
     bfloat16's) against 2⁻²⁴. Every term grows at least as fast as u (γ(k) = ku/(1 − ku) faster) but the underflow
     terms and the float64 part of the pair factor, under 10⁻⁸ of the bound here.
     """
-    dense = with_statistics(nn.Sequential(linear(4, 3, g), nn.BatchNorm1d(3), nn.Tanh(), linear(3, 2, g)))
+    dense = with_statistics(DenseResidual())
     convolutional = with_statistics(nn.Sequential(conv(2, 3), nn.BatchNorm2d(3), nn.ReLU(), conv(3, 2)))
     X = torch.randn(2, 4, generator=g), torch.randn(2, 2, 5, 5, generator=g)
     bf16 = [error_bound(model, x) for model, x in zip((dense, convolutional), X)]
