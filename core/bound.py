@@ -52,35 +52,49 @@ def rounding_bound(k: float, u: float) -> float:
     return k * u / (1 - k * u) if k * u < 1 else math.inf
 
 
+REDUCED = {"tf32": 2.0**-10, "bf16": 2.0**-7}  # 2u of TF32 and of bfloat16
+LEGACY_MATMUL = {"high": "tf32", "medium": "bf16"}  # torch.set_float32_matmul_precision's names
+
+
+def _setting(read) -> str:
+    """A float32 precision setting read by `read`, or "none" where torch refuses to read it: a process that sets
+    both torch's legacy flags (allow_tf32, set_float32_matmul_precision) and the per-backend fp32_precision gets
+    a RuntimeError from the legacy getters, and the per-backend settings then say what runs."""
+    try:
+        return read()
+    except RuntimeError:
+        return "none"
+
+
 def _fp32_precision(backend: str, op: str) -> str:
     """torch.backends.<backend>.<op>.fp32_precision where this torch has it ('none' otherwise)."""
     return getattr(getattr(getattr(torch.backends, backend, None), op, None), "fp32_precision", "none")
 
 
 def unit_roundoff(dtype: torch.dtype, device=None, conv: bool = False) -> float:
-    """u of `dtype`; float32 matmuls (or convolutions, with `conv`) allowed to run in TF32 or bfloat16 get 2u of
-    that format.
+    """u of `dtype`; float32 matmuls (or convolutions, with `conv`) that any of torch's settings allows to run in
+    TF32 or bfloat16 get 2u of the narrowest such format.
 
-    Twice the narrower format's u makes each counted rounding cover two, which pays for
-    the rounding of both operands of every product (TF32: u = 2^-11, bfloat16: u = 2^-8).
-    cuDNN convolutions run float32 in TF32 unless torch.backends.cudnn.allow_tf32 is False.
+    Twice the narrower format's u makes each counted rounding cover two, which pays for the rounding of both
+    operands of every product (TF32: u = 2^-11, bfloat16: u = 2^-8). The settings read: on the CPU, oneDNN's
+    fp32_precision for the op and (matmuls) torch.get_float32_matmul_precision(); on CUDA, cuDNN's (convolutions,
+    which run in TF32 while torch.backends.cudnn.allow_tf32 is True, the default) or cuBLAS's (matmuls:
+    allow_tf32 and the float32 matmul precision).
     """
     u = ieee_unit_roundoff(dtype)
-    if dtype == torch.float32:
-        cuda = device is not None and torch.device(device).type == "cuda"
-        if conv:
-            precision = ("tf32" if torch.backends.cudnn.allow_tf32 else _fp32_precision("cudnn", "conv")) if cuda \
-                else _fp32_precision("mkldnn", "conv")
-            u = {"tf32": 2.0**-10, "bf16": 2.0**-7}.get(precision, u)
-        else:
-            precision = torch.get_float32_matmul_precision()
-            cuda_tf32 = cuda and torch.backends.cuda.matmul.allow_tf32
-            cpu = _fp32_precision("mkldnn", "matmul") if not cuda else "none"
-            if precision == "medium" or cpu == "bf16":
-                u = 2.0**-7
-            elif precision == "high" or cuda_tf32 or cpu == "tf32":
-                u = 2.0**-10
-    return u
+    if dtype != torch.float32:
+        return u
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if conv:
+        settings = [_fp32_precision("cudnn" if cuda else "mkldnn", "conv")]
+        if cuda:
+            settings.append(_setting(lambda: "tf32" if torch.backends.cudnn.allow_tf32 else ""))
+    else:
+        settings = [_fp32_precision("cuda" if cuda else "mkldnn", "matmul"),
+                    _setting(lambda: LEGACY_MATMUL.get(torch.get_float32_matmul_precision(), ""))]
+        if cuda:
+            settings.append(_setting(lambda: "tf32" if torch.backends.cuda.matmul.allow_tf32 else ""))
+    return max([u] + [REDUCED[s] for s in settings if s in REDUCED])
 
 
 def underflow(dtype: torch.dtype) -> float:
