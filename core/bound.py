@@ -144,6 +144,7 @@ def absolute(t: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def magnitudes_kept():
+    """Within it, `absolute` computes |t| once per tensor and keeps it (until the block ends)."""
     token = _MAGNITUDES.set({})
     try:
         yield
@@ -308,7 +309,7 @@ def _max_pool_rule(layer, x64, D, u, eta):
 
 
 def _kernel_volume(layer) -> int:
-    """The number of values an average pooling window holds (AvgPool2d/3d keep a kernel given as one int an int)."""
+    """The number of values an average pooling window holds (AvgPool2d/3d keep a one-int kernel as an int)."""
     k = layer.kernel_size
     return math.prod(k) if isinstance(k, tuple | list) else k ** (2 if isinstance(layer, nn.AvgPool2d) else 3)
 
