@@ -21,9 +21,11 @@ from torch import nn
 
 from core.bound import (
     RULES,
+    absolute,
     adaptive_window,
     error_bound,
     loss_bound,
+    magnitudes_kept,
     pair_bound,
     pair_factor,
     pair_magnitude,
@@ -462,3 +464,13 @@ def test_loss_bound_is_its_documented_formula(data, n, v):
     # under 2γ₆₄(n + 16) apart. (Dropping B from the size term would move the result by up to 8γ₆₄(N + V + 8) of
     # the Lipschitz part, more than that.)
     assert abs(loss_bound(z, B, Y) - spec) <= 2 * gamma(n + 16, U64) * spec
+
+
+def test_absolute_is_computed_once_per_tensor_while_magnitudes_are_kept():
+    """absolute(t) = |t| in float64; within magnitudes_kept() (all of error_bound) a tensor's is computed once and
+    the same tensor returned after, so each weight is read once however many folds lie upstream of it."""
+    w = torch.tensor([[-1.5, 2.0], [0.25, -3.0]])
+    assert torch.equal(absolute(w), w.double().abs()) and absolute(w) is not absolute(w)
+    with magnitudes_kept():
+        first = absolute(w)
+        assert torch.equal(first, w.double().abs()) and absolute(w) is first
