@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from core.bound import error_bound, pair_bound
+from core.bound import error_bound, pair_bound, unit_roundoff
 from core.errors import FoldError
 from core.fold import fold
 from core.model import CharMLP
@@ -210,9 +210,33 @@ print(json.dumps(out))
 IEEE, TF32, BF16 = 2.0**-24, 2.0**-10, 2.0**-7
 
 
+def unit_roundoffs() -> list[float]:
+    """u of a float32 CPU matmul, CPU conv, CUDA matmul and CUDA conv under the settings of the moment."""
+    return [unit_roundoff(torch.float32, device, conv) for device in ("cpu", "cuda") for conv in (False, True)]
+
+
+def test_unit_roundoff_follows_torchs_legacy_precision_flags():
+    """The legacy flags, set and restored in this process: cuDNN convolutions in TF32 by default, not once
+    cudnn.allow_tf32 is off; "high" and "medium" widen every matmul, CPU and CUDA alike."""
+    before = torch.get_float32_matmul_precision()
+    try:
+        assert unit_roundoffs() == [IEEE, IEEE, IEEE, TF32]
+        torch.backends.cudnn.allow_tf32 = False
+        assert unit_roundoffs() == [IEEE, IEEE, IEEE, IEEE]
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")
+        assert unit_roundoffs() == [TF32, IEEE, TF32, TF32]
+        torch.set_float32_matmul_precision("medium")
+        assert unit_roundoffs() == [BF16, IEEE, BF16, TF32]
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision(before)
+
+
 def test_unit_roundoff_follows_every_precision_setting_of_torch():
     """u of a float32 (CPU matmul, CPU conv, CUDA matmul, CUDA conv) under each of torch's settings, legacy flags
-    and per-backend fp32_precision alike, in one fresh process (no GPU needed: only the settings are read).
+    and per-backend fp32_precision alike, in one fresh process, as the per-backend ones cannot be undone in this
+    one (no GPU needed: only the settings are read).
 
     cuDNN convolutions run in TF32 by default; "high" and "medium" widen every matmul (torch reports "high" once
     cuBLAS's allow_tf32 is set, so the CPU's matmuls are counted in TF32 too); each per-backend setting widens its
