@@ -1,12 +1,8 @@
 """Folding traced models by example: refusals, what is kept and why, the report of a graph model, hooks, shared and
 nested modules, inference mode, and why a BatchNorm before a zero-padded conv is kept."""
 
-import json
 import math
-import subprocess
-import sys
 from collections import OrderedDict
-from pathlib import Path
 
 import pytest
 import torch
@@ -189,25 +185,22 @@ def test_the_report_bounds_each_layer_in_the_precision_torch_runs_it(bfloat16_cp
     assert linear_pair.bound_factor <= 2 * (18 + 9) * 2.0**-24 * 1.001
 
 
-SETTINGS_SCRIPT = """
-import json, torch
-from core.bound import unit_roundoff
-B = torch.backends
-def row():
-    return [unit_roundoff(torch.float32, d, c) for d in ("cpu", "cuda") for c in (False, True)]
-out = {"default": row()}
-B.cudnn.allow_tf32 = False; out["cudnn allow_tf32 off"] = row(); B.cudnn.allow_tf32 = True
-torch.set_float32_matmul_precision("high"); out["matmul high"] = row()
-torch.set_float32_matmul_precision("medium"); out["matmul medium"] = row()
-torch.set_float32_matmul_precision("highest")
-B.cuda.matmul.allow_tf32 = True; out["cuda matmul allow_tf32"] = row(); B.cuda.matmul.allow_tf32 = False
-B.mkldnn.matmul.fp32_precision = "bf16"; out["mkldnn matmul bf16"] = row(); B.mkldnn.matmul.fp32_precision = "ieee"
-B.mkldnn.conv.fp32_precision = "tf32"; out["mkldnn conv tf32"] = row(); B.mkldnn.conv.fp32_precision = "ieee"
-B.cuda.matmul.fp32_precision = "tf32"; out["cuda matmul tf32"] = row(); B.cuda.matmul.fp32_precision = "ieee"
-B.cudnn.conv.fp32_precision = "ieee"; out["cudnn conv ieee"] = row()
-print(json.dumps(out))
-"""
 IEEE, TF32, BF16 = 2.0**-24, 2.0**-10, 2.0**-7
+PER_BACKEND = [("mkldnn", "matmul"), ("mkldnn", "conv"), ("cuda", "matmul"), ("cudnn", "conv")]
+
+
+@pytest.fixture
+def precision_settings():
+    """torch's float32 precision settings, legacy and per-backend, restored after the test: the per-backend ones
+    first (while any differs from its start, torch refuses to read the legacy flags), then the legacy ones."""
+    backends = torch.backends
+    per_backend = {(b, op): getattr(getattr(backends, b), op).fp32_precision for b, op in PER_BACKEND}
+    legacy = torch.get_float32_matmul_precision(), backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32
+    yield backends
+    for (b, op), value in per_backend.items():
+        getattr(getattr(backends, b), op).fp32_precision = value
+    torch.set_float32_matmul_precision(legacy[0])
+    backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = legacy[1:]
 
 
 def unit_roundoffs() -> list[float]:
@@ -215,48 +208,39 @@ def unit_roundoffs() -> list[float]:
     return [unit_roundoff(torch.float32, device, conv) for device in ("cpu", "cuda") for conv in (False, True)]
 
 
-def test_unit_roundoff_follows_torchs_legacy_precision_flags():
-    """The legacy flags, set and restored in this process: cuDNN convolutions in TF32 by default, not once
-    cudnn.allow_tf32 is off; "high" and "medium" widen every matmul, CPU and CUDA alike."""
-    before = torch.get_float32_matmul_precision()
-    try:
-        assert unit_roundoffs() == [IEEE, IEEE, IEEE, TF32]
-        torch.backends.cudnn.allow_tf32 = False
-        assert unit_roundoffs() == [IEEE, IEEE, IEEE, IEEE]
-        torch.backends.cudnn.allow_tf32 = True
-        torch.set_float32_matmul_precision("high")
-        assert unit_roundoffs() == [TF32, IEEE, TF32, TF32]
-        torch.set_float32_matmul_precision("medium")
-        assert unit_roundoffs() == [BF16, IEEE, BF16, TF32]
-    finally:
-        torch.backends.cudnn.allow_tf32 = True
-        torch.set_float32_matmul_precision(before)
-
-
-def test_unit_roundoff_follows_every_precision_setting_of_torch():
+def test_unit_roundoff_follows_every_precision_setting_of_torch(precision_settings):
     """u of a float32 (CPU matmul, CPU conv, CUDA matmul, CUDA conv) under each of torch's settings, legacy flags
-    and per-backend fp32_precision alike, in one fresh process, as the per-backend ones cannot be undone in this
-    one (no GPU needed: only the settings are read).
+    and per-backend fp32_precision alike (no GPU needed: only the settings are read).
 
     cuDNN convolutions run in TF32 by default; "high" and "medium" widen every matmul (torch reports "high" once
     cuBLAS's allow_tf32 is set, so the CPU's matmuls are counted in TF32 too); each per-backend setting widens its
-    own op. After the per-backend API is used torch refuses to read the legacy flags (a RuntimeError): u then
+    own op. Once a per-backend setting is used torch refuses to read the legacy flags (a RuntimeError): u then
     follows the per-backend settings alone.
     """
-    run = subprocess.run([sys.executable, "-c", SETTINGS_SCRIPT], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).parent.parent)
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout) == {
-        "default": [IEEE, IEEE, IEEE, TF32],
-        "cudnn allow_tf32 off": [IEEE, IEEE, IEEE, IEEE],
-        "matmul high": [TF32, IEEE, TF32, TF32],
-        "matmul medium": [BF16, IEEE, BF16, TF32],
-        "cuda matmul allow_tf32": [TF32, IEEE, TF32, TF32],
-        "mkldnn matmul bf16": [BF16, IEEE, IEEE, TF32],
-        "mkldnn conv tf32": [IEEE, TF32, IEEE, TF32],
-        "cuda matmul tf32": [IEEE, IEEE, TF32, TF32],
-        "cudnn conv ieee": [IEEE, IEEE, IEEE, IEEE],
-    }
+    B = precision_settings
+    assert unit_roundoffs() == [IEEE, IEEE, IEEE, TF32]
+    B.cudnn.allow_tf32 = False
+    assert unit_roundoffs() == [IEEE, IEEE, IEEE, IEEE]
+    B.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    assert unit_roundoffs() == [TF32, IEEE, TF32, TF32]
+    torch.set_float32_matmul_precision("medium")
+    assert unit_roundoffs() == [BF16, IEEE, BF16, TF32]
+    torch.set_float32_matmul_precision("highest")
+    B.cuda.matmul.allow_tf32 = True
+    assert unit_roundoffs() == [TF32, IEEE, TF32, TF32]
+    B.cuda.matmul.allow_tf32 = False
+    B.mkldnn.matmul.fp32_precision = "bf16"
+    assert unit_roundoffs() == [BF16, IEEE, IEEE, TF32]
+    B.mkldnn.matmul.fp32_precision = "ieee"
+    B.mkldnn.conv.fp32_precision = "tf32"
+    assert unit_roundoffs() == [IEEE, TF32, IEEE, TF32]
+    B.mkldnn.conv.fp32_precision = "ieee"
+    B.cuda.matmul.fp32_precision = "tf32"
+    assert unit_roundoffs() == [IEEE, IEEE, TF32, TF32]
+    B.cuda.matmul.fp32_precision = "ieee"
+    B.cudnn.conv.fp32_precision = "ieee"
+    assert unit_roundoffs() == [IEEE, IEEE, IEEE, IEEE]
 
 
 class DenseResidual(nn.Module):
