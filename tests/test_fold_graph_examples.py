@@ -241,6 +241,8 @@ def test_unit_roundoff_follows_every_precision_setting_of_torch(precision_settin
     B.cuda.matmul.fp32_precision = "ieee"
     B.cudnn.conv.fp32_precision = "ieee"
     assert unit_roundoffs() == [IEEE, IEEE, IEEE, IEEE]
+    B.cudnn.conv.fp32_precision = "tf32"  # now only cuDNN's own setting says TF32 (allow_tf32 cannot be read)
+    assert unit_roundoffs() == [IEEE, IEEE, IEEE, TF32]
 
 
 class DenseResidual(nn.Module):
