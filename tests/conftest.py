@@ -1,10 +1,28 @@
-"""Small inputs for the command-line tests: a names file of synthetic names and checkpoints of every kind."""
+"""Small inputs for the command-line tests (a names file of synthetic names, checkpoints of every kind), and torch's
+float32 precision settings restored after a test that changes them."""
 
 import pytest
 import torch
 
 from core.data import Split, file_sha256, synthetic_names
 from core.model import e01_mlp, e02_mlp, save
+
+PER_BACKEND = [("mkldnn", "matmul"), ("mkldnn", "conv"), ("cuda", "matmul"), ("cudnn", "conv")]
+
+
+@pytest.fixture
+def precision_settings():
+    """torch.backends, its float32 precision settings (legacy and per-backend) restored after the test: the
+    per-backend ones first (while any differs from its start, torch refuses to read the legacy flags), then the
+    legacy ones."""
+    backends = torch.backends
+    per_backend = {(b, op): getattr(getattr(backends, b), op).fp32_precision for b, op in PER_BACKEND}
+    legacy = torch.get_float32_matmul_precision(), backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32
+    yield backends
+    for (b, op), value in per_backend.items():
+        getattr(getattr(backends, b), op).fp32_precision = value
+    torch.set_float32_matmul_precision(legacy[0])
+    backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = legacy[1:]
 
 
 @pytest.fixture(scope="session")

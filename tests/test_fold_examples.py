@@ -47,12 +47,9 @@ def issue_example():
 
 
 @pytest.fixture
-def ieee_float32_matmuls():
+def ieee_float32_matmuls(precision_settings):
     """float32 matmuls in IEEE float32 for the test, whatever the process set: the report's ρ depends on it."""
-    before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(before)
 
 
 def test_report_table(ieee_float32_matmuls):

@@ -165,12 +165,9 @@ def test_global_rng_is_untouched_by_fold_and_bound():
 
 
 @pytest.fixture
-def bfloat16_cpu_convolutions():
+def bfloat16_cpu_convolutions(precision_settings):
     """float32 convolutions on the CPU allowed to run in bfloat16 for the test (torch.backends.mkldnn.conv)."""
-    before = torch.backends.mkldnn.conv.fp32_precision
-    torch.backends.mkldnn.conv.fp32_precision = "bf16"
-    yield
-    torch.backends.mkldnn.conv.fp32_precision = before
+    precision_settings.mkldnn.conv.fp32_precision = "bf16"
 
 
 def test_the_report_bounds_each_layer_in_the_precision_torch_runs_it(bfloat16_cpu_convolutions):
@@ -186,23 +183,6 @@ def test_the_report_bounds_each_layer_in_the_precision_torch_runs_it(bfloat16_cp
 
 
 IEEE, TF32, BF16 = 2.0**-24, 2.0**-10, 2.0**-7
-PER_BACKEND = [("mkldnn", "matmul"), ("mkldnn", "conv"), ("cuda", "matmul"), ("cudnn", "conv")]
-
-
-@pytest.fixture
-def precision_settings():
-    """torch's float32 precision settings, legacy and per-backend, restored after the test: the per-backend ones
-    first (while any differs from its start, torch refuses to read the legacy flags), then the legacy ones."""
-    backends = torch.backends
-    per_backend = {(b, op): getattr(getattr(backends, b), op).fp32_precision for b, op in PER_BACKEND}
-    legacy = torch.get_float32_matmul_precision(), backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32
-    yield backends
-    for (b, op), value in per_backend.items():
-        getattr(getattr(backends, b), op).fp32_precision = value
-    torch.set_float32_matmul_precision(legacy[0])
-    backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = legacy[1:]
-
-
 def unit_roundoffs() -> list[float]:
     """u of a float32 CPU matmul, CPU conv, CUDA matmul and CUDA conv under the settings of the moment."""
     return [unit_roundoff(torch.float32, device, conv) for device in ("cpu", "cuda") for conv in (False, True)]
