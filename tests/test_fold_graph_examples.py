@@ -300,23 +300,22 @@ def test_an_output_that_is_no_tensor_has_a_bound_of_zero():
     assert torch.equal(bound[0], error_bound(plain.eval(), X))
 
 
-class UnusedBranch(nn.Module):
-    """conv → BN computed and dropped: forward returns (relu(x), Σx), which no fold reaches."""
+class PairThen(nn.Module):
+    """conv → BN, then head(x, y) of the input x and the pair's output y: what the bound meets downstream of a fold."""
 
-    def __init__(self):
+    def __init__(self, head):
         super().__init__()
-        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
+        self.conv, self.bn, self.head = conv(2, 2), nn.BatchNorm2d(2), head
 
     def forward(self, x):
-        self.bn(self.conv(x))
-        return torch.relu(x), x.sum()
+        return self.head(x, self.bn(self.conv(x)))
 
 
 def test_a_fold_the_output_does_not_read_has_a_bound_of_zero():
     """A folded pair whose value forward drops changes nothing the model returns: the bound is 0 shaped like each
     output, plus the floor 2⁻¹⁰²² that covers the bound's own underflow once a fold is bounded."""
     X = torch.randn(2, 2, 3, 3, generator=g)
-    model = with_statistics(UnusedBranch())
+    model = with_statistics(PairThen(lambda x, y: (torch.relu(x), x.sum())))  # y dropped
     assert [p.bn_index for p in fold(model)[1].folded] == ["bn"]
     bound = error_bound(model, X)
     assert isinstance(bound, tuple) and len(bound) == 2
@@ -366,18 +365,9 @@ def test_stochastic_depth_passes_the_bound_in_eval_and_random_draws_are_refused(
         error_bound(drawn.eval(), X)
 
 
-class ScaledAdd(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
-
-    def forward(self, x):
-        return torch.add(x, self.bn(self.conv(x)), alpha=0.5)
-
-
 def test_an_add_with_alpha_downstream_of_a_fold_is_refused():
     """torch.add(a, b, alpha=0.5) scales b by a rounded product the add rule does not count: error_bound says so."""
-    model = with_statistics(ScaledAdd())
+    model = with_statistics(PairThen(lambda x, y: torch.add(x, y, alpha=0.5)))
     with pytest.raises(TypeError) as info:
         error_bound(model, torch.randn(1, 2, 3, 3, generator=g))
     assert str(info.value) == "error_bound models add/sub without alpha"
@@ -437,20 +427,11 @@ def test_a_module_of_two_inputs_downstream_of_a_fold_is_refused_naming_it():
     assert str(info.value) == "error_bound has no error model for Bilinear 'bilinear' called with more than one input"
 
 
-class ExpHead(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
-
-    def forward(self, x):
-        return torch.exp(self.bn(self.conv(x)))
-
-
 def test_a_function_without_a_rule_downstream_of_a_fold_is_refused_naming_it():
     """conv → BN → torch.exp: exp has no rule (it is no move: its change is not exp of the change), so error_bound
     names the node and says where a rule goes."""
     with pytest.raises(TypeError) as info:
-        error_bound(with_statistics(ExpHead()), torch.randn(1, 2, 3, 3, generator=g))
+        error_bound(with_statistics(PairThen(lambda x, y: torch.exp(y))), torch.randn(1, 2, 3, 3, generator=g))
     assert str(info.value) == ("error_bound has no error model for exp (node 'exp'): add a rule for it to "
                                "core.bound (docs/design-conv.md says how)")
 
