@@ -88,12 +88,12 @@ def unit_roundoff(dtype: torch.dtype, device=None, conv: bool = False) -> float:
     if conv:
         settings = [_fp32_precision("cudnn" if cuda else "mkldnn", "conv")]
         if cuda:
-            settings.append(_setting(lambda: "tf32" if torch.backends.cudnn.allow_tf32 else ""))
+            settings.append(_setting(lambda: "tf32" if torch.backends.cudnn.allow_tf32 else "none"))
     else:
         settings = [_fp32_precision("cuda" if cuda else "mkldnn", "matmul"),
-                    _setting(lambda: LEGACY_MATMUL.get(torch.get_float32_matmul_precision(), ""))]
+                    _setting(lambda: LEGACY_MATMUL.get(torch.get_float32_matmul_precision(), "none"))]
         if cuda:
-            settings.append(_setting(lambda: "tf32" if torch.backends.cuda.matmul.allow_tf32 else ""))
+            settings.append(_setting(lambda: "tf32" if torch.backends.cuda.matmul.allow_tf32 else "none"))
     return max([u] + [REDUCED[s] for s in settings if s in REDUCED])
 
 
