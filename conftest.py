@@ -78,7 +78,7 @@ def names_path() -> Path:
 
 @pytest.fixture(scope="session")
 def all_names(names_path):
-    from core.data import load_names
+    from core.makemore.data import load_names
 
     return load_names(names_path)
 
@@ -86,7 +86,7 @@ def all_names(names_path):
 @pytest.fixture(scope="session")
 def splits(all_names):
     """{'train'|'dev'|'test': (X, Y)} with the standard split (seed 42) and context 4."""
-    from core.data import build_dataset, split_names
+    from core.makemore.data import build_dataset, split_names
 
     parts = dict(zip(("train", "dev", "test"), split_names(all_names, 42)))
     return {k: build_dataset(v, 4) for k, v in parts.items()}

@@ -1,3 +1,3 @@
-from core.cli import main
+from core.app.cli import main
 
 raise SystemExit(main())

@@ -1,7 +1,7 @@
 """The notebook's reference code, kept as its oracle: its data loop, its plain-class layers, its training loop.
 
 Properties and benchmarks compare the library against this module: `prepare_data` against
-`core.data.build_dataset`, `Net` + `train` against `core.train.train`. It imports nothing from the
+`core.makemore.data.build_dataset`, `Net` + `train` against `core.makemore.train.train`. It imports nothing from the
 library, so a bug there cannot hide here too. The code is the notebook's, made callable: every layer
 keeps its output in `.out` (for `retain_grad`), parameters update with `p.data += -lr * p.grad`.
 """

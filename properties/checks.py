@@ -3,8 +3,8 @@
 import torch
 from hypothesis import note
 
-from core.bound import error_bound
-from core.fold import fold
+from core.engine.bound import error_bound
+from core.engine.fold import fold
 
 
 def worst_ratio(err: torch.Tensor, bound: torch.Tensor) -> float:

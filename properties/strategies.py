@@ -9,10 +9,10 @@ from typing import NamedTuple
 import torch
 from hypothesis import strategies as st
 
-from core.init import apply_init
-from core.kinds import KINDS, ConvKind, LinearKind, MapKind, NormKind, NormTerms
-from core.layers import ACTIVATIONS, BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
-from core.model import CharMLP
+from core.makemore.init import apply_init
+from core.engine.kinds import KINDS, ConvKind, LinearKind, MapKind, NormKind, NormTerms
+from core.makemore.layers import ACTIVATIONS, BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
+from core.makemore.model import CharMLP
 
 name_chars = st.sampled_from("abcdefghijklmnopqrstuvwxyz")
 names_st = st.text(name_chars, min_size=1, max_size=12)
@@ -459,7 +459,7 @@ def conv_pair_cases(draw, dtypes=(torch.float32, torch.float64), directions=("af
                    stats=draw(norm_stats(case.bn_dim, case.var, case.gamma)))
 
 
-# One strategy per layer kind of core.kinds.KINDS (keyed by the same types): values drawn by hypothesis.
+# One strategy per layer kind of core.engine.kinds.KINDS (keyed by the same types): values drawn by hypothesis.
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=64)
 

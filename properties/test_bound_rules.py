@@ -1,4 +1,4 @@
-"""Laws of the error models of core.bound: each rule bounds how far its layer's (or function's) output can move when
+"""Laws of the error models of core.engine.bound: each rule bounds how far its layer's (or function's) output can move when
 its input moves by at most the bound it is given, in float32 and float64. docs/design-conv.md derives each rule.
 
 The law is checked the way error_bound uses it: x̂ is one model's input to a layer both models share, x̂' the
@@ -16,7 +16,7 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch import fx, nn
 
-from core.bound import (
+from core.engine.bound import (
     GELU_SLOPE,
     SAFETY,
     SILU_SLOPE,
@@ -24,8 +24,8 @@ from core.bound import (
     propagate,
     propagate_graph,
 )
-from core.graph import FoldGraph
-from core.kinds import KINDS, ElementwiseKind
+from core.engine.graph import FoldGraph
+from core.engine.kinds import KINDS, ElementwiseKind
 from properties.strategies import KIND_STRATEGIES, inputs_for, tensors
 
 F32, F64 = torch.float32, torch.float64

@@ -1,4 +1,4 @@
-"""Each rule of core.bound is the formula docs/design-conv.md states for it (§4 to §6), term for term.
+"""Each rule of core.engine.bound is the formula docs/design-conv.md states for it (§4 to §6), term for term.
 
 The soundness laws (test_bound_rules.py, test_fold_pair.py) see a rule that is too small, not one that is larger
 than its derivation: a kernel allowance of 9u for 8u, a range clamp at 3 for 2, a flat region not claimed, a
@@ -19,7 +19,7 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch import nn
 
-from core.bound import (
+from core.engine.bound import (
     RULES,
     absolute,
     adaptive_window,
@@ -32,7 +32,7 @@ from core.bound import (
     pair_underflow,
     propagate_graph,
 )
-from core.kinds import KINDS, ConvKind
+from core.engine.kinds import KINDS, ConvKind
 from properties.strategies import (
     KIND_STRATEGIES,
     conv_pair_cases,

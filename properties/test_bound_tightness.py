@@ -26,9 +26,9 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch import nn
 
-from core.bound import error_bound, ieee_unit_roundoff, loss_bound
-from core.fold import fold
-from core.kinds import KINDS
+from core.engine.bound import error_bound, ieee_unit_roundoff, loss_bound
+from core.engine.fold import fold
+from core.engine.kinds import KINDS
 from properties.strategies import PairCase, make_bn, make_linear, pair_cases, tensors
 
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64

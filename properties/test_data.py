@@ -8,7 +8,7 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 
 from core import notebook
-from core.data import (
+from core.makemore.data import (
     DataError,
     Vocab,
     build_dataset,

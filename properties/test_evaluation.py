@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from core.data import build_dataset, dataset_chunks
-from core.evaluate import combine_agreements, mean_loss
-from core.model import e01_mlp
+from core.makemore.data import build_dataset, dataset_chunks
+from core.makemore.evaluate import combine_agreements, mean_loss
+from core.makemore.model import e01_mlp
 
 letters = st.sampled_from("abcdefghijklmnopqrstuvwxyz")
 short_or_long = st.one_of(st.text(letters, min_size=1, max_size=8), st.text(letters, min_size=30, max_size=80))

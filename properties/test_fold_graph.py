@@ -5,9 +5,9 @@ pooling, hooked and subclassed BNs) in 1, 2 or 3 spatial dims, with a Flatten or
 import torch
 from hypothesis import example, given, note
 
-from core.fold import fold
-from core.graph import model_graph
-from core.kinds import is_batchnorm
+from core.engine.fold import fold
+from core.engine.graph import model_graph
+from core.engine.kinds import is_batchnorm
 from properties.checks import assert_fold_within_bound
 from properties.strategies import F64, MODELLED_BLOCKS, NetCase, net_cases
 

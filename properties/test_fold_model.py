@@ -4,8 +4,8 @@ kept BatchNorms, purity and idempotence."""
 import torch
 from hypothesis import example, given
 
-from core.fold import fold
-from core.kinds import is_linear, is_norm
+from core.engine.fold import fold
+from core.engine.kinds import is_linear, is_norm
 from properties.checks import assert_fold_within_bound
 from properties.strategies import ModelCase, model_cases
 

@@ -13,10 +13,10 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
-from core.bound import TINY64, error_bound, pair_underflow, unit_roundoff
+from core.engine.bound import TINY64, error_bound, pair_underflow, unit_roundoff
 from core.errors import FoldError
-from core.fold import fold
-from core.pairfold import (
+from core.engine.fold import fold
+from core.engine.algebra import (
     bn_affine,
     fold_after,
     fold_before,

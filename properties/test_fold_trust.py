@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from core.fold import fold
-from core.kinds import is_linear
+from core.engine.fold import fold
+from core.engine.kinds import is_linear
 from properties.strategies import model_cases
 
 

@@ -1,4 +1,4 @@
-"""Laws of the layer-kind table (core.kinds): each entry reads and rebuilds its layers faithfully, and every
+"""Laws of the layer-kind table (core.engine.kinds): each entry reads and rebuilds its layers faithfully, and every
 kind has a strategy that draws it."""
 
 from fractions import Fraction
@@ -7,8 +7,8 @@ import torch
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
-from core.bound import ETA64, U64, rounding_bound
-from core.kinds import (
+from core.engine.bound import ETA64, U64, rounding_bound
+from core.engine.kinds import (
     KINDS,
     LinearKind,
     NormKind,
@@ -20,7 +20,7 @@ from core.kinds import (
     norm_width,
     rebuild_as,
 )
-from core.layers import BatchNorm1d, Linear
+from core.makemore.layers import BatchNorm1d, Linear
 from properties.strategies import KIND_STRATEGIES, inputs_for
 
 ROLE_PARTNER = {Linear: torch.nn.Linear, torch.nn.Linear: Linear, BatchNorm1d: torch.nn.BatchNorm1d,

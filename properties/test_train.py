@@ -11,12 +11,12 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import core.train
+import core.makemore.train
 from core import notebook
-from core.bound import U32
-from core.data import build_dataset
-from core.model import e01_mlp, e02_mlp
-from core.train import train
+from core.engine.bound import U32
+from core.makemore.data import build_dataset
+from core.makemore.model import e01_mlp, e02_mlp
+from core.makemore.train import train
 from properties.strategies import name_lists
 
 archs = st.sampled_from(["e01-kaiming", "e01-zeros", "e02"])
@@ -154,7 +154,7 @@ def test_progress_is_drawn_on_a_terminal_only(monkeypatch, stderr, progress, sho
 
 
 class RecordingBar:
-    """Stands in for tqdm in core.train: records how far the bar is moved and what it is told to show."""
+    """Stands in for tqdm in core.makemore.train: records how far the bar is moved and what it is told to show."""
 
     def __init__(self, **kwargs):
         self.kwargs, self.n, self.shown = kwargs, 0, []
@@ -176,7 +176,7 @@ def test_the_bar_advances_every_thousand_steps_and_at_the_end(monkeypatch):
     """After step t the bar reads t + 1 at t ≡ 999 (mod 1000) and at the last step, with that step's loss (4 places)
     set without a redraw of its own; wall_time is the time train() took."""
     bars = []
-    monkeypatch.setattr(core.train, "tqdm", lambda **kwargs: bars.append(RecordingBar(**kwargs)) or bars[-1])
+    monkeypatch.setattr(core.makemore.train, "tqdm", lambda **kwargs: bars.append(RecordingBar(**kwargs)) or bars[-1])
     X, Y = build_dataset(["emma", "ava"], 2)
     start = time.perf_counter()
     history = train(small_model("e01-zeros", 0, 2), X, Y, 2001, batch_size=2,

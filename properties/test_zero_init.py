@@ -13,11 +13,11 @@ import torch
 from hypothesis import assume, example, given, note
 from hypothesis import strategies as st
 
-from core.bound import U64, rounding_bound, unit_roundoff
-from core.diagnostics import LayerProbe, Recorder, alive, preserved_buffers
-from core.experiments import label_entropy
-from core.layers import BatchNorm1d, Linear
-from core.train import train
+from core.engine.bound import U64, rounding_bound, unit_roundoff
+from core.makemore.diagnostics import LayerProbe, Recorder, alive, preserved_buffers
+from core.makemore.experiments import label_entropy
+from core.makemore.layers import BatchNorm1d, Linear
+from core.makemore.train import train
 from properties.strategies import MLPCase, Problem, label_lists, mlp_cases, problems, tensors
 
 F32, F64 = torch.float32, torch.float64
@@ -31,7 +31,7 @@ lrs = st.floats(1e-3, 2.0)
 
 
 def sgd(model, X, Y, steps, batch_size, lr, seed) -> tuple[list[float], Recorder]:
-    """core.train (minibatch SGD) under a Recorder: (losses, recorder)."""
+    """core.makemore.train (minibatch SGD) under a Recorder: (losses, recorder)."""
     with Recorder(model) as rec:
         history = train(model, X, Y, steps, batch_size=batch_size, lr=lr,
                         generator=torch.Generator().manual_seed(seed), progress=False, on_step=rec.on_step)

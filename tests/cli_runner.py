@@ -40,7 +40,7 @@ def run_cli(*args, env=None, umask: int = -1, timeout: float = 300, prelude: str
     if prelude is None:
         command = [sys.executable, "-m", "core", *args]
     else:
-        then_run = "import sys\nfrom core.cli import main\nsys.exit(main(sys.argv[1:]))"
+        then_run = "import sys\nfrom core.app.cli import main\nsys.exit(main(sys.argv[1:]))"
         command = [sys.executable, "-c", f"{prelude}\n{then_run}", *args]
     proc = subprocess.run(command, capture_output=True, text=True, env=env or cli_env(), umask=umask, timeout=timeout,
                           cwd=cwd, check=False)
@@ -61,7 +61,7 @@ def assert_one_line_error(result: Result, *fragments: str, code: int = 2) -> str
 
 def run_main(*args) -> Result:
     """Run the CLI's main() in this process (fast: torch is already imported), capturing what it prints."""
-    from core.cli import main
+    from core.app.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):

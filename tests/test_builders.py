@@ -2,7 +2,7 @@
 
 import torch
 
-from core.model import e01_mlp, e02_mlp
+from core.makemore.model import e01_mlp, e02_mlp
 
 
 def linear(fan_in, fan_out, bias):

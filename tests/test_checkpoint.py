@@ -7,9 +7,9 @@ import pickle
 import pytest
 import torch
 
-from core.data import Split
+from core.makemore.data import Split
 from core.errors import CheckpointError, WriteError
-from core.model import e01_mlp, e02_mlp, load, load_checkpoint, nonfinite_tensors, save
+from core.makemore.model import e01_mlp, e02_mlp, load, load_checkpoint, nonfinite_tensors, save
 
 
 def models():

@@ -10,11 +10,11 @@ import zipfile
 import pytest
 import torch
 
-from core.data import Split
+from core.makemore.data import Split
 from core.errors import CheckpointError
-from core.layers import BatchNorm1d, Linear, Tanh
+from core.makemore.layers import BatchNorm1d, Linear, Tanh
 from core.limits import MAX_SEED
-from core.model import CharMLP, e01_mlp, e02_mlp, load, load_checkpoint, save
+from core.makemore.model import CharMLP, e01_mlp, e02_mlp, load, load_checkpoint, save
 from tests.test_checkpoint import RunsCode
 
 FIX = "the file is damaged or was not written by this bnfold: re-create it with `bnfold train`"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from core.cli import main
+from core.app.cli import main
 from tests.cli_runner import assert_one_line_error, run_cli
 
 

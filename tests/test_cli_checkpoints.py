@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from core.data import Split, synthetic_names
-from core.model import load_checkpoint
+from core.makemore.data import Split, synthetic_names
+from core.makemore.model import load_checkpoint
 from tests.cli_runner import assert_one_line_error, run_cli, run_main
 from tests.test_checkpoint import RunsCode
 
@@ -30,7 +30,7 @@ def trained(tmp_path_factory, small_names):
 
 
 def test_train_records_the_split(trained, small_names):
-    from core.data import file_sha256
+    from core.makemore.data import file_sha256
 
     checkpoint = load_checkpoint(trained)
     assert checkpoint.split == Split(7, (0.8, 0.1, 0.1)) and checkpoint.split_recorded
@@ -102,7 +102,7 @@ def test_float16_mean_is_taken_in_float64(checkpoints, tmp_path):
     names.write_text("\n".join(synthetic_names(6000, seed=2)) + "\n")
     half = strict_json(run_main("eval", checkpoints["half"], "--names", names, "--json").out)
     single = load_checkpoint(checkpoints["half"]).model.float()
-    from core.evaluate import split_losses
+    from core.makemore.evaluate import split_losses
 
     parts = Split(42).parts(names.read_text().split())
     reference = split_losses(single, parts)
@@ -155,7 +155,7 @@ def test_one_long_name_is_evaluated_in_bounded_memory(checkpoints, small_names, 
     names = tmp_path / "long.txt"
     names.write_text("\n".join([*synthetic_names(9, seed=3), "q" * 1_000_000]) + "\n")
     measure = ("import atexit, contextlib, io, resource, sys\n"
-               "from core.cli import main as run_once\n"
+               "from core.app.cli import main as run_once\n"
                "with contextlib.redirect_stdout(io.StringIO()):\n"
                f"    run_once(['eval', {str(checkpoints['e01'])!r}, '--names', {str(small_names)!r}])\n"
                "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"

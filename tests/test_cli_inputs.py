@@ -121,7 +121,7 @@ def test_missing_cuda_is_refused_before_training(device, runner, tmp_path, small
 
 def test_divergence_stops_training_and_saves_nothing(tmp_path, small_names, monkeypatch):
     """Parameters that turn nan mid-training stop the run at the next check, with one line; nothing is saved."""
-    import core.train
+    import core.makemore.train
 
     seen = []
 
@@ -133,7 +133,7 @@ def test_divergence_stops_training_and_saves_nothing(tmp_path, small_names, monk
             seen.append(step)
             on_step(step, model)
 
-    monkeypatch.setattr(core.train, "train", diverging_train)
+    monkeypatch.setattr(core.makemore.train, "train", diverging_train)
     out = tmp_path / "m.pt"
     result = run_main("train", "--arch", "e01", "--steps", "100000", "--out", out, "--names", small_names)
     assert_one_line_error(result, "training diverged", "by step 200", "lower --lr", "nothing was saved")

@@ -1,6 +1,6 @@
 """The real names.txt: counts, split sizes and dataset rows."""
 
-from core.data import NAMES_SHA256, Vocab, build_dataset, file_sha256, split_names
+from core.makemore.data import NAMES_SHA256, Vocab, build_dataset, file_sha256, split_names
 
 
 def test_names_file(names_path, all_names):

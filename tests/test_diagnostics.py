@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.bound import U32
-from core.diagnostics import LayerProbe, Recorder, alive, diagnose, output_bias
-from core.kinds import hooked
-from core.layers import BatchNorm1d, Linear, Tanh
-from core.model import CharMLP, e01_mlp, e02_mlp
-from core.train import train
+from core.engine.bound import U32
+from core.makemore.diagnostics import LayerProbe, Recorder, alive, diagnose, output_bias
+from core.engine.kinds import hooked
+from core.makemore.layers import BatchNorm1d, Linear, Tanh
+from core.makemore.model import CharMLP, e01_mlp, e02_mlp
+from core.makemore.train import train
 from properties.exact import population_std, ratio_bound
 
 SATURATION = 0.97  # the lecture's threshold: |tanh| above it passes less than 1 − 0.97² ≈ 6% of the gradient

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from core import notebook
-from core.bound import U64, rounding_bound, unit_roundoff
-from core.data import build_dataset
-from core.experiments import label_entropy, run_e01
-from core.model import e01_mlp
+from core.engine.bound import U64, rounding_bound, unit_roundoff
+from core.makemore.data import build_dataset
+from core.makemore.experiments import label_entropy, run_e01
+from core.makemore.model import e01_mlp
 
 E01_OUTPUT_BIAS = "layers.8.bias"  # the E01 net: (Linear, Tanh) four times, then the output Linear at index 8
 E01_PARAMETERS = 11  # C and the weight and bias of five Linears

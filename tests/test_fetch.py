@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from core.data import DataError, download, fetch_names
+from core.makemore.data import DataError, download, fetch_names
 
 BODY = b"emma\nolivia\nava"
 

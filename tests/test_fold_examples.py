@@ -6,15 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from core.bound import error_bound
-from core.cli import main
-from core.data import random_rows
-from core.experiments import trained_e02
-from core.fold import FoldedPair, KeptBN, fold
-from core.kinds import is_norm
-from core.layers import BatchNorm1d, Linear, Tanh
-from core.model import e01_mlp, load, save
-from core.train import train
+from core.engine.bound import error_bound
+from core.app.cli import main
+from core.makemore.data import random_rows
+from core.makemore.experiments import trained_e02
+from core.engine.fold import FoldedPair, KeptBN, fold
+from core.engine.kinds import is_norm
+from core.makemore.layers import BatchNorm1d, Linear, Tanh
+from core.makemore.model import e01_mlp, load, save
+from core.makemore.train import train
 
 
 def e02(steps=20, seed=0):

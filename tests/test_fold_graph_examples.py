@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from core.bound import error_bound, pair_bound, unit_roundoff
+from core.engine.bound import error_bound, pair_bound, unit_roundoff
 from core.errors import FoldError
-from core.fold import fold
-from core.model import CharMLP
-from core.pairfold import BEFORE, fold_pair
+from core.engine.fold import fold
+from core.makemore.model import CharMLP
+from core.engine.algebra import BEFORE, fold_pair
 from properties.strategies import NetCase, silent_hook
 
 g = torch.Generator().manual_seed(0)
@@ -405,8 +405,8 @@ def test_a_layer_without_an_error_model_downstream_of_a_fold_is_refused_naming_i
     model = with_statistics(nn.Sequential(conv(2, 2), nn.BatchNorm2d(2), nn.ELU()))
     with pytest.raises(TypeError) as info:
         error_bound(model, torch.randn(2, 2, 3, 3, generator=g))
-    assert str(info.value) == ("error_bound has no error model for ELU at index 2: add its kind to core.kinds and "
-                               "its rule to core.bound.RULES")
+    assert str(info.value) == ("error_bound has no error model for ELU at index 2: add its kind to core.engine.kinds and "
+                               "its rule to core.engine.bound.RULES")
 
 
 class TwoInputLayer(nn.Module):
@@ -433,7 +433,7 @@ def test_a_function_without_a_rule_downstream_of_a_fold_is_refused_naming_it():
     with pytest.raises(TypeError) as info:
         error_bound(with_statistics(PairThen(lambda x, y: torch.exp(y))), torch.randn(1, 2, 3, 3, generator=g))
     assert str(info.value) == ("error_bound has no error model for exp (node 'exp'): add a rule for it to "
-                               "core.bound (docs/design-conv.md says how)")
+                               "core.engine.bound (docs/design-conv.md says how)")
 
 
 def test_a_hooked_layer_downstream_of_a_fold_is_refused_naming_it():

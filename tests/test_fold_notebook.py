@@ -2,12 +2,12 @@
 
 import torch
 
-from core.experiments import fold_agreement
-from core.fold import fold
-from core.kinds import is_norm
-from core.layers import Linear, Tanh
-from core.model import e02_mlp
-from core.train import train
+from core.makemore.experiments import fold_agreement
+from core.engine.fold import fold
+from core.engine.kinds import is_norm
+from core.makemore.layers import Linear, Tanh
+from core.makemore.model import e02_mlp
+from core.makemore.train import train
 
 STEPS = 5_000
 

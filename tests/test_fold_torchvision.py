@@ -13,10 +13,10 @@ import re
 import pytest
 import torch
 
-from core.bound import error_bound
-from core.cli import main
-from core.fold import fold
-from core.kinds import is_batchnorm
+from core.engine.bound import error_bound
+from core.app.cli import main
+from core.engine.fold import fold
+from core.engine.kinds import is_batchnorm
 from core.perf.layout import channels_last
 from core.vision import MODELS, build, fx_folded, images
 

@@ -23,11 +23,11 @@ pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch bu
 
 from torch import nn
 
-from core.bound import U32, propagate, rounding_bound, underflow
-from core.data import random_rows
-from core.experiments import trained_e02
-from core.fold import fold
-from core.layers import Linear, ReLU, Sigmoid, Tanh
+from core.engine.bound import U32, propagate, rounding_bound, underflow
+from core.makemore.data import random_rows
+from core.makemore.experiments import trained_e02
+from core.engine.fold import fold
+from core.makemore.layers import Linear, ReLU, Sigmoid, Tanh
 from core.perf import fused as fm
 from core.perf.fused import (
     PRECISIONS,
@@ -215,7 +215,7 @@ def test_tf32_and_bf16_round_their_operands(e02):
 
 
 def test_fp32_linear_step_is_core_folds_rule():
-    """With ρ = γ(n + 1, u) on both sides, (2) is core.bound's propagation rule for a Linear, bit for bit."""
+    """With ρ = γ(n + 1, u) on both sides, (2) is core.engine.bound's propagation rule for a Linear, bit for bit."""
     g = torch.Generator().manual_seed(0)
     layer = Linear(7, 5, generator=g)
     with torch.no_grad():

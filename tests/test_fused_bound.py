@@ -24,9 +24,9 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch import nn
 
-from core.fold import fold
-from core.layers import ReLU, Sigmoid, Tanh
-from core.model import CharMLP
+from core.engine.fold import fold
+from core.makemore.layers import ReLU, Sigmoid, Tanh
+from core.makemore.model import CharMLP
 from core.perf.fused import PRECISIONS, FusedMLP, evaluation_bound, fused_error_bound
 from properties.checks import worst_ratio
 from properties.strategies import make_bn, make_linear

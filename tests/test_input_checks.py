@@ -11,9 +11,9 @@ import torch
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from core import data
-from core.cli import integer_in, number_in, one_line
-from core.data import (
+from core.makemore import data
+from core.app.cli import integer_in, number_in, one_line
+from core.makemore.data import (
     DataError,
     Split,
     _failure_text,

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from torch import nn
 
-from core.fold import fold
+from core.engine.fold import fold
 from core.perf import bench_models
 from core.perf.layout import channels_last
 from properties.checks import assert_within_bound

@@ -6,9 +6,9 @@ import matplotlib.image
 import pytest
 import torch
 
-from core.cli import main
-from core.diagnostics import output_bias
-from core.model import e01_mlp
+from core.app.cli import main
+from core.makemore.diagnostics import output_bias
+from core.makemore.model import e01_mlp
 from tests.cli_runner import assert_one_line_error, run_cli
 
 CONTRACT = {

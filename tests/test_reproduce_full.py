@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 
-from core.cli import main
-from core.diagnostics import output_bias
-from core.model import e01_mlp
+from core.app.cli import main
+from core.makemore.diagnostics import output_bias
+from core.makemore.model import e01_mlp
 
 # The notebook's E02 dev loss after the same recipe (an unseeded run). This is a statistical
 # expectation, not a float identity: another seed and torch build take another SGD path. Seed 42

@@ -1,4 +1,4 @@
-"""torchvision rows of `bnfold bench`, and the timing of `bnfold fold --torchvision`: unfolded, folded (core.fold)
+"""torchvision rows of `bnfold bench`, and the timing of `bnfold fold --torchvision`: unfolded, folded (core.engine.fold)
 and torch.fx-fused (torch.fx.experimental.optimization.fuse) inference of one architecture, each fused net also
 in the channels-last layout (core.perf.layout), interleaved in one run.
 
@@ -23,7 +23,7 @@ from torch import nn
 
 from core import vision
 from core.errors import UsageError
-from core.fold import fold
+from core.engine.fold import fold
 from core.perf.bench import ratio_cell, time_cell
 from core.perf.layout import channels_last
 from core.perf.timing import interleaved_medians
@@ -55,7 +55,7 @@ QUICK = Settings(models=("resnet18",), image_size=16, rounds=1, fold_runs=0, thr
 
 
 def variants(model: nn.Module) -> dict[str, nn.Module]:
-    """name -> module: the model itself, folded by core.fold and fused by torch.fx's fuse (a deep copy), each of
+    """name -> module: the model itself, folded by core.engine.fold and fused by torch.fx's fuse (a deep copy), each of
     those two also channels-last."""
     from torch.fx.experimental.optimization import fuse
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
-from core.model import CharMLP
+from core.makemore.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
+from core.makemore.model import CharMLP
 
 # activation type -> (out of place, for the caller's tensor; in place, for one the chain made)
 ACTIVATIONS = {

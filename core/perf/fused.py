@@ -14,20 +14,20 @@ The certificate. u = 2⁻²⁴, γ(k, U) = kU/(1 − kU), unfolded a net whose B
 
     |unfolded(X) − FusedMLP(fold(unfolded), p)(X)| ≤ error_bound(unfolded, X) + E_p(X)        (1)
 
-`core.bound.error_bound` bounds |unfolded(X) − folded(X)| for `folded` evaluated eagerly in float32
+`core.engine.bound.error_bound` bounds |unfolded(X) − folded(X)| for `folded` evaluated eagerly in float32
 on the CPU: the evaluation its chain of single folds uses (the same layers on the same inputs give
 the same bits). E_p = `evaluation_bound(folded, X, p)` bounds |folded(X) − FusedMLP(folded, p)(X)|,
 two evaluations of one net, by carrying a bound D on the difference of the two sides' activations
 through the layers, from D = 0 at the input (both read the same embedding rows or inputs, exactly):
 
     Linear, fan-in n:  D' = (1 + ρ_p(n))·D|W| + (γ(n + 1, u) + ρ_p(n))·(|x̂||W| + |b|)            (2)
-    activation:        core.bound's rule for one layer shared by two evaluations (`propagate`)
+    activation:        core.engine.bound's rule for one layer shared by two evaluations (`propagate`)
 
 x̂ is the eager side's input to the layer. Proof of (2): the eager side computes
 ŷ_j = Σ_i x̂_i W_ij (1 + φ_ij) + b_j (1 + φ_j) with |φ| ≤ γ(n + 1, u) (error_bound's model: n + 1
 roundings per term in any summation order), the fused side y_j = Σ_i x_i W_ij (1 + θ_ij) + b_j (1 + θ_j)
 with |θ| ≤ ρ_p(n) and x = x̂ + e, |e| ≤ D; so y − ŷ = Σ e_i W_ij (1 + θ_ij) + Σ x̂_i W_ij (θ_ij − φ_ij)
-+ b_j (θ_j − φ_j), and |·| ≤ (2). With ρ = γ(n + 1, u), (2) is core.bound's own rule for a Linear.
++ b_j (θ_j − φ_j), and |·| ≤ (2). With ρ = γ(n + 1, u), (2) is core.engine.bound's own rule for a Linear.
 
 ρ_p(n), the fused side's per-term factor (`linear_factor`):
 
@@ -44,7 +44,7 @@ with |θ| ≤ ρ_p(n) and x = x̂ + e, |e| ≤ D; so y − ŷ = Σ e_i W_ij (1 +
     need a ρ of its own; FMA keeps "fp32" inside error_bound's model.
 
   tf32, bf16: ρ = (1 + U)²·exp(3(K + 1)·2⁻²³) − 1, U = 2u_f, u_f = 2⁻¹¹ (TF32) or 2⁻⁸ (bf16): the
-    format's unit roundoff, doubled as `core.bound.unit_roundoff` does; K = padded(n). A term meets two
+    format's unit roundoff, doubled as `core.engine.bound.unit_roundoff` does; K = padded(n). A term meets two
     operand conversions, each with relative error below U (round to nearest: ≤ u_f; dropping the low
     bits, what tensor cores may do with fp32 registers: < 2u_f): factor (1 + U)². The product of two
     converted operands is exact in fp32 (11 + 11 and 8 + 8 significant bits ≤ 24). The fp32
@@ -89,10 +89,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.bound import SAFETY, U32, error_bound, propagate, rounding_bound, underflow, unit_roundoff
-from core.fold import fold
-from core.layers import Linear, ReLU, Sigmoid, Tanh
-from core.model import CharMLP
+from core.engine.bound import SAFETY, U32, error_bound, propagate, rounding_bound, underflow, unit_roundoff
+from core.engine.fold import fold
+from core.makemore.layers import Linear, ReLU, Sigmoid, Tanh
+from core.makemore.model import CharMLP
 from core.perf.chain import capture
 
 try:
@@ -183,7 +183,7 @@ def _steps(layers) -> list[Step]:
         else:
             what = "a second activation" if type(layer) in ACTIVATIONS and parts else type(layer).__name__
             raise ValueError(f"FusedMLP takes Linear layers, each followed by at most one Tanh/ReLU/Sigmoid; layer "
-                             f"{i} is {what}: fold the BatchNorms first (core.fold.fold), or {FALLBACK}")
+                             f"{i} is {what}: fold the BatchNorms first (core.engine.fold.fold), or {FALLBACK}")
     if not parts:
         raise ValueError("FusedMLP needs at least one Linear layer")
     return [Step(*p) for p in parts]
@@ -217,7 +217,7 @@ def linear_step(D: torch.Tensor, x: torch.Tensor, W: torch.Tensor, b: torch.Tens
                 eta: float):
     """(2): D' = (1 + ρ)·D|W| + (ρ_ref + ρ)·(|x̂||W| + |b|) + 4nη, all float64; x̂ = x the eager side's input.
 
-    4nη pays for underflow as core.bound's affine rule does: a product that underflows loses up to η = the
+    4nη pays for underflow as core.engine.bound's affine rule does: a product that underflows loses up to η = the
     smallest float32 subnormal (bfloat16 and TF32 share float32's exponent range)."""
     both = rho_ref + rho
     return ((1 + rho) * D + both * x.abs()) @ W.abs() + 4 * W.shape[0] * eta + both * b.abs()
@@ -237,7 +237,7 @@ def _cpu(model):
 def evaluation_bound(folded, X: torch.Tensor, precision: str) -> torch.Tensor:
     """E_p: |folded(X) − FusedMLP(folded, precision)(X)| ≤ E_p elementwise, folded eager in float32 on the CPU.
 
-    Float64, CPU, the shape of the logits. Carries (2) and core.bound's activation rule from D = 0.
+    Float64, CPU, the shape of the logits. Carries (2) and core.engine.bound's activation rule from D = 0.
     """
     _check_precision(precision)
     folded = _cpu(folded)

@@ -3,7 +3,7 @@
 import pytest
 
 from core import notebook
-from core.data import build_dataset, synthetic_names
+from core.makemore.data import build_dataset, synthetic_names
 from core.perf.timing import extra_info
 
 

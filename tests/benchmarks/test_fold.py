@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from core.fold import fold
-from core.layers import BatchNorm1d
-from core.model import e02_mlp
+from core.engine.fold import fold
+from core.makemore.layers import BatchNorm1d
+from core.makemore.model import e02_mlp
 from core.perf.timing import extra_info
 
 

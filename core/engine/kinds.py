@@ -11,11 +11,11 @@ An entry says which role a layer plays and how to read and rebuild it:
   how to build one from them, and which affine layers it can pair with (`spatial`);
 - `ElementwiseKind` (tanh, sigmoid, the ReLU family, hard and smooth gates, identity, dropout) and
   `MapKind` (pooling, flatten): how to build one like a given one.
-Every entry also names its `rule`, the error model that `core.bound` propagates through it.
+Every entry also names its `rule`, the error model that `core.engine.bound` propagates through it.
 
-`fold`, `error_bound`, the torch.nn conversion (`core.torchnn`) and the property strategies
+`fold`, `error_bound`, the torch.nn conversion (`core.makemore.torchnn`) and the property strategies
 (`properties/strategies.py`, keyed by the same types) go through this table, so adding a layer kind
-means adding an entry here, its rule in `core.bound`, its strategy, and its laws (docs/design.md,
+means adding an entry here, its rule in `core.engine.bound`, its strategy, and its laws (docs/design.md,
 docs/design-conv.md).
 
 Lookups are by exact type: a subclass may override `forward`, so nothing is assumed about it.
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
+from core.makemore.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
 
 # Where a module keeps its hooks. torch has no public way to list them; if a torch release renames
 # these, `hooked` answers True for every layer, so fold keeps layers rather than folding unproven ones.

@@ -12,7 +12,7 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from core.data import CHUNK_ROWS, dataset_chunks
+from core.makemore.data import CHUNK_ROWS, dataset_chunks
 
 
 @torch.no_grad()
@@ -82,7 +82,7 @@ def combine_agreements(parts: list) -> Agreement:
 
 def split_agreement(model, folded, names, chunk_rows: int = CHUNK_ROWS) -> Agreement:
     """`fold_agreement` of the eval-mode model and its fold over every row of `names`, chunk_rows rows at a time."""
-    from core.experiments import fold_agreement
+    from core.makemore.experiments import fold_agreement
 
     model.eval()
     folded.eval()

@@ -7,12 +7,12 @@ An eval-mode BatchNorm is the per-channel affine map BN(z) = s·z + t with s = �
     BN before a Linear:  BN(x)W + b = x·(diag(s)·W) + (t·W + b)
 
 A convolution is that Linear on each patch, per group: its weight reads as blocks (g, C_in/g·K, C_out/g)
-(`core.kinds`), whose columns are output channels (BN after: scale columns) and whose rows are
+(`core.engine.kinds`), whose columns are output channels (BN after: scale columns) and whose rows are
 (input channel, kernel offset) pairs (BN before: s and t repeated over the K offsets). A BatchNorm
 before Flatten → Linear repeats s and t over the spatial positions each channel flattens into.
 
 The algebra is written once, on plain arrays, in `bn_affine`, `fold_after` and `fold_before`; layers
-reach it through the layer-kind table (`core.kinds`). Folds are computed in float64 and cast to the
+reach it through the layer-kind table (`core.engine.kinds`). Folds are computed in float64 and cast to the
 layer's dtype. docs/design.md derives the algebra; docs/design-conv.md the channel views.
 """
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from core.errors import FoldError
-from core.kinds import KINDS, ConvKind, NormTerms
+from core.engine.kinds import KINDS, ConvKind, NormTerms
 
 AFTER, BEFORE = "after", "before"  # where the BatchNorm sits relative to its affine layer
 
@@ -51,7 +51,7 @@ def f64(t: torch.Tensor) -> torch.Tensor:
 
 
 def affine_terms(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W, b) in float64: W as blocks (g, fan_in/g, fan_out/g) (`core.kinds`), b (fan_out,), 0 when it has none."""
+    """(W, b) in float64: W as blocks (g, fan_in/g, fan_out/g) (`core.engine.kinds`), b (fan_out,), 0 when it has none."""
     kind = KINDS[type(layer)]
     W, b = f64(kind.blocks(layer)), kind.bias(layer)
     return W, torch.zeros(kind.channels(layer)[1], dtype=torch.float64) if b is None else f64(b)

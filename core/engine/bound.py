@@ -7,7 +7,7 @@ whole-model sum (`error_bound`) and the loss bound (`loss_bound`); docs/design-c
 rest: convolutions and their fan-in, channelwise BatchNorms, pooling, the ReLU family, hard and
 smooth gates, and the graph rules (add, mul, mean, moves) that carry a bound through any traced model.
 
-Each layer kind names its rule in `core.kinds`; a function or method in a traced graph is read as the
+Each layer kind names its rule in `core.engine.kinds`; a function or method in a traced graph is read as the
 layer it computes (`FUNCTION_LAYERS`, `METHOD_LAYERS`) or has a graph rule of its own (`GRAPH_RULES`).
 """
 
@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from core.errors import FoldError
-from core.graph import model_graph
-from core.kinds import KINDS, ConvKind, hooked
-from core.model import CharMLP
-from core.pairfold import AFTER, check_norm, f64, norm_affine, norm_terms
+from core.engine.graph import model_graph
+from core.engine.kinds import KINDS, ConvKind, hooked
+from core.makemore.model import CharMLP
+from core.engine.algebra import AFTER, check_norm, f64, norm_affine, norm_terms
 
 
 def ieee_unit_roundoff(dtype: torch.dtype) -> float:
@@ -352,8 +352,8 @@ def propagate(layer: nn.Module, x: torch.Tensor, D: torch.Tensor, name: str) -> 
     """Bound on |layer(x̂) − layer(x̂')| given |x̂ − x̂'| ≤ D, by the rule its kind names."""
     kind = KINDS.get(type(layer))
     if kind is None or kind.rule not in RULES:
-        raise TypeError(f"error_bound has no error model for {name}: add its kind to core.kinds and its rule "
-                        f"to core.bound.RULES")
+        raise TypeError(f"error_bound has no error model for {name}: add its kind to core.engine.kinds and its rule "
+                        f"to core.engine.bound.RULES")
     if kind.rule == "batchnorm":
         check_norm(layer, name)
     return RULES[kind.rule](layer, f64(x), D, unit_roundoff(x.dtype, x.device, convolves(layer)), underflow(x.dtype))
@@ -524,7 +524,7 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict):
     if key in JOINS:
         tensors = [Ds.get(a) if Ds.get(a) is not None else _zeros_like(env[a]) for a in node.args[0]]
         return target(tensors, *args[1:], **kwargs)
-    raise TypeError(f"error_bound has no error model for {name}: add a rule for it to core.bound "
+    raise TypeError(f"error_bound has no error model for {name}: add a rule for it to core.engine.bound "
                     f"(docs/design-conv.md says how)")
 
 

@@ -159,7 +159,7 @@ def check_init(args) -> str:
     if args.init is None:
         return "zeros"
     scheme = args.init
-    from core.init import parse_scheme
+    from core.makemore.init import parse_scheme
 
     try:
         _, value = parse_scheme(scheme)
@@ -172,7 +172,7 @@ def check_init(args) -> str:
 
 
 def names_path(args, fetch: bool = True):
-    from core.data import resolve_names_path
+    from core.makemore.data import resolve_names_path
 
     return resolve_names_path(args.names, fetch=fetch)
 
@@ -186,7 +186,7 @@ def check_out(path, label: str, **protected):
 
 def load_usable_checkpoint(path, purpose: str):
     """The checkpoint at `path`, refused (CheckpointError) if any weight is nan or inf: no silent nan output."""
-    from core.model import load_checkpoint, nonfinite_tensors
+    from core.makemore.model import load_checkpoint, nonfinite_tensors
 
     checkpoint = load_checkpoint(path)
     bad = nonfinite_tensors(checkpoint.model)
@@ -198,7 +198,7 @@ def load_usable_checkpoint(path, purpose: str):
 
 def evaluation_split(checkpoint, seed, checkpoint_path):
     """The split to evaluate on: the one the checkpoint records unless --seed says otherwise (then a warning)."""
-    from core.data import Split
+    from core.makemore.data import Split
 
     recorded = checkpoint.split
     if seed is None:
@@ -214,7 +214,7 @@ def evaluation_split(checkpoint, seed, checkpoint_path):
 
 def load_evaluation_names(args, checkpoint, split):
     """{part: names} for `split`, warning when the names file is not the one the checkpoint was trained on."""
-    from core.data import file_sha256, load_split
+    from core.makemore.data import file_sha256, load_split
 
     path = names_path(args)
     _, parts = load_split(path, split)
@@ -231,7 +231,7 @@ def emit(args, data: dict, text: str) -> None:
 # Commands.
 
 def cmd_data(args):
-    from core.data import (
+    from core.makemore.data import (
         NAMES_SHA256,
         Vocab,
         file_sha256,
@@ -262,7 +262,7 @@ def cmd_train(args):
     device = check_device(args.device) if args.device is not None else None
     check_out(args.out, "--out", the_names_file=names_path(args, fetch=False))
 
-    from core.data import Split, dataset_chunks, file_sha256, load_split
+    from core.makemore.data import Split, dataset_chunks, file_sha256, load_split
 
     path = names_path(args)
     split = Split(args.seed)
@@ -270,8 +270,8 @@ def cmd_train(args):
 
     import torch
 
-    from core.model import e01_mlp, e02_mlp, nonfinite_tensors, save
-    from core.train import train
+    from core.makemore.model import e01_mlp, e02_mlp, nonfinite_tensors, save
+    from core.makemore.train import train
 
     chunks = list(dataset_chunks(parts["train"], 4))
     X, Y = torch.cat([x for x, _ in chunks]), torch.cat([y for _, y in chunks])
@@ -319,7 +319,7 @@ def require_finite_losses(losses: dict, checkpoint_path) -> None:
 
 
 def cmd_eval(args):
-    from core.evaluate import split_losses
+    from core.makemore.evaluate import split_losses
 
     checkpoint = load_usable_checkpoint(args.checkpoint, "evaluating it")
     split = evaluation_split(checkpoint, args.seed, args.checkpoint)
@@ -344,7 +344,7 @@ def cmd_fold(args):
     from core.errors import UsageError
 
     if args.torchvision:
-        from core.cli_vision import cmd_fold_torchvision
+        from core.app.fold_torchvision import cmd_fold_torchvision
 
         return cmd_fold_torchvision(args)
     if args.checkpoint is None or args.out is None:
@@ -352,9 +352,9 @@ def cmd_fold(args):
     check_out(args.out, "-o", the_checkpoint_being_folded=args.checkpoint,
               the_names_file=names_path(args, fetch=False))
 
-    from core.evaluate import split_agreement
-    from core.fold import fold
-    from core.model import save
+    from core.makemore.evaluate import split_agreement
+    from core.engine.fold import fold
+    from core.makemore.model import save
 
     checkpoint = load_usable_checkpoint(args.checkpoint, "folding it")
     model = checkpoint.model.eval()
@@ -395,17 +395,17 @@ def check_out_dir(out, names) -> None:
 def cmd_reproduce(args):
     device = check_device(args.device)
     if args.out is None:
-        from core.reproduce import default_out
+        from core.app.reproduce import default_out
 
     out = args.out or default_out()
     check_out_dir(out, names_path(args, fetch=False))
 
-    from core.data import Split, build_dataset, load_split
+    from core.makemore.data import Split, build_dataset, load_split
 
     _, parts = load_split(names_path(args), Split(args.seed))
 
-    from core.report import summary_table
-    from core.reproduce import reproduce
+    from core.app.report import summary_table
+    from core.app.reproduce import reproduce
 
     splits = {k: build_dataset(v, 4) for k, v in parts.items()}
     report = reproduce(splits, steps=args.steps, seed=args.seed, out=out, device=device)
@@ -418,7 +418,7 @@ def cmd_bench(args):
 
     import torch
 
-    from core.data import load_names, require_enough_names, resolve_names_path, synthetic_names
+    from core.makemore.data import load_names, require_enough_names, resolve_names_path, synthetic_names
     from core.errors import UsageError
     from core.perf import bench, timing
 
@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="folded checkpoint path (never the input checkpoint)")
     p.add_argument("--seed", type=seed_arg, default=None, help=seed_help)
     add_names_arg(p)
-    from core.cli_vision import add_arguments as add_torchvision_args
+    from core.app.fold_torchvision import add_arguments as add_torchvision_args
 
     add_torchvision_args(p)
     p.set_defaults(func=cmd_fold)

@@ -3,7 +3,7 @@ along the graph's edges, the stages of single folds, and evaluating a stage.
 
 A model is read as a torch.fx graph whose `call_module` nodes are its layers. A CharMLP's layer stack and a
 Sequential without BatchNorms below its own children are read as a chain, one node per layer, named by
-index; any other module is traced by torch.fx, keeping every layer of a kind in `core.kinds` (and any
+index; any other module is traced by torch.fx, keeping every layer of a kind in `core.engine.kinds` (and any
 BatchNorm, subclass or hooked module) as one call, named by its qualified name.
 
 The plan folds a BatchNorm along an edge only where nothing else can see the difference (docs/design-conv.md):
@@ -27,8 +27,8 @@ import torch
 from torch import fx, nn
 
 from core.errors import FoldError
-from core.kinds import AFFINE_TYPES, KINDS, LinearKind, hooked, is_batchnorm, norm_width
-from core.pairfold import AFTER, BEFORE, fold_pair
+from core.engine.kinds import AFFINE_TYPES, KINDS, LinearKind, hooked, is_batchnorm, norm_width
+from core.engine.algebra import AFTER, BEFORE, fold_pair
 
 KIND_TYPES = tuple(KINDS)
 
@@ -417,7 +417,7 @@ def writes_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
 def model_graph(model: nn.Module) -> FoldGraph:
     """The graph fold and error_bound read: a chain for a CharMLP or a Sequential (or a single layer) without
     BatchNorms below its own children, the torch.fx trace otherwise."""
-    from core.model import CharMLP
+    from core.makemore.model import CharMLP
 
     if isinstance(model, CharMLP):
         layers = model.layers

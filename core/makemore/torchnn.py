@@ -3,9 +3,9 @@
 from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
-from core.kinds import rebuild_as
-from core.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
-from core.model import CharMLP
+from core.engine.kinds import rebuild_as
+from core.makemore.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
+from core.makemore.model import CharMLP
 
 TORCH_NN = {Linear: nn.Linear, BatchNorm1d: nn.BatchNorm1d, Tanh: nn.Tanh, ReLU: nn.ReLU, Sigmoid: nn.Sigmoid}
 

@@ -1,8 +1,8 @@
 """Folding every foldable BatchNorm of a model into an adjacent affine layer; the report of what was folded and kept.
 
 `fold(model)` takes a CharMLP, a torch.nn.Sequential or any module torch.fx can trace. The model is read
-as a graph of layers and planned along its edges (`core.graph`); each single fold is `core.pairfold`'s
-algebra and its certified bound is `core.bound`'s. docs/design.md and docs/design-conv.md state the rules.
+as a graph of layers and planned along its edges (`core.engine.graph`); each single fold is `core.engine.algebra`'s
+algebra and its certified bound is `core.engine.bound`'s. docs/design.md and docs/design-conv.md state the rules.
 """
 
 from dataclasses import dataclass
@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.bound import convolves, pair_factor, unit_roundoff
-from core.graph import model_graph
-from core.kinds import fan_in
-from core.model import CharMLP
-from core.pairfold import AFTER
+from core.engine.bound import convolves, pair_factor, unit_roundoff
+from core.engine.graph import model_graph
+from core.engine.kinds import fan_in
+from core.makemore.model import CharMLP
+from core.engine.algebra import AFTER
 
 
 @dataclass(frozen=True)

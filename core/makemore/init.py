@@ -18,7 +18,7 @@ from fractions import Fraction
 import torch
 from torch import nn
 
-from core.layers import Linear
+from core.makemore.layers import Linear
 
 
 def _linears(model: nn.Module) -> list[Linear]:

@@ -10,7 +10,7 @@ from core.errors import UsageError
 
 def add_arguments(p) -> None:
     """The fold subcommand's torchvision options."""
-    from core.cli import integer_in, threads_arg
+    from core.app.cli import integer_in, threads_arg
     from core.limits import MAX_ROUNDS
 
     image_size = integer_in(1, 4096, "an image size")
@@ -30,8 +30,8 @@ def cmd_fold_torchvision(args) -> None:
     import torch
 
     from core import vision
-    from core.bound import error_bound
-    from core.fold import fold
+    from core.engine.bound import error_bound
+    from core.engine.fold import fold
     from core.perf import bench_models
 
     if args.checkpoint is not None or args.out is not None:

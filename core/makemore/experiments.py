@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core.bound import error_bound, loss_bound
-from core.diagnostics import Recorder
-from core.fold import fold
-from core.model import VOCAB_SIZE, CharMLP, e01_mlp, e02_mlp
-from core.train import train
+from core.engine.bound import error_bound, loss_bound
+from core.makemore.diagnostics import Recorder
+from core.engine.fold import fold
+from core.makemore.model import VOCAB_SIZE, CharMLP, e01_mlp, e02_mlp
+from core.makemore.train import train
 
 
 def label_entropy(Y: torch.Tensor, num_classes: int = VOCAB_SIZE) -> float:

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.atomic import atomic_write_bytes
-from core.data import Split
+from core.makemore.data import Split
 from core.errors import CheckpointError, os_error_text
-from core.layers import ACTIVATIONS, BatchNorm1d, Linear, Tanh, layer_from_spec
+from core.makemore.layers import ACTIVATIONS, BatchNorm1d, Linear, Tanh, layer_from_spec
 from core.limits import MAX_SEED
 
 VOCAB_SIZE = 27
@@ -55,7 +55,7 @@ class CharMLP(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, max_len: int = 50) -> list[str]:
         """n names drawn character by character from the eval-mode model, each at most max_len long."""
-        from core.data import Vocab
+        from core.makemore.data import Vocab
 
         vocab = Vocab()
         was_training = self.training
@@ -95,7 +95,7 @@ def _embedding(generator, vocab_size=VOCAB_SIZE, emb_size=EMB_SIZE):
 def e01_mlp(generator: torch.Generator, init: str = "zeros", context_length: int = CONTEXT_LENGTH,
             emb_size: int = EMB_SIZE, n_hidden: int = N_HIDDEN) -> CharMLP:
     """The notebook's E01 net: Linear(40,100)+Tanh, three Linear(100,100)+Tanh, Linear(100,27), all with bias."""
-    from core.init import apply_init
+    from core.makemore.init import apply_init
 
     C = _embedding(generator, emb_size=emb_size)
     widths = [context_length * emb_size] + [n_hidden] * 4
