@@ -10,7 +10,23 @@ class DataError(BnfoldError, ValueError):
 
 
 class FoldError(BnfoldError, ValueError):
-    """A BatchNorm cannot be folded (the message names the layer index and the fix)."""
+    """A BatchNorm cannot be folded, or a model cannot be read as layers (the message names the layer and the fix)."""
+
+
+class BoundError(BnfoldError, ValueError):
+    """error_bound has no error model for a layer or node of the model (the message names it and the way out)."""
+
+
+class ModelError(BnfoldError, ValueError):
+    """A model cannot be built as asked (an unknown architecture name, say)."""
+
+
+class MissingDependency(BnfoldError, ImportError):
+    """An optional package is not installed (the message names the package and the extra that brings it)."""
+
+
+class UnsupportedModel(BnfoldError, ValueError):
+    """A fast path (FrozenChain, FusedMLP) cannot run this model or layer (the message names it and the fallback)."""
 
 
 class CheckpointError(BnfoldError, ValueError):

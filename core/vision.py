@@ -12,8 +12,8 @@ folding them is no identity.
 import torch
 from torch import nn
 
-from core.errors import UsageError
 from core.engine.kinds import is_batchnorm
+from core.errors import UsageError
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf",
           "shufflenet_v2_x1_0", "mnasnet0_5", "densenet121", "vgg11_bn")

@@ -3,7 +3,7 @@
 import torch
 from hypothesis import note
 
-from core.engine.bound import error_bound
+from core.engine.bound.propagation import error_bound
 from core.engine.fold import fold
 
 

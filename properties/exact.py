@@ -5,7 +5,7 @@ from fractions import Fraction
 
 import torch
 
-from core.engine.bound import SAFETY, TINY64, U64, rounding_bound
+from core.engine.bound.rounding import SAFETY, TINY64, U64, rounding_bound
 
 
 def exact_stats(x: torch.Tensor):

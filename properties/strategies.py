@@ -9,8 +9,8 @@ from typing import NamedTuple
 import torch
 from hypothesis import strategies as st
 
-from core.makemore.init import apply_init
 from core.engine.kinds import KINDS, ConvKind, LinearKind, MapKind, NormKind, NormTerms
+from core.makemore.init import apply_init
 from core.makemore.layers import ACTIVATIONS, BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
 from core.makemore.model import CharMLP
 

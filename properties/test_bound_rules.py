@@ -1,5 +1,5 @@
-"""Laws of the error models of core.engine.bound: each rule bounds how far its layer's (or function's) output can move when
-its input moves by at most the bound it is given, in float32 and float64. docs/design-conv.md derives each rule.
+"""Laws of the error models of core.engine.bound: each rule bounds how far its layer's (or function's) output can move
+when its input moves by at most the bound it is given, in float32 and float64. docs/design-conv.md derives each rule.
 
 The law is checked the way error_bound uses it: x̂ is one model's input to a layer both models share, x̂' the
 other's, with |x̂' − x̂| ≤ D elementwise; the rule's value at (x̂, D) must cover |L(x̂') − L(x̂)| as the kernels
@@ -16,14 +16,9 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch import fx, nn
 
-from core.engine.bound import (
-    GELU_SLOPE,
-    SAFETY,
-    SILU_SLOPE,
-    TINY64,
-    propagate,
-    propagate_graph,
-)
+from core.engine.bound.propagation import propagate_graph
+from core.engine.bound.rounding import SAFETY, TINY64
+from core.engine.bound.rules import GELU_SLOPE, SILU_SLOPE, propagate
 from core.engine.graph import FoldGraph
 from core.engine.kinds import KINDS, ElementwiseKind
 from properties.strategies import KIND_STRATEGIES, inputs_for, tensors

@@ -19,19 +19,11 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch import nn
 
-from core.engine.bound import (
-    RULES,
-    absolute,
-    adaptive_window,
-    error_bound,
-    loss_bound,
-    magnitudes_kept,
-    pair_bound,
-    pair_factor,
-    pair_magnitude,
-    pair_underflow,
-    propagate_graph,
-)
+from core.engine.bound.loss import loss_bound
+from core.engine.bound.magnitudes import absolute, magnitudes_kept
+from core.engine.bound.pair import pair_bound, pair_factor, pair_magnitude, pair_underflow
+from core.engine.bound.propagation import error_bound, propagate_graph
+from core.engine.bound.rules import RULES, adaptive_window
 from core.engine.kinds import KINDS, ConvKind
 from properties.strategies import (
     KIND_STRATEGIES,

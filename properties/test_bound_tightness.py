@@ -26,7 +26,9 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch import nn
 
-from core.engine.bound import error_bound, ieee_unit_roundoff, loss_bound
+from core.engine.bound.loss import loss_bound
+from core.engine.bound.propagation import error_bound
+from core.engine.bound.rounding import ieee_unit_roundoff
 from core.engine.fold import fold
 from core.engine.kinds import KINDS
 from properties.strategies import PairCase, make_bn, make_linear, pair_cases, tensors

@@ -6,9 +6,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.makemore.data import Split
 from core.errors import CheckpointError
-from core.makemore.model import e01_mlp, e02_mlp, load_checkpoint, save
+from core.makemore.checkpoint import load_checkpoint, save
+from core.makemore.data import Split
+from core.makemore.model import e01_mlp, e02_mlp
 
 MODELS = {"e01": e01_mlp(torch.Generator().manual_seed(1), init="kaiming", n_hidden=6).eval(),
           "e02": e02_mlp(torch.Generator().manual_seed(2), n_hidden=6).eval()}

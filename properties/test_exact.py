@@ -7,7 +7,7 @@ import torch
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
-from core.engine.bound import TINY64, U64
+from core.engine.bound.rounding import TINY64, U64
 from properties.exact import exact_stats, population_std, ratio_bound
 from properties.strategies import floats_without_underflow, tensors
 

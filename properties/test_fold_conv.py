@@ -10,7 +10,7 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from core.engine.bound import error_bound
+from core.engine.bound.propagation import error_bound
 from core.engine.fold import fold
 from core.engine.kinds import KINDS, NormTerms
 from properties.checks import assert_within_bound

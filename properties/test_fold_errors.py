@@ -7,11 +7,11 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from core.engine.bound import error_bound
-from core.errors import FoldError
+from core.engine.algebra import fold_pair
+from core.engine.bound.propagation import error_bound
 from core.engine.fold import fold
 from core.engine.kinds import KINDS, NormTerms
-from core.engine.algebra import fold_pair
+from core.errors import FoldError
 from properties.strategies import BN_TYPES, ConvPairCase, PairCase, conv_pair_cases, make_bn, make_linear, pair_cases
 
 small_pairs = pair_cases(max_fan=8, max_batch=2)

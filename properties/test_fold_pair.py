@@ -13,9 +13,6 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 
-from core.engine.bound import TINY64, error_bound, pair_underflow, unit_roundoff
-from core.errors import FoldError
-from core.engine.fold import fold
 from core.engine.algebra import (
     bn_affine,
     fold_after,
@@ -23,6 +20,11 @@ from core.engine.algebra import (
     fold_bn_linear,
     fold_linear_bn,
 )
+from core.engine.bound.pair import pair_underflow
+from core.engine.bound.propagation import error_bound
+from core.engine.bound.rounding import TINY64, unit_roundoff
+from core.engine.fold import fold
+from core.errors import FoldError
 from properties.checks import assert_within_bound, worst_ratio
 from properties.strategies import NormStats, PairCase, pair_cases
 

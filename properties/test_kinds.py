@@ -7,7 +7,7 @@ import torch
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
-from core.engine.bound import ETA64, U64, rounding_bound
+from core.engine.bound.rounding import ETA64, U64, rounding_bound
 from core.engine.kinds import (
     KINDS,
     LinearKind,

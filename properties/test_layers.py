@@ -12,7 +12,7 @@ from hypothesis import example, given, note
 from hypothesis import strategies as st
 
 from core import notebook
-from core.engine.bound import U64, rounding_bound
+from core.engine.bound.rounding import U64, rounding_bound
 from core.makemore.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh, layer_from_spec
 from properties.exact import exact_stats, stat_errors
 from properties.strategies import floats_without_underflow, tensors

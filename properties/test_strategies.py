@@ -12,8 +12,8 @@ import torch
 from hypothesis import Phase, example, find, given, settings
 from hypothesis import strategies as st
 
-from core.makemore.data import Vocab
 from core.engine.kinds import is_batchnorm
+from core.makemore.data import Vocab
 from core.makemore.layers import ACTIVATIONS, BatchNorm1d, Linear
 from core.makemore.model import CharMLP
 from properties.strategies import (

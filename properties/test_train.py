@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import core.makemore.train
 from core import notebook
-from core.engine.bound import U32
+from core.engine.bound.rounding import U32
 from core.makemore.data import build_dataset
 from core.makemore.model import e01_mlp, e02_mlp
 from core.makemore.train import train

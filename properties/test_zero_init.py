@@ -13,7 +13,7 @@ import torch
 from hypothesis import assume, example, given, note
 from hypothesis import strategies as st
 
-from core.engine.bound import U64, rounding_bound, unit_roundoff
+from core.engine.bound.rounding import U64, rounding_bound, unit_roundoff
 from core.makemore.diagnostics import LayerProbe, Recorder, alive, preserved_buffers
 from core.makemore.experiments import label_entropy
 from core.makemore.layers import BatchNorm1d, Linear

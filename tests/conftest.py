@@ -4,8 +4,9 @@ float32 precision settings restored after a test that changes them."""
 import pytest
 import torch
 
+from core.makemore.checkpoint import save
 from core.makemore.data import Split, file_sha256, synthetic_names
-from core.makemore.model import e01_mlp, e02_mlp, save
+from core.makemore.model import e01_mlp, e02_mlp
 
 PER_BACKEND = [("mkldnn", "matmul"), ("mkldnn", "conv"), ("cuda", "matmul"), ("cudnn", "conv")]
 

@@ -11,14 +11,14 @@ import torch
 
 from core import notebook
 from core.app.cli import main
+from core.engine.fold import fold
 from core.makemore.data import build_dataset, random_rows, synthetic_names
 from core.makemore.experiments import trained_e02
-from core.engine.fold import fold
 from core.makemore.model import e02_mlp
+from core.makemore.train import train
 from core.perf import bench
 from core.perf.bench import Change, compare, parse_threshold
 from core.perf.timing import interleaved_medians, machine_info
-from core.makemore.train import train
 
 
 def result(ratios: dict, cpu="test cpu") -> dict:

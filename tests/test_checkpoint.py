@@ -7,9 +7,10 @@ import pickle
 import pytest
 import torch
 
-from core.makemore.data import Split
 from core.errors import CheckpointError, WriteError
-from core.makemore.model import e01_mlp, e02_mlp, load, load_checkpoint, nonfinite_tensors, save
+from core.makemore.checkpoint import load, load_checkpoint, save
+from core.makemore.data import Split
+from core.makemore.model import e01_mlp, e02_mlp, nonfinite_tensors
 
 
 def models():

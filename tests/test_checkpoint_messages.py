@@ -10,11 +10,12 @@ import zipfile
 import pytest
 import torch
 
-from core.makemore.data import Split
 from core.errors import CheckpointError
-from core.makemore.layers import BatchNorm1d, Linear, Tanh
 from core.limits import MAX_SEED
-from core.makemore.model import CharMLP, e01_mlp, e02_mlp, load, load_checkpoint, save
+from core.makemore.checkpoint import load, load_checkpoint, save
+from core.makemore.data import Split
+from core.makemore.layers import BatchNorm1d, Linear, Tanh
+from core.makemore.model import CharMLP, e01_mlp, e02_mlp
 from tests.test_checkpoint import RunsCode
 
 FIX = "the file is damaged or was not written by this bnfold: re-create it with `bnfold train`"

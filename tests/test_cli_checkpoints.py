@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
+from core.makemore.checkpoint import load_checkpoint
 from core.makemore.data import Split, synthetic_names
-from core.makemore.model import load_checkpoint
 from tests.cli_runner import assert_one_line_error, run_cli, run_main
 from tests.test_checkpoint import RunsCode
 

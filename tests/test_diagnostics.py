@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.engine.bound import U32
-from core.makemore.diagnostics import LayerProbe, Recorder, alive, diagnose, output_bias
+from core.engine.bound.rounding import U32
 from core.engine.kinds import hooked
+from core.makemore.diagnostics import LayerProbe, Recorder, alive, diagnose, output_bias
 from core.makemore.layers import BatchNorm1d, Linear, Tanh
 from core.makemore.model import CharMLP, e01_mlp, e02_mlp
 from core.makemore.train import train

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from core import notebook
-from core.engine.bound import U64, rounding_bound, unit_roundoff
+from core.engine.bound.rounding import U64, rounding_bound, unit_roundoff
 from core.makemore.data import build_dataset
 from core.makemore.experiments import label_entropy, run_e01
 from core.makemore.model import e01_mlp

@@ -6,14 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from core.engine.bound import error_bound
 from core.app.cli import main
-from core.makemore.data import random_rows
-from core.makemore.experiments import trained_e02
+from core.engine.bound.propagation import error_bound
 from core.engine.fold import FoldedPair, KeptBN, fold
 from core.engine.kinds import is_norm
+from core.makemore.checkpoint import load, save
+from core.makemore.data import random_rows
+from core.makemore.experiments import trained_e02
 from core.makemore.layers import BatchNorm1d, Linear, Tanh
-from core.makemore.model import e01_mlp, load, save
+from core.makemore.model import e01_mlp
 from core.makemore.train import train
 
 

@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from core.engine.bound import error_bound, pair_bound, unit_roundoff
-from core.errors import FoldError
-from core.engine.fold import fold
-from core.makemore.model import CharMLP
 from core.engine.algebra import BEFORE, fold_pair
+from core.engine.bound.pair import pair_bound
+from core.engine.bound.propagation import error_bound
+from core.engine.bound.rounding import unit_roundoff
+from core.engine.fold import fold
+from core.errors import BoundError, FoldError
+from core.makemore.model import CharMLP
 from properties.strategies import NetCase, silent_hook
 
 g = torch.Generator().manual_seed(0)
@@ -353,7 +355,7 @@ def test_stochastic_depth_passes_the_bound_in_eval_and_random_draws_are_refused(
     plain.load_state_dict(model.state_dict())
     assert torch.equal(error_bound(model, X), error_bound(plain.eval(), X))
     model.depth.train()
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(BoundError) as info:
         error_bound(model, X)
     assert str(info.value) == ("error_bound needs stochastic_depth in eval mode (in training it is random): call "
                                "model.eval()")
@@ -361,14 +363,14 @@ def test_stochastic_depth_passes_the_bound_in_eval_and_random_draws_are_refused(
     assert torch.equal(error_bound(model, X), error_bound(plain, X))
     drawn = Residual(DrawnDepth())
     drawn.load_state_dict(model.state_dict())
-    with pytest.raises(TypeError, match="bernoulli_.*draws random numbers"):
+    with pytest.raises(BoundError, match="bernoulli_.*draws random numbers"):
         error_bound(drawn.eval(), X)
 
 
 def test_an_add_with_alpha_downstream_of_a_fold_is_refused():
     """torch.add(a, b, alpha=0.5) scales b by a rounded product the add rule does not count: error_bound says so."""
     model = with_statistics(PairThen(lambda x, y: torch.add(x, y, alpha=0.5)))
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(BoundError) as info:
         error_bound(model, torch.randn(1, 2, 3, 3, generator=g))
     assert str(info.value) == "error_bound models add/sub without alpha"
 
@@ -403,7 +405,7 @@ def test_a_batchnorm_in_training_downstream_of_a_fold_is_refused_by_the_bound():
 def test_a_layer_without_an_error_model_downstream_of_a_fold_is_refused_naming_it():
     """conv → BN → ELU: fold folds the pair, but the bound has no rule for ELU: error_bound says where one goes."""
     model = with_statistics(nn.Sequential(conv(2, 2), nn.BatchNorm2d(2), nn.ELU()))
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(BoundError) as info:
         error_bound(model, torch.randn(2, 2, 3, 3, generator=g))
     assert str(info.value) == ("error_bound has no error model for ELU at index 2: add its kind to core.engine.kinds and "
                                "its rule to core.engine.bound.RULES")
@@ -422,7 +424,7 @@ class TwoInputLayer(nn.Module):
 def test_a_module_of_two_inputs_downstream_of_a_fold_is_refused_naming_it():
     """conv → BN → Bilinear(y, y): the bound has rules for layers of one input only, and says which layer has two."""
     model = with_statistics(TwoInputLayer())
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(BoundError) as info:
         error_bound(model, torch.randn(1, 2, 3, 3, generator=g))
     assert str(info.value) == "error_bound has no error model for Bilinear 'bilinear' called with more than one input"
 
@@ -430,7 +432,7 @@ def test_a_module_of_two_inputs_downstream_of_a_fold_is_refused_naming_it():
 def test_a_function_without_a_rule_downstream_of_a_fold_is_refused_naming_it():
     """conv → BN → torch.exp: exp has no rule (it is no move: its change is not exp of the change), so error_bound
     names the node and says where a rule goes."""
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(BoundError) as info:
         error_bound(with_statistics(PairThen(lambda x, y: torch.exp(y))), torch.randn(1, 2, 3, 3, generator=g))
     assert str(info.value) == ("error_bound has no error model for exp (node 'exp'): add a rule for it to "
                                "core.engine.bound (docs/design-conv.md says how)")
@@ -440,7 +442,7 @@ def test_a_hooked_layer_downstream_of_a_fold_is_refused_naming_it():
     """conv → BN → ReLU with a forward hook: the hook may change the ReLU's output, so no rule bounds it."""
     model = with_statistics(nn.Sequential(conv(2, 2), nn.BatchNorm2d(2), nn.ReLU()))
     model[2].register_forward_hook(lambda module, inputs, output: output)
-    with pytest.raises(TypeError) as info:
+    with pytest.raises(BoundError) as info:
         error_bound(model, torch.randn(1, 2, 3, 3, generator=g))
     assert str(info.value) == ("error_bound has no error model for ReLU at index 2: it has a hook registered, which "
                                "may change its output; remove the hook to bound the model")
@@ -450,7 +452,7 @@ def test_dropout_in_training_is_refused_saying_to_call_eval():
     """A Dropout in training downstream of a fold is refused: each model would draw its own mask."""
     model = with_statistics(nn.Sequential(conv(2, 2), nn.BatchNorm2d(2), nn.Dropout(0.5)))
     model[2].train()
-    with torch.random.fork_rng(devices=[]), pytest.raises(TypeError) as info:  # the mask drawn in training
+    with torch.random.fork_rng(devices=[]), pytest.raises(BoundError) as info:  # the mask drawn in training
         error_bound(model, torch.randn(2, 2, 4, 4, generator=g))
     assert str(info.value) == "error_bound needs Dropout in eval mode (in training it is random): call model.eval()"
 

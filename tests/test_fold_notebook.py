@@ -2,9 +2,9 @@
 
 import torch
 
-from core.makemore.experiments import fold_agreement
 from core.engine.fold import fold
 from core.engine.kinds import is_norm
+from core.makemore.experiments import fold_agreement
 from core.makemore.layers import Linear, Tanh
 from core.makemore.model import e02_mlp
 from core.makemore.train import train

@@ -13,8 +13,8 @@ import re
 import pytest
 import torch
 
-from core.engine.bound import error_bound
 from core.app.cli import main
+from core.engine.bound.propagation import error_bound
 from core.engine.fold import fold
 from core.engine.kinds import is_batchnorm
 from core.perf.layout import channels_last

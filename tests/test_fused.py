@@ -23,10 +23,11 @@ pytest.importorskip("triton", reason="Triton is not installed (CPU-only torch bu
 
 from torch import nn
 
-from core.engine.bound import U32, propagate, rounding_bound, underflow
+from core.engine.bound.rounding import U32, rounding_bound, underflow
+from core.engine.bound.rules import propagate
+from core.engine.fold import fold
 from core.makemore.data import random_rows
 from core.makemore.experiments import trained_e02
-from core.engine.fold import fold
 from core.makemore.layers import Linear, ReLU, Sigmoid, Tanh
 from core.perf import fused as fm
 from core.perf.fused import (

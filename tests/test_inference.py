@@ -5,9 +5,9 @@ import torch
 from torch import nn
 from torch.nn.utils import skip_init
 
+from core.engine.fold import fold
 from core.makemore.data import random_rows
 from core.makemore.experiments import trained_e02
-from core.engine.fold import fold
 from core.makemore.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
 from core.makemore.model import CharMLP, e01_mlp
 from core.perf.chain import FrozenChain, capture

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from core.engine.bound import rounding_bound, unit_roundoff
+from core.engine.bound.rounding import rounding_bound, unit_roundoff
+from core.makemore.checkpoint import load, save
 from core.makemore.init import apply_init, parse_scheme
 from core.makemore.layers import Linear, Tanh
-from core.makemore.model import CharMLP, e01_mlp, load, save
+from core.makemore.model import CharMLP, e01_mlp
 from core.makemore.train import train
 
 SCHEMES = ["kaiming", "kaiming(5/3)", "zeros", "constant(0.5)", "zero_last", "zero_last(5/3)",

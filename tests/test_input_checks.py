@@ -11,8 +11,8 @@ import torch
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from core.makemore import data
 from core.app.cli import integer_in, number_in, one_line
+from core.makemore import data
 from core.makemore.data import (
     DataError,
     Split,

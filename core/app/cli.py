@@ -186,7 +186,8 @@ def check_out(path, label: str, **protected):
 
 def load_usable_checkpoint(path, purpose: str):
     """The checkpoint at `path`, refused (CheckpointError) if any weight is nan or inf: no silent nan output."""
-    from core.makemore.model import load_checkpoint, nonfinite_tensors
+    from core.makemore.checkpoint import load_checkpoint
+    from core.makemore.model import nonfinite_tensors
 
     checkpoint = load_checkpoint(path)
     bad = nonfinite_tensors(checkpoint.model)
@@ -270,7 +271,8 @@ def cmd_train(args):
 
     import torch
 
-    from core.makemore.model import e01_mlp, e02_mlp, nonfinite_tensors, save
+    from core.makemore.checkpoint import save
+    from core.makemore.model import e01_mlp, e02_mlp, nonfinite_tensors
     from core.makemore.train import train
 
     chunks = list(dataset_chunks(parts["train"], 4))
@@ -352,9 +354,9 @@ def cmd_fold(args):
     check_out(args.out, "-o", the_checkpoint_being_folded=args.checkpoint,
               the_names_file=names_path(args, fetch=False))
 
-    from core.makemore.evaluate import split_agreement
     from core.engine.fold import fold
-    from core.makemore.model import save
+    from core.makemore.checkpoint import save
+    from core.makemore.evaluate import split_agreement
 
     checkpoint = load_usable_checkpoint(args.checkpoint, "folding it")
     model = checkpoint.model.eval()
@@ -418,8 +420,8 @@ def cmd_bench(args):
 
     import torch
 
-    from core.makemore.data import load_names, require_enough_names, resolve_names_path, synthetic_names
     from core.errors import UsageError
+    from core.makemore.data import load_names, require_enough_names, resolve_names_path, synthetic_names
     from core.perf import bench, timing
 
     if args.fail is not None and args.compare is None:

@@ -30,7 +30,7 @@ def cmd_fold_torchvision(args) -> None:
     import torch
 
     from core import vision
-    from core.engine.bound import error_bound
+    from core.engine.bound.propagation import error_bound
     from core.engine.fold import fold
     from core.perf import bench_models
 

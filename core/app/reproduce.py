@@ -7,14 +7,14 @@ from pathlib import Path
 import torch
 
 from core.app import report as rp
-from core.makemore.diagnostics import LayerProbe, Recorder
 from core.errors import UsageError
+from core.makemore.diagnostics import LayerProbe, Recorder
 from core.makemore.experiments import run_e01, run_e02
 from core.makemore.layers import Tanh
 from core.makemore.model import e01_mlp
+from core.makemore.train import train
 from core.perf.chain import FrozenChain
 from core.perf.timing import interleaved_medians
-from core.makemore.train import train
 
 SPEED_BATCHES = (1, 64, 4096)  # and the whole dev set
 ALIVE_SCHEMES = ("kaiming(5/3)", "zeros", "constant(0.5)", "zero_last(5/3)", "zero_weights_random_bias")

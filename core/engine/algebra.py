@@ -19,8 +19,8 @@ layer's dtype. docs/design.md derives the algebra; docs/design-conv.md the chann
 import torch
 from torch import nn
 
-from core.errors import FoldError
 from core.engine.kinds import KINDS, ConvKind, NormTerms
+from core.errors import FoldError
 
 AFTER, BEFORE = "after", "before"  # where the BatchNorm sits relative to its affine layer
 
@@ -51,7 +51,7 @@ def f64(t: torch.Tensor) -> torch.Tensor:
 
 
 def affine_terms(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W, b) in float64: W as blocks (g, fan_in/g, fan_out/g) (`core.engine.kinds`), b (fan_out,), 0 when it has none."""
+    """(W, b) in float64: W as blocks (g, fan_in/g, fan_out/g) (`core.engine.kinds`), b (fan_out,), 0 if it has none."""
     kind = KINDS[type(layer)]
     W, b = f64(kind.blocks(layer)), kind.bias(layer)
     return W, torch.zeros(kind.channels(layer)[1], dtype=torch.float64) if b is None else f64(b)

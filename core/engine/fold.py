@@ -10,11 +10,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from core.engine.bound import convolves, pair_factor, unit_roundoff
+from core.engine.algebra import AFTER
+from core.engine.bound.pair import pair_factor
+from core.engine.bound.rounding import convolves, unit_roundoff
 from core.engine.graph import model_graph
 from core.engine.kinds import fan_in
 from core.makemore.model import CharMLP
-from core.engine.algebra import AFTER
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from core.errors import FoldError
-from core.engine.kinds import AFFINE_TYPES, KINDS, LinearKind, hooked, is_batchnorm, norm_width
 from core.engine.algebra import AFTER, BEFORE, fold_pair
+from core.engine.kinds import AFFINE_TYPES, KINDS, LinearKind, hooked, is_batchnorm, norm_width
+from core.errors import FoldError
 
 KIND_TYPES = tuple(KINDS)
 

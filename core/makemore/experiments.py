@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core.engine.bound import error_bound, loss_bound
-from core.makemore.diagnostics import Recorder
+from core.engine.bound.loss import loss_bound
+from core.engine.bound.propagation import error_bound
 from core.engine.fold import fold
+from core.makemore.diagnostics import Recorder
 from core.makemore.model import VOCAB_SIZE, CharMLP, e01_mlp, e02_mlp
 from core.makemore.train import train
 

@@ -17,11 +17,13 @@ import torch
 
 from core import notebook
 from core.atomic import atomic_write_text
-from core.makemore.data import build_dataset, random_rows, split_names
-from core.errors import BnfoldError
-from core.makemore.experiments import trained_e02
 from core.engine.fold import fold
+from core.errors import BnfoldError
+from core.makemore.data import build_dataset, random_rows, split_names
+from core.makemore.experiments import trained_e02
 from core.makemore.model import CharMLP, e02_mlp
+from core.makemore.torchnn import to_torch_nn
+from core.makemore.train import train
 from core.perf.chain import FrozenChain, capture, minimal_chain
 from core.perf.fused import availability, compiled_variants, fused_variants
 from core.perf.timing import (
@@ -31,8 +33,6 @@ from core.perf.timing import (
     interleaved_medians,
     machine_info,
 )
-from core.makemore.torchnn import to_torch_nn
-from core.makemore.train import train
 
 FORMAT = "bnfold.bench/1"
 BENCH_DIR = Path(".benchmarks")

@@ -1,5 +1,5 @@
-"""torchvision rows of `bnfold bench`, and the timing of `bnfold fold --torchvision`: unfolded, folded (core.engine.fold)
-and torch.fx-fused (torch.fx.experimental.optimization.fuse) inference of one architecture, each fused net also
+"""torchvision rows of `bnfold bench`, and the timing of `bnfold fold --torchvision`: unfolded, folded
+(core.engine.fold) and torch.fx-fused (torch.fx.experimental.optimization.fuse) inference of one architecture, each fused net also
 in the channels-last layout (core.perf.layout), interleaved in one run.
 
 The rows are ratios of medians, like every bench ratio:
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from core import vision
-from core.errors import UsageError
 from core.engine.fold import fold
+from core.errors import UsageError
 from core.perf.bench import ratio_cell, time_cell
 from core.perf.layout import channels_last
 from core.perf.timing import interleaved_medians

@@ -89,7 +89,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.engine.bound import SAFETY, U32, error_bound, propagate, rounding_bound, underflow, unit_roundoff
+from core.engine.bound.propagation import error_bound
+from core.engine.bound.rounding import SAFETY, U32, rounding_bound, underflow, unit_roundoff
+from core.engine.bound.rules import propagate
 from core.engine.fold import fold
 from core.makemore.layers import Linear, ReLU, Sigmoid, Tanh
 from core.makemore.model import CharMLP

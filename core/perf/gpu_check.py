@@ -25,13 +25,13 @@ import time
 
 import torch
 
+from core.engine.fold import fold
 from core.makemore.data import random_rows
 from core.makemore.experiments import trained_e02
-from core.engine.fold import fold
 from core.makemore.layers import Linear
+from core.makemore.torchnn import to_torch_nn
 from core.perf.chain import minimal_chain
 from core.perf.timing import interleaved_medians
-from core.makemore.torchnn import to_torch_nn
 
 LARGE_ROWS = 2**21
 CHECK_ROWS = 4096  # rows are independent: a bound checked on these certifies these outputs of the large batch

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from core.engine.fold import fold
 from core.makemore.data import random_rows
 from core.makemore.experiments import trained_e02
-from core.engine.fold import fold
 from core.perf import bench
 
 STATS_STEPS = 50  # SGD steps that give the BatchNorms realistic statistics

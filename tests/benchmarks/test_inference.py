@@ -6,8 +6,8 @@ Every variant includes the embedding lookup C[X]; compare within a group (one ba
 import pytest
 import torch
 
-from core.makemore.data import random_rows
 from core.engine.fold import fold
+from core.makemore.data import random_rows
 from core.perf.chain import FrozenChain, capture, minimal_chain
 from core.perf.timing import extra_info
 

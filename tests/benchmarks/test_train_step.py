@@ -1,12 +1,12 @@
-"""One training step of the E02 net: core.makemore.train.train vs the notebook's loop (plain-class layers, retain_grad)."""
+"""One training step of the E02 net: makemore's train vs the notebook's loop (plain-class layers, retain_grad)."""
 
 import pytest
 import torch
 
 from core import notebook
 from core.makemore.model import e02_mlp
-from core.perf.timing import extra_info
 from core.makemore.train import train
+from core.perf.timing import extra_info
 
 STEPS = 10  # steps per timed call; stats are per call, so divide by STEPS for one step
 BATCH_SIZE = 64

@@ -1,0 +1,82 @@
+"""The bound of one fold: |unfolded_j − folded_j| ≤ ρ·M_j + A for each output j of a layer/BatchNorm pair
+(docs/design.md, "One pair"; docs/design-conv.md for convolutions)."""
+
+import torch
+from torch import nn
+
+from core.engine.algebra import AFTER, f64, norm_affine, norm_terms
+from core.engine.bound.magnitudes import absolute
+from core.engine.bound.rounding import (
+    BN_ROUNDINGS,
+    BOUND_C,
+    FOLD_ROUNDINGS,
+    U64,
+    convolves,
+    rounding_bound,
+    underflow,
+    unit_roundoff,
+)
+from core.engine.kinds import KINDS, ConvKind
+
+
+def pair_factor(n: int, direction: str, u: float) -> float:
+    """ρ = γ(n + c) + (1 + γ₆₄(k))(1 + γ(n + 2)) − 1, k = 6 (+ n before): |unfolded_j − folded_j| ≤ ρ·M_j."""
+    k = FOLD_ROUNDINGS + (n if direction != AFTER else 0)
+    return rounding_bound(n + BOUND_C, u) + (1 + rounding_bound(k, U64)) * (1 + rounding_bound(n + 2, u)) - 1
+
+
+def channelwise(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A per-channel vector shaped to broadcast over dim 1 of an ndim-D tensor (N, C, *spatial)."""
+    return v.reshape(-1, *([1] * (ndim - 2)))
+
+
+def per_output(layer: nn.Module, v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A per-output vector of an affine layer, shaped for its ndim-D output: dim 1 for a conv, last for a Linear."""
+    return channelwise(v, ndim) if isinstance(KINDS[type(layer)], ConvKind) else v
+
+
+def pair_magnitude(layer: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor) -> torch.Tensor:
+    """M_j: the sum of the magnitudes of the terms of output j of the unfolded pair, in float64.
+
+    after:  M_j = |s_j|·(Σ_i |x_i||W_ij| + |b_j| + |μ_j|) + |β_j|
+    before: M_j = Σ_i (|x_i||s_i| + |μ_i s_i| + |β_i|)·|W_ij| + |b_j|
+    where Σ_i runs over a conv's patch, and before a Linear through a Flatten over every flattened input.
+    """
+    kind = KINDS[type(layer)]
+    mean, _, _, beta, _ = norm_terms(bn)
+    s = norm_affine(bn)[0].abs()
+    W, b = absolute(layer.weight), kind.bias(layer)
+    b = W.new_zeros(kind.channels(layer)[1]) if b is None else absolute(b)
+    ax = f64(x).abs()
+    if direction == AFTER:
+        z = kind.linear_map(layer, ax, W)
+        return per_output(layer, s, z.ndim) * (z + per_output(layer, b + mean.abs(), z.ndim)) \
+            + per_output(layer, beta.abs(), z.ndim)
+    m = ax * channelwise(s, ax.ndim) + channelwise((mean * s).abs() + beta.abs(), ax.ndim)
+    if not isinstance(kind, ConvKind):  # a Linear, perhaps after a Flatten
+        m = m.flatten(1)
+    z = kind.linear_map(layer, m, W)
+    return z + per_output(layer, b, z.ndim)
+
+
+def pair_underflow(linear: nn.Module, bn: nn.Module, x: torch.Tensor) -> float:
+    """A: what underflow adds to |unfolded_j − folded_j|, with η = `underflow(dtype)`, n the terms per output:
+
+    A = η·(2n(2 + max|s|) + 2·8·(1 + max_j Σ_i |W_ij|) + n·max|x| + 1): n products of 2η each on both sides (after
+    the BN's |s| on the unfolded side), the BN's 8 roundings (through |W| when it comes first), and each folded
+    weight and bias cast down to the layer's dtype off by η on top of its rounding (times |x_i|).
+    """
+    n = KINDS[type(linear)].terms(linear)
+    s = norm_affine(bn)[0].abs().max().item() if len(bn.running_mean) else 0.0
+    W = absolute(linear.weight)
+    rows = f64(KINDS[type(linear)].blocks(linear)).abs().sum(-2).max().item() if W.numel() else 0.0
+    largest = f64(x).abs().max().item() if x.numel() else 0.0
+    return underflow(x.dtype) * (2 * n * (2 + s) + 2 * BN_ROUNDINGS * (1 + rows) + n * largest + 1)
+
+
+def pair_bound(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor) -> torch.Tensor:
+    """ρ·M_j + A: the bound on |unfolded_j − folded_j| for one pair at input x."""
+    n = KINDS[type(linear)].terms(linear)
+    u = unit_roundoff(x.dtype, x.device, convolves(linear))
+    return pair_factor(n, direction, u) * pair_magnitude(linear, bn, direction, x) \
+        + pair_underflow(linear, bn, x)
