@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 from hypothesis import strategies as st
 
+from core.engine.bound.rules import move_rule
 from core.engine.kinds import KINDS, ConvKind, LinearKind, MapKind, NormKind, NormTerms
 from core.makemore.init import apply_init
 from core.makemore.layers import ACTIVATIONS, BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
@@ -583,7 +584,7 @@ def inputs_for(draw, layer, max_rows=3):
         width = kind.terms(layer).mean.shape[0]
         spatial = draw(st.sampled_from(kind.spatial if type(layer) is not BatchNorm1d else (0,)))
         return draw(tensors((rows, width, *draw(st.tuples(*[st.integers(1, 3)] * spatial)))))
-    if isinstance(kind, ConvKind) or isinstance(kind, MapKind) and kind.rule != "move":
+    if isinstance(kind, ConvKind) or isinstance(kind, MapKind) and kind.rule is not move_rule:
         channels = layer.in_channels if isinstance(kind, ConvKind) else draw(st.integers(1, 2))
         low = spatial_min(layer)
         extra = 2 if len(low) < 3 else 1
@@ -604,7 +605,7 @@ KIND_STRATEGIES = {
     torch.nn.LeakyReLU: st.builds(torch.nn.LeakyReLU, st.floats(-2, 2)).map(torch.nn.Module.eval),
     torch.nn.GELU: st.builds(torch.nn.GELU, st.sampled_from(("none", "tanh"))).map(torch.nn.Module.eval),
     torch.nn.Dropout: st.floats(0, 0.9).map(lambda p: torch.nn.Dropout(p).eval()),
-    **{t: pool_layers(t) for t, kind in KINDS.items() if isinstance(kind, MapKind) and kind.rule != "move"},
+    **{t: pool_layers(t) for t, kind in KINDS.items() if isinstance(kind, MapKind) and kind.rule is not move_rule},
     torch.nn.Flatten: st.builds(torch.nn.Flatten, st.integers(0, 1)).map(torch.nn.Module.eval),
 }
 

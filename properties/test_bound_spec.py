@@ -23,7 +23,7 @@ from core.engine.bound.loss import loss_bound
 from core.engine.bound.magnitudes import absolute, magnitudes_kept
 from core.engine.bound.pair import pair_bound, pair_factor, pair_magnitude, pair_underflow
 from core.engine.bound.propagation import error_bound, propagate_graph
-from core.engine.bound.rules import RULES, adaptive_window
+from core.engine.bound.rules import adaptive_window
 from core.engine.kinds import KINDS, ConvKind
 from properties.strategies import (
     KIND_STRATEGIES,
@@ -32,7 +32,7 @@ from properties.strategies import (
     pair_cases,
     tensors,
 )
-from properties.test_bound_rules import GRAPH_OPS, RULE_TYPES, traced
+from properties.test_bound_rules import GRAPH_OPS, RULE_TYPES, rule_name, traced
 
 F32, F64 = torch.float32, torch.float64
 U64 = 2.0**-53
@@ -232,7 +232,7 @@ def move_spec(layer, x, D, u, eta):
     return layer(D)
 
 
-MAP_SPECS = {"linear": affine_spec, "conv": affine_spec, "batchnorm": batchnorm_spec, "avg_pool": pool_spec,
+MAP_SPECS = {"affine": affine_spec, "batchnorm": batchnorm_spec, "avg_pool": pool_spec,
              "adaptive_avg_pool": pool_spec, "max_pool": max_pool_spec, "move": move_spec}
 
 
@@ -261,7 +261,7 @@ def test_each_rule_is_its_documented_formula(rule, layer_type, data, u, eta):
     D = data.draw(tensors(tuple(x.shape), bounds))
     note(f"{layer}: u = {u}, η = {eta}")
     with torch.no_grad():
-        assert_agree(RULES[rule](layer, x, D, u, eta), spec_of(rule, layer, x, D, u, eta))
+        assert_agree(KINDS[layer_type].rule(layer, x, D, u, eta), spec_of(rule, layer, x, D, u, eta))
 
 
 KINK_LAYERS = [nn.Hardtanh(-0.3, 0.7), nn.Hardtanh(-1.5, 1.5), nn.ReLU6(), nn.ReLU(), nn.Hardswish(),
@@ -276,10 +276,10 @@ KINK_BOUNDS = (0.0, 1e-9, 1.5, 2.5, 3.0, 6.0)
 def test_each_rule_is_its_documented_formula_at_the_kinks(layer, u, eta):
     """R(L, x̂, D) = spec_R(L, x̂, D) for every x̂ of KINK_POINTS and D of KINK_BOUNDS: x̂ ± D lands on each threshold,
     kink and range end (±3, ±3/2, −0.3, 0.7, 0, 6) from either side, where the flat tests and clamps decide."""
-    rule = KINDS[type(layer)].rule
+    rule = rule_name(KINDS[type(layer)])
     xs = torch.tensor([[x for x in KINK_POINTS for _ in KINK_BOUNDS]], dtype=F64)
     Ds = torch.tensor([[d for _ in KINK_POINTS for d in KINK_BOUNDS]], dtype=F64)
-    assert_agree(RULES[rule](layer, xs, Ds, u, eta), spec_of(rule, layer, xs, Ds, u, eta))
+    assert_agree(KINDS[type(layer)].rule(layer, xs, Ds, u, eta), spec_of(rule, layer, xs, Ds, u, eta))
 
 
 @given(size=st.integers(1, 40), out=st.integers(1, 40))
@@ -336,7 +336,7 @@ def test_each_graph_rule_is_its_documented_formula(name, a, b, Da, Db, dtype):
     fn = SPEC_OPS[name]
     graph = traced(fn)
     ah, bh = a.to(dtype), b.to(dtype)
-    env = graph.evaluate(graph.modules, set(), (ah, bh))
+    env = graph.values(graph.modules, set(), (ah, bh))
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     bound = propagate_graph(graph, graph.modules, env, dict(zip(placeholders, (Da, Db))))
     spec = GRAPH_SPECS[name](ah.double(), bh.double(), Da, Db, UNIT_OF[dtype], ETA_OF[dtype])

@@ -1,4 +1,4 @@
-"""Every FoldError case: the fold refuses, and the message names the layer index and what to do."""
+"""Every FoldError case: the fold refuses, and the message names the layer and what to do."""
 
 import re
 
@@ -34,31 +34,31 @@ def refused(model, *patterns):
 
 @given(small_pairs, prefixes)
 def test_training_mode_is_refused(case, prefix):
-    """BN.training ⇒ FoldError("… at index i is in training mode … call model.eval() …").
+    """BN.training ⇒ FoldError("… 'i' is in training mode … call model.eval() …").
 
     In training a BatchNorm normalises with the batch's statistics: no fixed affine map to fold.
     """
     linear, bn, _ = case.build()
     model, i = in_model(case, linear, bn.train(), prefix)
-    refused(model, f"BatchNorm1d at index {i} is in training mode", r"call model\.eval\(\)")
+    refused(model, f"BatchNorm1d '{i}' is in training mode", r"call model\.eval\(\)")
 
 
 @given(small_pairs, prefixes, st.sampled_from(["running_mean", "running_var"]))
 def test_missing_statistics_are_refused(case, prefix, stat):
-    """running_mean or running_var is None ⇒ FoldError("… at index i has no running_mean/running_var: load …").
+    """running_mean or running_var is None ⇒ FoldError("… 'i' has no running_mean/running_var: load …").
 
     Without running statistics the eval map is undefined.
     """
     linear, bn, _ = case.build()
     setattr(bn, stat, None)
     model, i = in_model(case, linear, bn, prefix)
-    refused(model, f"index {i} has no running_mean/running_var", "load a state_dict")
+    refused(model, f"'{i}' has no running_mean/running_var", "load a state_dict")
 
 
 @given(small_pairs, prefixes, st.sampled_from(["running_mean", "running_var"]),
        st.sampled_from([float("nan"), float("inf"), -float("inf")]), units)
 def test_non_finite_statistics_are_refused(case, prefix, stat, value, unit):
-    """μ_j or v_j ∉ ℝ ⇒ FoldError("… at index i has a non-finite <stat> (<value> at unit j): re-estimate …").
+    """μ_j or v_j ∉ ℝ ⇒ FoldError("… 'i' has a non-finite <stat> (<value> at unit j): re-estimate …").
 
     A nan or inf statistic makes s or t non-finite: the folded layer would output nan/inf.
     """
@@ -67,13 +67,13 @@ def test_non_finite_statistics_are_refused(case, prefix, stat, value, unit):
     with torch.no_grad():
         getattr(bn, stat)[j] = value
     model, i = in_model(case, linear, bn, prefix)
-    refused(model, f"index {i} has a non-finite {stat} \\({value} at unit {j}\\)", "re-estimate the statistics")
+    refused(model, f"'{i}' has a non-finite {stat} \\({value} at unit {j}\\)", "re-estimate the statistics")
 
 
 @given(small_pairs, prefixes, st.floats(1e-3, 10), units)
 @example(PairCase(dtype=torch.float64, eps=1e-5), 0, 0.0, 0)
 def test_non_positive_variance_plus_eps_is_refused(case, prefix, r, unit):
-    """v_j + ε ≤ 0 ⇒ FoldError("… at index i has running_var + eps <= 0 at unit j …").
+    """v_j + ε ≤ 0 ⇒ FoldError("… 'i' has running_var + eps <= 0 at unit j …").
 
     1/√(v + ε) is undefined there. The test sets v_j = −ε(1 + r); r ≥ 10⁻³ survives a float32 rounding.
     """
@@ -82,12 +82,12 @@ def test_non_positive_variance_plus_eps_is_refused(case, prefix, r, unit):
     with torch.no_grad():
         bn.running_var[j] = -case.eps * (1 + r)
     model, i = in_model(case, linear, bn, prefix)
-    refused(model, f"index {i} has running_var \\+ eps <= 0 at unit {j}", "raise eps")
+    refused(model, f"'{i}' has running_var \\+ eps <= 0 at unit {j}", "raise eps")
 
 
 @given(small_pairs, prefixes, st.integers(1, 3))
 def test_size_mismatch_is_refused(case, prefix, extra):
-    """dim(BN) ≠ fan_out (after) or fan_in (before) ⇒ FoldError("… has d features but Linear at index k has
+    """dim(BN) ≠ fan_out (after) or fan_in (before) ⇒ FoldError("… has d features but Linear 'k' has
     fan_out n …").
 
     s and t have one entry per unit of the side they scale; other sizes cannot pair with W.
@@ -98,7 +98,7 @@ def test_size_mismatch_is_refused(case, prefix, extra):
     model, i = in_model(case, linear, wrong, prefix)
     k = i - 1 if case.direction == "after" else i + 1
     side = "fan_out" if case.direction == "after" else "fan_in"
-    refused(model, f"index {i} has {units + extra} features but Linear at index {k} has {side} {units}",
+    refused(model, f"'{i}' has {units + extra} features but Linear '{k}' has {side} {units}",
             "they are no Linear/BatchNorm pair; check the architecture")
 
 
@@ -112,12 +112,12 @@ def test_untracked_torch_batchnorm_is_refused(case, prefix):
     units = case.fan_out if case.direction == "after" else case.fan_in
     bn = torch.nn.BatchNorm1d(units, affine=case.affine, track_running_stats=False, dtype=case.dtype).eval()
     model, i = in_model(case, linear, bn, prefix)
-    refused(model, f"index {i} has track_running_stats=False", "rebuild it with track_running_stats=True")
+    refused(model, f"'{i}' has track_running_stats=False", "rebuild it with track_running_stats=True")
 
 
 @given(pair_cases(dtypes=(torch.float16, torch.bfloat16), max_fan=8, max_batch=2), prefixes)
 def test_overflow_is_refused(case, prefix):
-    """|W'| > max(dtype) ⇒ FoldError("folding … at index i into … do not fit <dtype> … fold a float32 … copy").
+    """|W'| > max(dtype) ⇒ FoldError("folding … 'i' into … do not fit <dtype> … fold a float32 … copy").
 
     With W = 1, v = 0, ε = 10⁻⁶ and γ = max(dtype)/10, s = γ/√ε = 100·max(dtype): the float64 fold
     is finite, but W' = W·s (or s·W) does not fit the layer's dtype, and a cast would give inf.
@@ -129,7 +129,7 @@ def test_overflow_is_refused(case, prefix):
     stats = (torch.ones(units), torch.zeros(units), torch.full((units,), top / 10), torch.zeros(units))
     bn = make_bn(case.kind, stats, 1e-6, dtype=case.dtype)
     model, i = in_model(case, linear, bn, prefix)
-    refused(model, f"folding BatchNorm1d at index {i} into Linear", f"do not fit {case.dtype}",
+    refused(model, f"folding BatchNorm1d '{i}' into Linear", f"do not fit {case.dtype}",
             "fold a float32 or float64 copy")
 
 
@@ -208,7 +208,7 @@ def test_a_pair_fed_three_dim_tensors_is_refused_by_the_bound(case):
     with pytest.raises(FoldError) as info:
         error_bound(model, X)
     bn, linear = ("1", "0") if case.direction == "after" else ("0", "1")
-    assert re.search(rf"BatchNorm1d at index {bn} normalises dim 1 of a 3-D tensor here, but \w+ at index {linear} "
+    assert re.search(rf"BatchNorm1d '{bn}' normalises dim 1 of a 3-D tensor here, but \w+ '{linear}' "
                      r"keeps its channels in dim 1 only of 2-D tensors \(N, C\)", str(info.value)), str(info.value)
 
 
@@ -229,5 +229,5 @@ def test_an_unbatched_conv1d_pair_is_refused_by_the_bound():
     with pytest.raises(FoldError) as info:
         error_bound(model, X)
     assert str(info.value).startswith(
-        "BatchNorm1d at index 1 normalises dim 1 of a 2-D tensor here, but Conv1d at index 0 keeps its channels in "
+        "BatchNorm1d '1' normalises dim 1 of a 2-D tensor here, but Conv1d '0' keeps its channels in "
         "dim 1 only of 3-D tensors (N, C, ...): fold(model) folded them as if it did")

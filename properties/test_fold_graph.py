@@ -6,7 +6,7 @@ import torch
 from hypothesis import example, given, note
 
 from core.engine.fold import fold
-from core.engine.graph import model_graph
+from core.engine.plan import plan_folds
 from core.engine.kinds import is_batchnorm
 from properties.checks import assert_fold_within_bound
 from properties.strategies import F64, MODELLED_BLOCKS, NetCase, net_cases
@@ -22,7 +22,7 @@ def batchnorms(model) -> dict:
 @example(NetCase(1, 3, 4, ("depthwise", "bn_conv_zero_padded", "hooked", "pool", "residual"), "none", 2))
 @example(NetCase(2, 1, 2, ("subclass", "pool", "pool", "bn_conv"), "flatten_linear", 1))
 def test_every_bn_is_folded_or_kept_by_the_rule(case):
-    """{BNs of m} = {p.bn_index} ⊎ {k.index}; a BN folds iff its edge allows it, else its reason says why; the BNs
+    """{BNs of m} = {p.bn} ⊎ {k.bn}; a BN folds iff its edge allows it, else its reason says why; the BNs
     left in fold(m) are exactly the kept ones, unchanged.
 
     Each block decides its BNs alone (every block ends with an op that is no affine layer): a BN after a conv
@@ -33,8 +33,8 @@ def test_every_bn_is_folded_or_kept_by_the_rule(case):
     model, _, expected = case.build()
     folded, report = fold(model)
     names = set(batchnorms(model))
-    folded_names = [p.bn_index for p in report.folded]
-    kept = {k.index: k.reason for k in report.kept}
+    folded_names = [p.bn for p in report.folded]
+    kept = {k.bn: k.reason for k in report.kept}
     assert names == set(expected) == set(folded_names) | set(kept) and not set(folded_names) & set(kept)
     for name, expect in expected.items():
         assert (name in folded_names) == (expect == "folded"), (name, expect, kept.get(name))
@@ -124,16 +124,16 @@ def test_a_stage_evaluated_from_the_last_one_has_the_values_of_a_fresh_evaluatio
     layers and the folded BatchNorms passing their input on, as fold(m) does.
     """
     model, X, _ = case.build()
-    graph = model_graph(model)
-    steps, _ = graph.plan()
+    plan = plan_folds(model)
+    graph, steps = plan.graph, plan.steps
     modules, bypassed = dict(graph.modules), set()
-    env = graph.evaluate(modules, bypassed, (X,))
+    env = graph.values(modules, bypassed, (X,))
     assert same(env[graph.nodes[-1]], model(X))
-    for k, step in enumerate(steps):
-        modules[step.layer.target] = graph.fold_step(modules, step)
+    for k, (step, layer) in enumerate(zip(steps, plan.layers)):
+        modules[step.layer.target] = layer
         bypassed.add(step.bn)
-        env = graph.evaluate(modules, bypassed, (X,), env, changed=(step.layer, step.bn))
-        fresh = graph.evaluate(modules, bypassed, (X,))
+        env = graph.values(modules, bypassed, (X,), env, changed=(step.layer, step.bn))
+        fresh = graph.values(modules, bypassed, (X,))
         stale = [node.name for node in fresh if not same(env[node], fresh[node])]
         note(f"stage {k + 1} of {len(steps)}: nodes whose values differ {stale}")
         assert env.keys() == fresh.keys() and stale == []

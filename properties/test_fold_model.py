@@ -54,15 +54,16 @@ def test_kept_bns_are_those_reported(case):
     folded, report = fold(model)
     layers = layer_list(model)
     bn_indices = [i for i, layer in enumerate(layers) if is_norm(layer)]
-    kept = [k.index for k in report.kept]
+    kept = [int(k.bn) for k in report.kept]
     assert kept == [i for i in bn_indices if stays(layers, i)]
-    assert sorted(kept + [p.bn_index for p in report.folded]) == bn_indices
+    assert sorted(kept + [int(p.bn) for p in report.folded]) == bn_indices
     left = [layer for layer in layer_list(folded) if is_norm(layer)]
     assert len(left) == len(kept)
     for index, kept_bn in zip(kept, left):
         original = layers[index].state_dict()
         assert all(torch.equal(v, original[k]) for k, v in kept_bn.state_dict().items())
-    assert all(f"index {k.index} sits between" in k.reason for k in report.kept)
+    assert all(k.reason.startswith(f"{type(layers[int(k.bn)]).__name__} '{k.bn}'")
+               and "not a Linear or convolution" in k.reason for k in report.kept)
 
 
 def snapshot(model):

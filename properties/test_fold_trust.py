@@ -80,8 +80,8 @@ def with_hook(layer):
 
 
 @pytest.mark.parametrize("build, reason", [
-    (lambda g: nn.Sequential(shifted_linear(3, 4, g), eval_bn(4, g)), "ShiftedLinear (which is a subclass of Linear"),
-    (lambda g: nn.Sequential(eval_bn(3, g), shifted_linear(3, 4, g)), "ShiftedLinear (which is a subclass of Linear"),
+    (lambda g: nn.Sequential(shifted_linear(3, 4, g), eval_bn(4, g)), "ShiftedLinear '0' is a subclass of Linear"),
+    (lambda g: nn.Sequential(eval_bn(3, g), shifted_linear(3, 4, g)), "ShiftedLinear '1' is a subclass of Linear"),
     (lambda g: nn.Sequential(nn.Linear(3, 4), with_hook(eval_bn(4, g))), "has a hook registered"),
     (lambda g: nn.Sequential(with_hook(nn.Linear(3, 4)), eval_bn(4, g)), "has a hook registered"),
     (lambda g: nn.Sequential(nn.Linear(3, 4), ScaledBatchNorm(4).eval()), "is a subclass of BatchNorm1d"),

@@ -78,9 +78,9 @@ def test_a_graph_report_names_layers_and_reasons():
     model = with_statistics(Blocks())
     folded, report = fold(model)
     assert isinstance(folded, fx.GraphModule) and not folded.training
-    assert [(p.bn_index, p.linear_index, p.direction, p.layer_type) for p in report.folded] == [
+    assert [(p.bn, p.layer, p.direction, p.layer_type) for p in report.folded] == [
         ("stem_bn", "stem", "after", "Conv2d"), ("pre_bn2", "reflect", "before", "Conv2d")]
-    reasons = {k.index: k.reason for k in report.kept}
+    reasons = {k.bn: k.reason for k in report.kept}
     assert reasons["res_bn"].startswith("BatchNorm2d 'res_bn' is kept: its producer Conv2d 'res' has other users (add")
     assert "its producer is add, not a Linear or convolution" in reasons["add_bn"]
     assert "it is before Conv2d 'padded': the Conv2d pads with zeros (padding (1, 1))" in reasons["pre_bn"]
@@ -130,7 +130,7 @@ def test_shared_hooked_and_unused_modules():
     calls = []
     model.block.register_forward_hook(lambda module, inputs, output: calls.append(1))
     folded, report = fold(model)
-    reasons = {k.index: k.reason for k in report.kept}
+    reasons = {k.bn: k.reason for k in report.kept}
     assert set(reasons) == {"bn", "block.1", "unused"} and report.folded == ()
     assert "its producer Conv2d 'conv' is called at 2 places in forward" in reasons["bn"]
     assert "inside Sequential 'block', which fold calls as one layer (it has a hook registered)" in reasons["block.1"]
@@ -144,7 +144,7 @@ def test_a_nested_sequential_is_traced_and_folded():
     model = with_statistics(nn.Sequential(nn.Sequential(conv(3, 4), nn.BatchNorm2d(4)), nn.ReLU(),
                                           nn.Sequential(nn.BatchNorm2d(4), conv(4, 2, padding=0))))
     folded, report = fold(model)
-    assert [(p.bn_index, p.direction) for p in report.folded] == [("0.1", "after"), ("2.0", "before")]
+    assert [(p.bn, p.direction) for p in report.folded] == [("0.1", "after"), ("2.0", "before")]
     assert isinstance(folded, fx.GraphModule) and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
 
 
@@ -318,7 +318,7 @@ def test_a_fold_the_output_does_not_read_has_a_bound_of_zero():
     output, plus the floor 2⁻¹⁰²² that covers the bound's own underflow once a fold is bounded."""
     X = torch.randn(2, 2, 3, 3, generator=g)
     model = with_statistics(PairThen(lambda x, y: (torch.relu(x), x.sum())))  # y dropped
-    assert [p.bn_index for p in fold(model)[1].folded] == ["bn"]
+    assert [p.bn for p in fold(model)[1].folded] == ["bn"]
     bound = error_bound(model, X)
     assert isinstance(bound, tuple) and len(bound) == 2
     assert all(torch.equal(b, torch.full(shape, 2.0**-1022, dtype=torch.float64))
@@ -398,7 +398,7 @@ def test_a_batchnorm_in_training_downstream_of_a_fold_is_refused_by_the_bound():
     model[3].train()
     with pytest.raises(FoldError) as info:
         error_bound(model, torch.randn(2, 2, 3, 3, generator=g))
-    assert str(info.value) == ("BatchNorm2d at index 3 is in training mode, so it normalises with batch statistics, "
+    assert str(info.value) == ("BatchNorm2d '3' is in training mode, so it normalises with batch statistics, "
                                "not a fixed affine map: call model.eval() before folding")
 
 
@@ -407,8 +407,8 @@ def test_a_layer_without_an_error_model_downstream_of_a_fold_is_refused_naming_i
     model = with_statistics(nn.Sequential(conv(2, 2), nn.BatchNorm2d(2), nn.ELU()))
     with pytest.raises(BoundError) as info:
         error_bound(model, torch.randn(2, 2, 3, 3, generator=g))
-    assert str(info.value) == ("error_bound has no error model for ELU at index 2: add its kind to core.engine.kinds and "
-                               "its rule to core.engine.bound.RULES")
+    assert str(info.value) == ("error_bound has no error model for ELU '2': register its kind, with its rule "
+                               "(core.engine.kinds.register; docs/design.md, \"Adding a layer kind\")")
 
 
 class TwoInputLayer(nn.Module):
@@ -434,8 +434,9 @@ def test_a_function_without_a_rule_downstream_of_a_fold_is_refused_naming_it():
     names the node and says where a rule goes."""
     with pytest.raises(BoundError) as info:
         error_bound(with_statistics(PairThen(lambda x, y: torch.exp(y))), torch.randn(1, 2, 3, 3, generator=g))
-    assert str(info.value) == ("error_bound has no error model for exp (node 'exp'): add a rule for it to "
-                               "core.engine.bound (docs/design-conv.md says how)")
+    assert str(info.value) == ("error_bound has no error model for exp (node 'exp'): give it a rule in "
+                               "core.engine.bound.graph_rules, or the function to the kind whose layer computes it "
+                               "(docs/design-conv.md says how)")
 
 
 def test_a_hooked_layer_downstream_of_a_fold_is_refused_naming_it():
@@ -444,7 +445,7 @@ def test_a_hooked_layer_downstream_of_a_fold_is_refused_naming_it():
     model[2].register_forward_hook(lambda module, inputs, output: output)
     with pytest.raises(BoundError) as info:
         error_bound(model, torch.randn(1, 2, 3, 3, generator=g))
-    assert str(info.value) == ("error_bound has no error model for ReLU at index 2: it has a hook registered, which "
+    assert str(info.value) == ("error_bound has no error model for ReLU '2': it has a hook registered, which "
                                "may change its output; remove the hook to bound the model")
 
 
@@ -517,7 +518,7 @@ def test_a_bn_before_a_flatten_from_dim_1_folds_into_the_linear_after_it(how):
     gen = torch.Generator().manual_seed(10)
     model = with_statistics(BnFlattenLinear(FLATTENS_FROM_1[how](), 16, gen))
     folded, report = fold(model)
-    assert [(p.bn_index, p.linear_index, p.direction) for p in report.folded] == [("bn", "linear", "before")]
+    assert [(p.bn, p.layer, p.direction) for p in report.folded] == [("bn", "linear", "before")]
     assert report.kept == () and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     X = torch.randn(2, 2, 2, 4, generator=gen)
     with torch.no_grad():
@@ -538,7 +539,7 @@ def test_a_bn_before_anything_but_a_flatten_from_dim_1_into_a_linear_is_kept(how
     op, fan_in, described = NOT_FLATTENS_FROM_1_INTO_A_LINEAR[how]
     model = with_statistics(BnFlattenLinear(op(), fan_in, gen))
     folded, report = fold(model)
-    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+    assert report.folded == () and [(k.bn, k.reason) for k in report.kept] == [
         ("bn", f"BatchNorm2d 'bn' is kept: its producer is the model's input 'x', not a Linear or convolution; it "
                f"feeds {described}")]
     X = torch.randn(2, 2, 2, 4, generator=gen)
@@ -571,7 +572,7 @@ def test_a_model_reading_its_tensors_directly_folds_and_the_folded_model_holds_c
     gen = torch.Generator().manual_seed(12)
     model = with_statistics(Calibrated(gen))
     folded, report = fold(model)
-    assert [(p.bn_index, p.linear_index) for p in report.folded] == [("bn", "conv")]
+    assert [(p.bn, p.layer) for p in report.folded] == [("bn", "conv")]
     for name in ("scale", "inner.shift"):
         ours, theirs = folded.get_submodule(name.rpartition(".")[0]), model.get_submodule(name.rpartition(".")[0])
         copy, source = getattr(ours, name.rpartition(".")[2]), getattr(theirs, name.rpartition(".")[2])
@@ -608,17 +609,17 @@ def test_a_kept_run_of_batchnorms_says_so():
     """
     _, report = fold(with_statistics(AfterAdd()))
     assert report.folded == ()
-    assert [(k.index, k.reason) for k in report.kept] == [
+    assert [(k.bn, k.reason) for k in report.kept] == [
         (name, f"BatchNorm1d '{name}' (in a run of 2 BatchNorms) is kept: its producer is add, not a Linear or "
                f"convolution; it feeds mul") for name in ("bn1", "bn2")]
 
 
 def test_a_sequential_with_named_layers_folds_like_its_layers_in_order():
-    """fold(Sequential(OrderedDict(name → layer))) = fold(Sequential(*layers)): the same report, layers named by
-    index, and an nn.Sequential computing the same values, torch.equal.
+    """fold(Sequential(OrderedDict(name → layer))) folds the pairs fold(Sequential(*layers)) folds, named by the
+    layers' names, and gives an nn.Sequential of the folded layers under those names, computing the same values,
+    torch.equal.
 
-    A Sequential without BatchNorms below its children is read as a chain of its children in order, whatever
-    they are called.
+    A Sequential of layers traces to a chain of its children in order, whatever they are called.
     """
     gen = torch.Generator().manual_seed(14)
     layers = OrderedDict(embed=linear(4, 3, gen), norm=nn.BatchNorm1d(3), act=nn.Tanh(), pre=nn.BatchNorm1d(3),
@@ -626,16 +627,18 @@ def test_a_sequential_with_named_layers_folds_like_its_layers_in_order():
     named = with_statistics(nn.Sequential(layers))
     folded, report = fold(named)
     plain, plain_report = fold(nn.Sequential(*layers.values()).eval())
-    assert report == plain_report and [(p.bn_index, p.linear_index) for p in report.folded] == [(1, 0), (3, 4)]
-    assert isinstance(folded, nn.Sequential) and [type(m) for m in folded] == [nn.Linear, nn.Tanh, nn.Linear]
+    assert [(p.bn, p.layer) for p in report.folded] == [("norm", "embed"), ("pre", "head")]
+    assert [(p.bn, p.layer) for p in plain_report.folded] == [("1", "0"), ("3", "4")]
+    assert isinstance(folded, nn.Sequential) and [(name, type(m)) for name, m in folded.named_children()] == [
+        ("embed", nn.Linear), ("act", nn.Tanh), ("head", nn.Linear)]
     X = torch.randn(5, 4, generator=gen)
     with torch.no_grad():
         assert torch.equal(folded(X), plain(X))
 
 
-def test_a_bn_with_no_linear_beside_it_names_its_neighbours_by_type_alone():
-    """In a chain, a BN between two layers that are not affine is kept "between A and B", A and B their types
-    alone; only an affine neighbour that cannot take a fold says why (a hooked Linear).
+def test_a_bn_with_no_linear_beside_it_names_its_neighbours_and_why_they_take_no_fold():
+    """A BN between two layers that are not affine is kept for that, its neighbours named; only an affine neighbour
+    that cannot take a fold says why (a hooked Linear).
 
     Neither a hooked Tanh nor a Softplus (which fold has no kind for) could take a fold whatever they were: what
     keeps the BN is that they are not Linears. A hooked Linear would take one but for its hook.
@@ -646,11 +649,11 @@ def test_a_bn_with_no_linear_beside_it_names_its_neighbours_by_type_alone():
     hooked_linear.register_forward_hook(silent_hook)
     _, report = fold(with_statistics(nn.Sequential(hooked_tanh, nn.BatchNorm1d(3), nn.Softplus())))
     assert [k.reason for k in report.kept] == [
-        "BatchNorm1d at index 1 sits between Tanh and Softplus: no adjacent Linear"]
+        "BatchNorm1d '1' is kept: its producer is Tanh '0', not a Linear or convolution; it feeds Softplus '2'"]
     _, report = fold(with_statistics(nn.Sequential(hooked_linear, nn.BatchNorm1d(3), nn.Tanh())))
     assert [k.reason for k in report.kept] == [
-        "BatchNorm1d at index 1 sits between Linear (which has a hook registered, so calling it may differ from its "
-        "plain map) and Tanh: no adjacent Linear"]
+        "BatchNorm1d '1' is kept: its producer Linear '0' has a hook registered, so calling it may differ from its "
+        "plain map; it feeds Tanh '2'"]
 
 
 class TwoUsers(nn.Module):
@@ -690,10 +693,10 @@ def test_a_kept_bn_names_what_stands_in_its_way_after_it():
     gen = torch.Generator().manual_seed(16)
     inputs = "BatchNorm2d 'bn' is kept: its producer is the model's input 'x', not a Linear or convolution; "
     _, report = fold(with_statistics(TwoUsers()))
-    assert [(k.index, k.reason) for k in report.kept] == [("bn", inputs + "it has 2 users (relu, Conv2d 'conv')")]
+    assert [(k.bn, k.reason) for k in report.kept] == [("bn", inputs + "it has 2 users (relu, Conv2d 'conv')")]
     model = with_statistics(Upsample(gen))
     folded, report = fold(model)
-    assert [(k.index, k.reason) for k in report.kept] == [
+    assert [(k.bn, k.reason) for k in report.kept] == [
         ("bn", inputs + "it is before ConvTranspose2d 'up': a transposed convolution sums fewer terms at its border, "
                         "so no bias can hold t·W")]
     X = torch.randn(2, 2, 2, 4, generator=gen)
@@ -764,7 +767,7 @@ def test_a_batchnorm_of_a_type_fold_has_no_kind_for_stays_one_layer_and_is_kept(
     """
     model = with_statistics(ConvUnknownNorm())
     folded, report = fold(model)
-    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+    assert report.folded == () and [(k.bn, k.reason) for k in report.kept] == [
         ("bn", "UnknownNorm 'bn' is a UnknownNorm, a BatchNorm type fold has no kind for: kept as it is")]
     assert type(folded.get_submodule("bn")) is UnknownNorm
     X = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(18))
@@ -773,14 +776,14 @@ def test_a_batchnorm_of_a_type_fold_has_no_kind_for_stays_one_layer_and_is_kept(
 
 
 def test_a_batchnorm2d_before_a_linear_is_kept_for_the_dims_they_act_on():
-    """In a chain Tanh → BatchNorm2d → Linear the BN is kept, its reason saying the Linear keeps its features in
+    """In Sequential(Tanh, BatchNorm2d, Linear) the BN is kept, its reason saying the Linear keeps its features in
     another dim (not that no Linear is adjacent): a Linear maps the last dim, a BatchNorm2d normalises dim 1."""
     gen = torch.Generator().manual_seed(19)
     model = with_statistics(nn.Sequential(nn.Tanh(), nn.BatchNorm2d(2), linear(4, 3, gen)))
     folded, report = fold(model)
     assert report.folded == () and [k.reason for k in report.kept] == [
-        "BatchNorm2d at index 1 is kept: its producer is Tanh, not a Linear or convolution; its consumer Linear at "
-        "index 2 keeps its features in another dim than the BatchNorm2d normalises"]
+        "BatchNorm2d '1' is kept: its producer is Tanh '0', not a Linear or convolution; its consumer Linear '2' "
+        "keeps its features in another dim than the BatchNorm2d normalises"]
     X = torch.randn(2, 2, 3, 4, generator=gen)
     with torch.no_grad():
         assert torch.equal(folded(X), model(X))
@@ -829,7 +832,7 @@ def test_a_batchnorm_called_twice_is_kept_once_and_kept_ones_come_in_forward_ord
     Folding a shared BN into one neighbour would change its other call; the report reads like the model.
     """
     _, report = fold(with_statistics(SharedNorm()))
-    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+    assert report.folded == () and [(k.bn, k.reason) for k in report.kept] == [
         ("first", "BatchNorm1d 'first' is kept: its producer is add, not a Linear or convolution; it has 2 users "
                   "(add, mul)"),
         ("shared", "BatchNorm1d 'shared' is called at 2 places in forward (one module, shared): kept as it is")]
@@ -846,8 +849,8 @@ class ConvThreeUsers(nn.Module):
 
 
 def test_a_kept_bn_names_what_stands_in_its_way_before_it():
-    """The reason of a BN kept for what precedes it names that: every other user of its producer; in a chain, a
-    Linear before a BatchNorm2d keeping its features in another dim (not that no Linear is adjacent).
+    """The reason of a BN kept for what precedes it names that: every other user of its producer; a Linear before
+    a BatchNorm2d keeping its features in another dim (not that no Linear is adjacent).
 
     A BN folds after a layer only into the one layer that alone feeds it, and whose output channels are the dim
     the BN normalises: a Linear maps the last dim, a BatchNorm2d normalises dim 1.
@@ -859,8 +862,8 @@ def test_a_kept_bn_names_what_stands_in_its_way_before_it():
     model = with_statistics(nn.Sequential(linear(4, 4, gen), nn.BatchNorm2d(2), nn.Tanh()))
     _, report = fold(model)
     assert [k.reason for k in report.kept] == [
-        "BatchNorm2d at index 1 is kept: its producer Linear at index 0 keeps its features in another dim than the "
-        "BatchNorm2d normalises; it feeds Tanh"]
+        "BatchNorm2d '1' is kept: its producer Linear '0' keeps its features in another dim than the BatchNorm2d "
+        "normalises; it feeds Tanh '2'"]
 
 
 class NormedConv(nn.Conv2d):
@@ -882,7 +885,7 @@ def test_a_batchnorm_inside_a_layer_fold_calls_as_one_is_kept_saying_why():
     """A BN inside a layer torch.fx keeps as one call (a Conv2d subclass) is kept, the reason naming that layer and
     saying torch.fx keeps it as one call (not a hook, as for a hooked block)."""
     _, report = fold(with_statistics(nn.Sequential(nn.Tanh(), NormedConv())))  # traced: a BN below a child
-    assert [(k.index, k.reason) for k in report.kept] == [
+    assert [(k.bn, k.reason) for k in report.kept] == [
         ("1.bn", "BatchNorm2d '1.bn' is inside NormedConv '1', which fold calls as one layer (torch.fx keeps it as "
                  "one call): kept as it is")]
 
@@ -893,15 +896,15 @@ def test_a_batchnorm_forward_never_calls_is_reported_and_not_in_the_folded_model
     model = with_statistics(Residual())
     model.spare = nn.BatchNorm1d(3)
     folded, report = fold(model)
-    assert [(k.index, k.reason) for k in report.kept] == [
+    assert [(k.bn, k.reason) for k in report.kept] == [
         ("spare", "BatchNorm1d 'spare' is never called by forward: kept as it is (the folded model, traced from "
                   "forward, does not hold it)")]
     assert not hasattr(folded, "spare")
 
 
-def test_a_lone_layer_folds_as_a_chain_of_one():
-    """fold(layer) for a single layer is nn.Sequential(copy of layer), nothing folded; a lone BatchNorm of any type is
-    kept, no Linear beside it, and one of a type fold has no kind for is named for that."""
+def test_a_lone_layer_folds_as_a_sequential_of_one():
+    """fold(layer) for a single layer is nn.Sequential(copy of layer), nothing folded, the layer named "0"; a lone
+    BatchNorm of any type is kept, no Linear beside it, and one of a type fold has no kind for is named for that."""
     gen = torch.Generator().manual_seed(25)
     layer = linear(3, 2, gen)
     folded, report = fold(layer)
@@ -909,22 +912,23 @@ def test_a_lone_layer_folds_as_a_chain_of_one():
     assert torch.equal(folded[0].weight, layer.weight) and folded[0].weight.data_ptr() != layer.weight.data_ptr()
     _, report = fold(with_statistics(nn.BatchNorm1d(3)))
     assert [k.reason for k in report.kept] == [
-        "BatchNorm1d at index 0 sits between the input and the output: no adjacent Linear"]
+        "BatchNorm1d '0' is kept: its producer is the model's input 'input', not a Linear or convolution; it feeds "
+        "the model's output"]
     _, report = fold(with_statistics(UnknownNorm(3)))
     assert [k.reason for k in report.kept] == [
-        "UnknownNorm at index 0 is a UnknownNorm, a BatchNorm type fold has no kind for: kept as it is"]
+        "UnknownNorm '0' is a UnknownNorm, a BatchNorm type fold has no kind for: kept as it is"]
 
 
 def test_a_charmlp_with_a_batchnorm_nested_in_a_layer_is_refused():
-    """fold(CharMLP) refuses a layer holding BatchNorms inside it, naming the layer and its index: the CharMLP's
-    layers are read as a chain, which would not see them."""
+    """fold(CharMLP) refuses a layer holding BatchNorms inside it, naming the layer and its index: the folded layer
+    stack must be a chain of layers to go back into a CharMLP."""
     gen = torch.Generator().manual_seed(26)
     model = CharMLP(torch.randn(27, 2, generator=gen), [linear(8, 3, gen), nn.Sequential(nn.BatchNorm1d(3)),
                                                         linear(3, 27, gen)]).eval()
     with pytest.raises(FoldError) as info:
         fold(model)
-    assert str(info.value) == ("Sequential at index 1 holds BatchNorms inside it: flatten the model into one "
-                               "Sequential before folding")
+    assert str(info.value) == ("Sequential at index 1 of the CharMLP's layers holds BatchNorms inside it: flatten "
+                               "the model into one Sequential before folding")
 
 
 class ByKeyword(nn.Module):
@@ -948,7 +952,7 @@ def test_a_batchnorm_or_layer_called_by_keyword_keeps_the_bn_saying_so():
     gen = torch.Generator().manual_seed(22)
     model = with_statistics(ByKeyword(gen))
     folded, report = fold(model)
-    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+    assert report.folded == () and [(k.bn, k.reason) for k in report.kept] == [
         ("bn", "BatchNorm2d 'bn' is not called with its input as its one positional argument, where fold reads it: "
                "kept as it is"),
         ("bn2", "BatchNorm1d 'bn2' is kept: its producer is the model's input 'v', not a Linear or convolution; "
@@ -975,7 +979,7 @@ def test_error_bound_runs_forward_with_its_default_arguments():
     runs the model as m(X) does, the default included."""
     model = with_statistics(Scaled())
     folded, report = fold(model)
-    assert [(p.bn_index, p.linear_index) for p in report.folded] == [("bn", "conv")]
+    assert [(p.bn, p.layer) for p in report.folded] == [("bn", "conv")]
     X = torch.randn(2, 2, 3, 3, generator=torch.Generator().manual_seed(23))
     with torch.no_grad():
         err = (model(X) - folded(X)).abs()
@@ -1047,7 +1051,7 @@ def test_a_kept_bn_names_a_tensor_of_the_model_and_the_models_output_as_its_neig
     gen = torch.Generator().manual_seed(27)
     model = with_statistics(NormedTable(gen))
     folded, report = fold(model)
-    assert report.folded == () and [(k.index, k.reason) for k in report.kept] == [
+    assert report.folded == () and [(k.bn, k.reason) for k in report.kept] == [
         ("bn", "BatchNorm1d 'bn' is kept: its producer is pos, not a Linear or convolution; it feeds add"),
         ("out_bn", "BatchNorm1d 'out_bn' is kept: its producer is add, not a Linear or convolution; it feeds the "
                    "model's output")]

@@ -64,8 +64,8 @@ def test_every_batchnorm_is_folded_or_kept(name):
     """{BNs of m} = {folded} ⊎ {kept}, and the BNs left in fold(m) are the kept ones."""
     m = model(name)
     f, report = folded(name)
-    ours = [p.bn_index for p in report.folded]
-    kept = [k.index for k in report.kept]
+    ours = [p.bn for p in report.folded]
+    kept = [k.bn for k in report.kept]
     assert len(ours) == len(set(ours)) and not set(ours) & set(kept)
     assert set(ours) | set(kept) == batchnorm_names(m) == set(kept) | set(ours)
     assert batchnorm_names(f) == set(kept)
@@ -111,7 +111,7 @@ def test_folds_every_pair_torch_fx_fuses(name):
     """
     m, f, X, bound = bounded(name)
     fused, theirs = fx_folded(m)
-    assert theirs <= {p.bn_index for p in folded(name)[1].folded}
+    assert theirs <= {p.bn for p in folded(name)[1].folded}
     with torch.no_grad():
         err = (fused(X).double() - f(X).double()).abs()
     assert (err <= bound).all()
@@ -145,7 +145,7 @@ def test_a_channels_last_fold_is_within_the_bound(name):
 def test_kept_batchnorms_of_densenet_say_why():
     """densenet121's norm1 BNs follow a concatenation and feed a ReLU: kept, and the reason says so."""
     _, report = folded("densenet121")
-    reasons = {k.index: k.reason for k in report.kept}
+    reasons = {k.bn: k.reason for k in report.kept}
     assert "producer is cat" in reasons["features.denseblock1.denselayer1.norm1"]
     assert "ReLU" in reasons["features.denseblock1.denselayer1.norm1"]
     assert "features.norm5" in reasons

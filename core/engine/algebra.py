@@ -19,7 +19,7 @@ layer's dtype. docs/design.md derives the algebra; docs/design-conv.md the chann
 import torch
 from torch import nn
 
-from core.engine.kinds import KINDS, ConvKind, NormTerms
+from core.engine.kinds import KINDS, ConvKind, LinearKind, NormTerms
 from core.errors import FoldError
 
 AFTER, BEFORE = "after", "before"  # where the BatchNorm sits relative to its affine layer
@@ -148,7 +148,7 @@ def fold_pair(layer: nn.Module, bn: nn.Module, direction: str, bn_name: str = "t
     if width * spread != units:
         per = f" x {spread} flattened positions" if spread > 1 else ""
         raise FoldError(f"{bn_name} has {width} features{per} but {linear_name} has {side_name(layer, direction)} "
-                        f"{units}: they are no {'Linear' if kind.rule == 'linear' else 'convolution'}/BatchNorm pair; "
+                        f"{units}: they are no {'Linear' if isinstance(kind, LinearKind) else 'convolution'}/BatchNorm pair; "
                         f"check the architecture")
     s, t = norm_affine(bn)
     g = W.shape[0]

@@ -1,7 +1,8 @@
 """The notebook's layers as torch.nn.Modules: Linear (weight is fan_in x fan_out), BatchNorm1d, Tanh, ReLU, Sigmoid.
 
 Numerics equal the notebook's up to float rounding (docs/design.md). Every layer describes itself with
-`spec()`, a dict of plain values from which `layer_from_spec` rebuilds it (for checkpoints).
+`spec()`, a dict of plain values from which `layer_from_spec` rebuilds it (for checkpoints). Each type is
+registered in the engine's layer-kind table here, with its rule, so that fold and error_bound read it.
 """
 
 import math
@@ -9,6 +10,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from core.engine.bound.rules import affine_rule, batchnorm_rule, relu_rule, sigmoid_rule, tanh_rule
+from core.engine.kinds import ElementwiseKind, LinearKind, NormKind, NormTerms, fill_norm, register
 
 
 class Linear(nn.Module):
@@ -137,3 +141,21 @@ def layer_from_spec(spec: dict, dtype: torch.dtype | None = None) -> nn.Module:
     if kind in ACTIVATIONS:
         return ACTIVATIONS[kind]()
     raise ValueError(f"unknown layer type {kind!r}")
+
+
+def _norm_from_terms(terms: NormTerms, momentum: float | None) -> BatchNorm1d:
+    bn = BatchNorm1d(len(terms.mean), eps=terms.eps, momentum=0.1 if momentum is None else momentum,
+                     affine=terms.gamma is not None, dtype=terms.mean.dtype, device=terms.mean.device)
+    fill_norm(bn, terms, "gamma", "beta")
+    return bn
+
+
+register(
+    LinearKind(Linear, matrix=lambda layer: layer.weight, build=Linear.from_tensors,
+               linear_map=lambda layer, z, W: z @ W, rule=affine_rule),
+    NormKind(BatchNorm1d, build=_norm_from_terms, rule=batchnorm_rule,
+             terms=lambda bn: NormTerms(bn.running_mean, bn.running_var, bn.gamma, bn.beta, bn.eps)),
+    ElementwiseKind(Tanh, tanh_rule, lambda layer: Tanh()),
+    ElementwiseKind(ReLU, relu_rule, lambda layer: ReLU()),
+    ElementwiseKind(Sigmoid, sigmoid_rule, lambda layer: Sigmoid()),
+)

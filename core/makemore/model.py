@@ -4,6 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.engine.adapters import Adapter, register_adapter
+from core.engine.kinds import is_batchnorm
+from core.errors import FoldError
 from core.makemore.layers import BatchNorm1d, Linear, Tanh
 
 VOCAB_SIZE = 27
@@ -71,6 +74,32 @@ class CharMLP(nn.Module):
             "init_scheme": self.init_scheme,
             "layers": [layer.spec() for layer in self.layers],
         }
+
+
+def _layers_to_fold(model: CharMLP) -> nn.Sequential:
+    """The layer stack, which fold folds; FoldError for a layer with BatchNorms inside it, which no fold of the stack
+    can put back into a CharMLP."""
+    for i, layer in enumerate(model.layers):
+        if not is_batchnorm(layer) and any(is_batchnorm(m) for m in layer.modules()):
+            raise FoldError(f"{type(layer).__name__} at index {i} of the CharMLP's layers holds BatchNorms inside it: "
+                            f"flatten the model into one Sequential before folding")
+    return model.layers
+
+
+def _with_layers(model: CharMLP, folded: nn.Module) -> CharMLP:
+    """A CharMLP like `model` (a copy of C, its context length and init scheme) around the folded layer stack."""
+    if not isinstance(folded, nn.Sequential):
+        raise FoldError("the CharMLP's layers do not fold to a chain of layers: flatten the model into one "
+                        "Sequential of layers before folding")
+    result = CharMLP(model.C.detach().clone(), list(folded), model.context_length, model.init_scheme)
+    result.C.requires_grad_(model.C.requires_grad)
+    result.layers.training = model.layers.training
+    result.training = model.training
+    return result
+
+
+register_adapter(CharMLP, Adapter(inner=_layers_to_fold, wrap=_with_layers,
+                                  inputs=lambda model, X: (F.embedding(X, model.C).view(X.shape[0], -1),)))
 
 
 def _embedding(generator, vocab_size=VOCAB_SIZE, emb_size=EMB_SIZE):

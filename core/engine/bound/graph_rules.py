@@ -1,6 +1,6 @@
-"""Graph rules: the bound carried through one node of a traced graph. A function or method is read as the layer
-it computes (`FUNCTION_LAYERS`, `METHOD_LAYERS`) or has a rule of its own (add, mul, mean, moves, joins);
-docs/design-conv.md §6 derives them.
+"""Graph rules: the bound carried through one node of a traced graph. A module call goes through its kind's rule; a
+function or method is read as the layer it computes (the `functions` and `methods` of the kind entries) or has a
+rule of its own (add, mul, mean, moves, joins); docs/design-conv.md §6 derives them.
 """
 
 import math
@@ -8,39 +8,13 @@ import operator
 import sys
 
 import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 
 from core.engine.algebra import f64
 from core.engine.bound.rounding import ETA64, U64, rounding_bound, underflow, unit_roundoff
 from core.engine.bound.rules import propagate
-from core.engine.kinds import hooked
+from core.engine.kinds import FUNCTIONS, METHODS, hooked
 from core.errors import BoundError
-
-# Functions and methods of a traced graph, read as the layer they compute: call(*rest) -> that layer.
-
-FUNCTION_LAYERS = {
-    F.relu: lambda inplace=False: nn.ReLU(), torch.relu: nn.ReLU, torch.relu_: nn.ReLU,
-    F.relu6: lambda inplace=False: nn.ReLU6(),
-    F.hardtanh: lambda min_val=-1.0, max_val=1.0, inplace=False: nn.Hardtanh(min_val, max_val),
-    F.leaky_relu: lambda negative_slope=0.01, inplace=False: nn.LeakyReLU(negative_slope),
-    F.hardswish: lambda inplace=False: nn.Hardswish(), F.hardsigmoid: lambda inplace=False: nn.Hardsigmoid(),
-    F.silu: lambda inplace=False: nn.SiLU(), F.gelu: lambda approximate="none": nn.GELU(approximate),
-    torch.sigmoid: nn.Sigmoid, F.sigmoid: nn.Sigmoid, torch.tanh: nn.Tanh, F.tanh: nn.Tanh,
-    F.dropout: lambda p=0.5, training=True, inplace=False: nn.Dropout(p).train(training),
-    torch.flatten: lambda start_dim=0, end_dim=-1: nn.Flatten(start_dim, end_dim),
-    F.adaptive_avg_pool1d: nn.AdaptiveAvgPool1d, F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
-    F.adaptive_avg_pool3d: nn.AdaptiveAvgPool3d,
-    F.adaptive_max_pool1d: nn.AdaptiveMaxPool1d, F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d,
-    F.adaptive_max_pool3d: nn.AdaptiveMaxPool3d,
-    F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: nn.MaxPool3d,
-    F.avg_pool1d: nn.AvgPool1d, F.avg_pool2d: nn.AvgPool2d, F.avg_pool3d: nn.AvgPool3d,
-}
-METHOD_LAYERS = {
-    "relu": nn.ReLU, "relu_": nn.ReLU, "sigmoid": nn.Sigmoid, "sigmoid_": nn.Sigmoid, "tanh": nn.Tanh,
-    "tanh_": nn.Tanh, "flatten": lambda start_dim=0, end_dim=-1: nn.Flatten(start_dim, end_dim),
-}
-
 
 # Graph rules: ops with several inputs, or that move values around. Each takes what it reads of (args, kwargs, Ds,
 # u, η), where args are the call's values (x̂ side) and Ds the same structure with a bound (float64) or None (no
@@ -161,12 +135,12 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict):
     if op == "call_module":
         if len(node.args) != 1 or node.kwargs:
             raise BoundError(f"error_bound has no error model for {name} called with more than one input")
-        if hooked(modules[target]):
+        if hooked(modules[str(target)]):
             raise BoundError(f"error_bound has no error model for {name}: it has a hook registered, which may change "
                             f"its output; remove the hook to bound the model")
-        return propagate(modules[target], args[0], arg_D[0], name)
+        return propagate(modules[str(target)], args[0], arg_D[0], name)
     key = target
-    layers = FUNCTION_LAYERS if op == "call_function" else METHOD_LAYERS  # placeholders and get_attrs have no bound
+    layers = FUNCTIONS if op == "call_function" else METHODS  # placeholders and get_attrs have no bound
     if key in layers:
         return propagate(layers[key](*args[1:], **kwargs), args[0], arg_D[0], name)
     if key in ADD:
@@ -183,8 +157,8 @@ def _propagate_node(graph, node: fx.Node, modules: dict, env: dict, Ds: dict):
     if key in JOINS:
         tensors = [Ds.get(a) if Ds.get(a) is not None else zeros_like_bound(env[a]) for a in node.args[0]]
         return target(tensors, *args[1:], **kwargs)
-    raise BoundError(f"error_bound has no error model for {name}: add a rule for it to core.engine.bound "
-                    f"(docs/design-conv.md says how)")
+    raise BoundError(f"error_bound has no error model for {name}: give it a rule in core.engine.bound.graph_rules, "
+                     f"or the function to the kind whose layer computes it (docs/design-conv.md says how)")
 
 
 def _bound_or_zero(a, env, Ds):

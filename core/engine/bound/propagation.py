@@ -1,19 +1,20 @@
 """The whole-model bound: each fold's pair bound carried through every node after it, summed over the folds
 (docs/design.md, "A whole model")."""
 
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from core.engine.adapters import adapter_for
 from core.engine.algebra import AFTER
 from core.engine.bound.graph_rules import propagate_node, zeros_like_bound
 from core.engine.bound.magnitudes import magnitudes_kept
 from core.engine.bound.pair import pair_bound
 from core.engine.bound.rounding import SAFETY, TINY64
-from core.engine.graph import model_graph
 from core.engine.kinds import KINDS
+from core.engine.plan import Plan, plan_folds
 from core.errors import FoldError
-from core.makemore.model import CharMLP
 
 
 def propagate_graph(graph, modules: dict, env: dict, D: dict):
@@ -32,14 +33,18 @@ def propagate_graph(graph, modules: dict, env: dict, D: dict):
     return zeros_like_bound(env[graph.nodes[-1]]) if out is None else out
 
 
-def model_input(model: nn.Module, X: torch.Tensor) -> torch.Tensor:
-    """What the layer graph sees: C[X] flattened for a CharMLP, X itself otherwise."""
-    return F.embedding(X, model.C).view(X.shape[0], -1) if isinstance(model, CharMLP) else X
+def inner_and_inputs(model: nn.Module, X: Any) -> tuple[nn.Module, tuple[Any, ...]]:
+    """(the module fold folds, its inputs when the model is called on X): a registered adapter's, or the model and X
+    (a tuple for a model of several inputs)."""
+    adapter = adapter_for(model)
+    if adapter is not None:
+        return adapter.inner(model), adapter.inputs(model, X)
+    return model, X if isinstance(X, tuple) else (X,)
 
 
 @torch.no_grad()
 @magnitudes_kept()
-def error_bound(model: nn.Module, X):
+def error_bound(model: nn.Module, X: Any, plan: Plan | None = None) -> Any:
     """Certified elementwise bound B (float64, CPU) with |model(X) − fold(model)[0](X)| ≤ B, both in eval.
 
     The folds apply one at a time, and consecutive models M_{k−1}, M_k differ in one pair only, so
@@ -47,16 +52,21 @@ def error_bound(model: nn.Module, X):
     (identical inputs there), carried by the rules through every node of M_{k−1} downstream of the pair;
     nodes elsewhere compute the same values in both. The bound is itself computed in float64; the factor
     1 + 2⁻³⁰ covers that rounding. X is the input (a tuple for a model of several inputs); the result has
-    the structure of the output. Derivation: docs/design.md, docs/design-conv.md.
+    the structure of the output. `plan` is the one fold applied (`fold(model)[1].plan`), else the model is planned
+    here, once. Derivation: docs/design.md, docs/design-conv.md.
     """
-    graph = model_graph(model)
-    steps, _ = graph.plan()
-    inputs = X if isinstance(X, tuple) else (model_input(model, X),)
+    inner, inputs = inner_and_inputs(model, X)
+    if plan is None:
+        plan = plan_folds(inner)
+    elif plan.model is not inner:
+        raise FoldError(f"the plan given to error_bound is that of another {type(plan.model).__name__}, not of this "
+                        f"{type(model).__name__}: pass the plan fold(model) returned for this model, or none")
+    graph = plan.graph
     modules, bypassed = dict(graph.modules), set()
-    env = graph.evaluate(modules, bypassed, inputs)
+    env = graph.values(modules, bypassed, inputs)
     total = None
-    for step in steps:
-        layer, bn = modules[step.layer.target], modules[step.bn.target]
+    for step, folded_layer in zip(plan.steps, plan.layers):
+        layer, bn = modules[str(step.layer.target)], modules[str(step.bn.target)]
         if step.direction == AFTER:
             start, x, at_layer = step.bn, env[step.layer.args[0]], env[step.bn.args[0]]
         else:
@@ -65,9 +75,9 @@ def error_bound(model: nn.Module, X):
         D = {start: pair_bound(layer, bn, step.direction, x)}
         out = propagate_graph(graph, modules, env, D)
         total = out if total is None else _add_bounds(total, out)
-        modules[step.layer.target] = graph.fold_step(modules, step)
+        modules[str(step.layer.target)] = folded_layer
         bypassed.add(step.bn)
-        env = graph.evaluate(modules, bypassed, inputs, env, changed=(step.layer, step.bn))
+        env = graph.values(modules, bypassed, inputs, env, changed=(step.layer, step.bn))
     if total is None:  # nothing to fold: folded(X) is computed exactly as model(X)
         return zeros_like_bound(env[graph.nodes[-1]])
     return _scale(total, SAFETY, TINY64)

@@ -1,6 +1,10 @@
 """The layer rules: how far a layer's output can move when its input moves by at most D, for a layer both models
 share (docs/design.md, "A whole model"; docs/design-conv.md §4 to §6 derive each rule).
 
+Each rule is named by the entries of the layer-kind table (`core.engine.catalog`) that it bounds. Each side is its
+exact value plus its own rounding; the exact values differ by at most the map's slope times D, and x̂' is bounded
+by |x̂| + D. Every rule takes (layer, x̂ in float64, D, u, η); η (`underflow`) is the most a product or quotient
+that underflows loses, added once per such operation on each side.
 """
 
 import math
@@ -12,7 +16,7 @@ from core.engine.algebra import check_norm, f64, norm_affine, norm_terms
 from core.engine.bound.magnitudes import absolute
 from core.engine.bound.pair import channelwise, per_output
 from core.engine.bound.rounding import BN_ROUNDINGS, convolves, rounding_bound, underflow, unit_roundoff
-from core.engine.kinds import KINDS
+from core.engine.kinds import KINDS, NormKind, kind_of
 from core.errors import BoundError
 
 ACTIVATION_ROUNDINGS = 8  # tanh and sigmoid kernels are within 4 ulp, i.e. 8u relative
@@ -21,12 +25,7 @@ SILU_SLOPE = 1.1  # sup |d/dx x·σ(x)| = 1.0998... (docs/design-conv.md)
 GELU_SLOPE = 1.13  # sup |d/dx x·Φ(x)| = 1.1289..., and 1.1288... for the tanh form
 
 
-# Propagation: |layer(x̂) − layer(x̂')| given |x̂ − x̂'| ≤ D, for a layer both models share. Each side is its
-# exact value plus its own rounding; the exact values differ by at most the map's slope times D, and
-# x̂' is bounded by |x̂| + D. Every rule takes (layer, x̂ in float64, D, u, η); η (`underflow`) is the most
-# a product or quotient that underflows loses, added once per such operation on each side.
-
-def _affine_rule(layer, x64, D, u, eta):
+def affine_rule(layer, x64, D, u, eta):
     """Linear and conv: (1 + g)·|W|D + 2g·(|W||x̂| + |b|), g = γ(n + 1), as one map of (1 + g)D + 2g|x̂|."""
     kind = KINDS[type(layer)]
     n = kind.terms(layer)
@@ -36,7 +35,7 @@ def _affine_rule(layer, x64, D, u, eta):
     return out if b is None else out + 2 * g * per_output(layer, absolute(b), out.ndim)
 
 
-def _batchnorm_rule(layer, x64, D, u, eta):
+def batchnorm_rule(layer, x64, D, u, eta):
     mean, _, _, beta, _ = norm_terms(layer)
     s = norm_affine(layer)[0].abs()
     s, mean, beta = (channelwise(v, x64.ndim) for v in (s, mean, beta))
@@ -44,7 +43,7 @@ def _batchnorm_rule(layer, x64, D, u, eta):
     return (1 + g) * s * D + 2 * g * (s * (x64.abs() + mean.abs()) + beta.abs()) + 2 * BN_ROUNDINGS * eta
 
 
-def _tanh_rule(layer, x64, D, u, eta):
+def tanh_rule(layer, x64, D, u, eta):
     """tanh' = 1/cosh², largest on [|x̂| − D, |x̂| + D] at its point nearest 0; |tanh a| ≤ min(1, |a|), so the exact
     outputs also differ by at most 2."""
     ax = x64.abs()
@@ -53,19 +52,19 @@ def _tanh_rule(layer, x64, D, u, eta):
             + 2 * ACTIVATION_ROUNDINGS * eta)
 
 
-def _sigmoid_rule(layer, x64, D, u, eta):
+def sigmoid_rule(layer, x64, D, u, eta):
     """σ' = σ(a)σ(−a), largest at the point of [|x̂| − D, |x̂| + D] nearest 0; σ ∈ [0, 1], so the exact outputs also
     differ by at most 1."""
     near0 = (x64.abs() - D).clamp(min=0)
     return (D * near0.sigmoid() * (-near0).sigmoid()).clamp(max=1) + 2 * ACTIVATION_ROUNDINGS * u + 2 * eta
 
 
-def _relu_rule(layer, x64, D, u, eta):
+def relu_rule(layer, x64, D, u, eta):
     """Exact; both inputs are ≤ 0, so both outputs 0, where x̂ + D ≤ 0."""
     return torch.where(x64 + D <= 0, 0.0, D)
 
 
-def _hardtanh_rule(layer, x64, D, u, eta):
+def hardtanh_rule(layer, x64, D, u, eta):
     """clamp(·, lo, hi) is exact and 1-Lipschitz, its outputs differ by at most hi − lo, and are equal where both
     inputs are ≤ lo or both ≥ hi."""
     lo, hi = thresholds(layer.min_val, min), thresholds(layer.max_val, max)
@@ -80,13 +79,13 @@ def thresholds(value: float, pick) -> float:
                                                                          torch.bfloat16))
 
 
-def _leaky_relu_rule(layer, x64, D, u, eta):
+def leaky_relu_rule(layer, x64, D, u, eta):
     """Slope max(1, |a|); a·x is one rounding, u·|a||x| on each side; a as large as the kernel's dtype rounds it."""
     a = thresholds(abs(layer.negative_slope), max)
     return max(1.0, a) * D + u * a * (2 * x64.abs() + D) + 2 * eta
 
 
-def _hardswish_rule(layer, x64, D, u, eta):
+def hardswish_rule(layer, x64, D, u, eta):
     """f = x·relu6(x + 3)/6: f' = (2x + 3)/6 on (−3, 3), 0 below, 1 above; |f'| is convex on [−3, 3], so its
     largest value on [x̂ − D, x̂ + D] is at an end clamped to [−3, 3]; 0 where x̂ + D ≤ −3. |f(x)| ≤ |x|. The upper end
     needs neither the clamp at −3 nor |·|: it counts only where x̂ + D > −3, and below −3/2 the lower end is larger."""
@@ -95,7 +94,7 @@ def _hardswish_rule(layer, x64, D, u, eta):
     return slope * D + rounding_bound(ACTIVATION_ROUNDINGS, u) * (2 * x64.abs() + D) + 2 * ACTIVATION_ROUNDINGS * eta
 
 
-def _hardsigmoid_rule(layer, x64, D, u, eta):
+def hardsigmoid_rule(layer, x64, D, u, eta):
     """f = relu6(x + 3)/6: slope 1/6 where [x̂ − D, x̂ + D] meets (−3, 3), else both outputs equal; f ∈ [0, 1]."""
     flat = (x64 + D <= -3) | (x64 - D >= 3)
     return torch.where(flat, 0.0, (D / 6).clamp(max=1)) + 2 * ACTIVATION_ROUNDINGS * u + 2 * eta
@@ -106,25 +105,25 @@ def _gate(slope, x64, D, u, eta):
     return slope * D + rounding_bound(GATE_ROUNDINGS, u) * (2 * x64.abs() + D) + 2 * GATE_ROUNDINGS * eta
 
 
-def _silu_rule(layer, x64, D, u, eta):
+def silu_rule(layer, x64, D, u, eta):
     return _gate(SILU_SLOPE, x64, D, u, eta)
 
 
-def _gelu_rule(layer, x64, D, u, eta):
+def gelu_rule(layer, x64, D, u, eta):
     return _gate(GELU_SLOPE, x64, D, u, eta)
 
 
-def _identity_rule(layer, x64, D, u, eta):
+def identity_rule(layer, x64, D, u, eta):
     return D
 
 
-def _dropout_rule(layer, x64, D, u, eta):
+def dropout_rule(layer, x64, D, u, eta):
     if layer.training:
         raise BoundError("error_bound needs Dropout in eval mode (in training it is random): call model.eval()")
     return D
 
 
-def _max_pool_rule(layer, x64, D, u, eta):
+def max_pool_rule(layer, x64, D, u, eta):
     """Exact: |max_w a − max_w a'| ≤ max_w |a − a'|, so the same pooling of D bounds it (a window of padding
     alone is −∞ on both sides: 0)."""
     return layer(D).clamp(min=0)
@@ -136,7 +135,7 @@ def _kernel_volume(layer) -> int:
     return math.prod(k) if isinstance(k, tuple | list) else k ** (2 if isinstance(layer, nn.AvgPool2d) else 3)
 
 
-def _avg_pool_rule(layer, x64, D, u, eta):
+def avg_pool_rule(layer, x64, D, u, eta):
     """Sum of N ≤ kernel-volume terms and a division: (1 + g)·avg(D) + 2g·avg(|x̂|), g = γ(N + 1)."""
     g = rounding_bound(_kernel_volume(layer) + 1, u)
     return layer((1 + g) * D + 2 * g * x64.abs()) + 4 * eta
@@ -148,7 +147,7 @@ def adaptive_window(size: int, out: int | None) -> int:
     return max(-(-(i + 1) * size // out) - (i * size) // out for i in range(out))
 
 
-def _adaptive_avg_pool_rule(layer, x64, D, u, eta):
+def adaptive_avg_pool_rule(layer, x64, D, u, eta):
     """As avg_pool, with N the largest window (`adaptive_window` per spatial dim)."""
     spatial = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}[type(layer)]
     sizes = layer.output_size if isinstance(layer.output_size, tuple | list) else (layer.output_size,) * spatial
@@ -157,25 +156,19 @@ def _adaptive_avg_pool_rule(layer, x64, D, u, eta):
     return layer((1 + g) * D + 2 * g * x64.abs()) + 4 * eta
 
 
-def _move_rule(layer, x64, D, u, eta):
+def move_rule(layer, x64, D, u, eta):
     """Flatten copies values: the same flatten of D bounds the difference exactly."""
     return layer(D)
 
 
-RULES = {"linear": _affine_rule, "conv": _affine_rule, "batchnorm": _batchnorm_rule, "tanh": _tanh_rule,
-         "sigmoid": _sigmoid_rule, "relu": _relu_rule, "hardtanh": _hardtanh_rule, "leaky_relu": _leaky_relu_rule,
-         "hardswish": _hardswish_rule, "hardsigmoid": _hardsigmoid_rule, "silu": _silu_rule,
-         "gelu": _gelu_rule, "identity": _identity_rule, "dropout": _dropout_rule,
-         "max_pool": _max_pool_rule, "avg_pool": _avg_pool_rule, "adaptive_avg_pool": _adaptive_avg_pool_rule,
-         "move": _move_rule}
-
-
 def propagate(layer: nn.Module, x: torch.Tensor, D: torch.Tensor, name: str) -> torch.Tensor:
-    """Bound on |layer(x̂) − layer(x̂')| given |x̂ − x̂'| ≤ D, by the rule its kind names."""
-    kind = KINDS.get(type(layer))
-    if kind is None or kind.rule not in RULES:
-        raise BoundError(f"error_bound has no error model for {name}: add its kind to core.engine.kinds and its rule "
-                        f"to core.engine.bound.RULES")
-    if kind.rule == "batchnorm":
+    """Bound on |layer(x̂) − layer(x̂')| given |x̂ − x̂'| ≤ D, by its kind's rule."""
+    kind = kind_of(layer)
+    if kind is None:
+        raise BoundError(f"error_bound has no error model for {name}: register its kind, with its rule "
+                         f"(core.engine.kinds.register; docs/design.md, \"Adding a layer kind\")")
+    if isinstance(kind, NormKind):
         check_norm(layer, name)
-    return RULES[kind.rule](layer, f64(x), D, unit_roundoff(x.dtype, x.device, convolves(layer)), underflow(x.dtype))
+    bound: torch.Tensor = kind.rule(layer, f64(x), D, unit_roundoff(x.dtype, x.device, convolves(layer)),
+                                    underflow(x.dtype))
+    return bound
