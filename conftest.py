@@ -52,9 +52,10 @@ def pytest_configure(config):
 def global_state_is_left_alone():
     """Fail a test that changes torch's intra-op thread count; give torch's global RNG back as the test found it.
 
-    The library never draws from the global RNG (tests/test_init.py and tests/test_fold_examples.py check
-    that), but a test may, through torch.nn.Linear's own init: restoring the state keeps what every other
-    test draws independent of which tests ran before it in the same process.
+    The library never draws from the global RNG (tests/makemore/test_init.py and
+    tests/engine/test_folded_model_examples.py check that), but a test may, through torch.nn.Linear's own init:
+    restoring the state keeps what every other test draws independent of which tests ran before it in the same
+    process.
     """
     threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
     yield

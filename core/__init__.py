@@ -1,18 +1,48 @@
 """bnfold: fold every BatchNorm of a torch model into its neighbouring layer, and certify the folded model.
 
-    from core import fold, error_bound
+    from core import fold, certify
     folded, report = fold(model.eval())
-    bound = error_bound(model, X, report.plan)   # |model(X) − folded(X)| ≤ bound, elementwise
+    print(certify(model, folded, X, report))   # each fold checked on the activations model computes at X
 
-Everything a user imports comes from here; the modules behind these names may move.
+Everything a user imports comes from here; the modules behind these names may move. They load on first use, so
+`import core` (and the command line's argument checks) stays quick.
 """
 
-from core.engine.bound.loss import loss_bound
-from core.engine.bound.propagation import error_bound
-from core.engine.fold import FoldedPair, FoldReport, KeptBN, fold
-from core.engine.plan import Plan, plan_folds
-from core.errors import BnfoldError, BoundError, FoldError
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.engine.bound.loss import loss_bound as loss_bound
+    from core.engine.bound.propagation import error_bound as error_bound
+    from core.engine.certify import Certificate as Certificate
+    from core.engine.certify import PairCheck as PairCheck
+    from core.engine.certify import certify as certify
+    from core.engine.fold import FoldedPair as FoldedPair
+    from core.engine.fold import FoldReport as FoldReport
+    from core.engine.fold import KeptBN as KeptBN
+    from core.engine.fold import fold as fold
+    from core.engine.plan import Plan as Plan
+    from core.engine.plan import plan_folds as plan_folds
+    from core.errors import BnfoldError as BnfoldError
+    from core.errors import BoundError as BoundError
+    from core.errors import FoldError as FoldError
 
 __version__ = "0.1.0"
-__all__ = ["BnfoldError", "BoundError", "FoldError", "FoldReport", "FoldedPair", "KeptBN", "Plan", "error_bound",
-           "fold", "loss_bound", "plan_folds"]
+PUBLIC = {  # name -> the module that defines it
+    "fold": "core.engine.fold", "FoldReport": "core.engine.fold", "FoldedPair": "core.engine.fold",
+    "KeptBN": "core.engine.fold", "error_bound": "core.engine.bound.propagation",
+    "loss_bound": "core.engine.bound.loss", "plan_folds": "core.engine.plan", "Plan": "core.engine.plan",
+    "certify": "core.engine.certify", "Certificate": "core.engine.certify", "PairCheck": "core.engine.certify",
+    "BnfoldError": "core.errors", "BoundError": "core.errors", "FoldError": "core.errors",
+}
+__all__ = sorted(PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in PUBLIC:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    return getattr(import_module(PUBLIC[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *PUBLIC])

@@ -3,21 +3,21 @@
 The new bytes go to a hidden sibling `.NAME.PID-TOKEN.tmp`, created with mode 0666 less the umask
 (or with the mode and owner of the file it replaces), flushed to disk, then renamed over NAME. A
 symlink is written through: its target is replaced and the link stays a link. Temporaries that a
-killed writer left behind are removed by the next write to the same file. `check_target` proves,
-before any work, that a later write can succeed.
+killed writer left behind are removed by the next write to the same file. `probe_create` shows, before
+any work, whether a file can be created beside a target.
 """
 
-import errno
 import hashlib
 import os
 import re
 import secrets
 import stat
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.errors import UsageError, WriteError, os_error_text
+from core.errors import WriteError, os_error_text
 
 TEMP_SUFFIX = ".tmp"
 TOKEN_BYTES = 8  # the random part of a temporary's name: 16 hex digits
@@ -25,9 +25,10 @@ PID_DIGITS = 10  # room kept for the writer's pid, whatever this process's pid i
 FALLBACK_NAME_MAX = 255  # bytes; POSIX file systems report theirs through pathconf
 STALE_AFTER_S = 24 * 3600  # a temporary this old is stale even if its writer's pid is alive (pid reuse)
 _WRITER = re.compile(r"(\d+)-[0-9a-f]+")  # the PID-TOKEN part of our own temporaries
+StrPath = str | os.PathLike[str]
 
 
-def name_max(directory) -> int:
+def name_max(directory: StrPath) -> int:
     """The longest file name (in bytes) the file system holding `directory` accepts."""
     try:
         return os.pathconf(directory, "PC_NAME_MAX")
@@ -35,19 +36,20 @@ def name_max(directory) -> int:
         return FALLBACK_NAME_MAX
 
 
-def _name_bytes(name: str) -> int:
+def name_bytes(name: str) -> int:
+    """The length of a file name as the file system counts it: bytes of its encoding."""
     return len(os.fsencode(name))
 
 
 def temp_stem(target_name: str, limit: int) -> str:
     """The part of a temporary's name that identifies its target: the name itself, or, when the name leaves
     no room for the suffix, a prefix of it plus a digest of the whole name (so any legal name has one)."""
-    room = limit - _name_bytes(f"..{'9' * PID_DIGITS}-{'0' * 2 * TOKEN_BYTES}{TEMP_SUFFIX}")
-    if _name_bytes(target_name) <= room:
+    room = limit - name_bytes(f"..{'9' * PID_DIGITS}-{'0' * 2 * TOKEN_BYTES}{TEMP_SUFFIX}")
+    if name_bytes(target_name) <= room:
         return target_name
     digest = hashlib.sha256(os.fsencode(target_name)).hexdigest()[:12]
     prefix = target_name
-    while _name_bytes(prefix) > room - len(digest) - 1:
+    while name_bytes(prefix) > room - len(digest) - 1:
         prefix = prefix[:-1]
     return f"{prefix}~{digest}"
 
@@ -106,7 +108,7 @@ def remove_stale_temps(target: Path) -> None:
             pass
 
 
-def resolve_target(path) -> Path:
+def resolve_target(path: StrPath) -> Path:
     """Where a write to `path` lands: the final target of a symlink (written through), else the path itself."""
     path = Path(path)
     if os.path.islink(path):
@@ -139,7 +141,13 @@ def _create_temp(target: Path) -> Path:
     return tmp
 
 
-def _fsync_path(path, directory: bool = False) -> None:
+def probe_create(target: Path) -> None:
+    """Create and remove an empty temporary beside `target`, as a write to it would: an OSError says why no file can
+    be created there."""
+    _create_temp(target).unlink()
+
+
+def _fsync_path(path: StrPath, directory: bool = False) -> None:
     flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
     fd = os.open(path, flags)
     try:
@@ -149,7 +157,7 @@ def _fsync_path(path, directory: bool = False) -> None:
 
 
 @contextmanager
-def atomic_path(path):
+def atomic_path(path: StrPath) -> Iterator[Path]:
     """Yield a temporary path beside `path` (or beside a symlink's target); on success it is flushed and renamed
     over it, else removed. An OSError becomes a WriteError that names `path`; the old file stays as it was."""
     target = resolve_target(path)
@@ -174,67 +182,18 @@ def atomic_path(path):
             Path(tmp).unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
+def atomic_write_bytes(path: StrPath, data: bytes) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
 
 
-def atomic_write_text(path, text: str) -> None:
+def atomic_write_text(path: StrPath, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def same_file(a, b) -> bool:
+def same_file(a: StrPath, b: StrPath) -> bool:
     """True when paths a and b name one file: the same inode (hard links, symlinks), or the same resolved path."""
     try:
         return os.path.samefile(a, b)
     except OSError:
         return os.path.realpath(a) == os.path.realpath(b)
-
-
-def check_target(path, label: str = "--out", protected: dict | None = None) -> Path:
-    """Prove that a later atomic write to `path` can succeed, before any work: returns where it will land.
-
-    Refuses (UsageError naming `label`): an empty path, a directory, anything but a regular file or a new
-    path (devices such as /dev/full, pipes), a symlink loop, a read-only file, a missing parent directory,
-    a name longer than the file system allows, a place where no file can be created, and any path in
-    `protected` ({description: path}, e.g. the names file a command reads).
-    """
-    text = os.fspath(path)
-    if not text:
-        raise UsageError(f"{label}: the path is empty; give a file path such as model.pt")
-    if text.endswith(os.sep) or os.path.isdir(text):
-        raise UsageError(f"{label} {text}: is a directory; give a file path inside it, such as "
-                         f"{os.path.join(text, 'model.pt')}")
-    try:
-        os.stat(text)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise UsageError(f"{label} {text}: is a loop of symlinks; point it at a file or choose another path") from e
-    target = resolve_target(text)
-    for what, other in (protected or {}).items():
-        if other is not None and same_file(target, other):
-            raise UsageError(f"{label} {text}: is {what} ({other}); writing there would destroy it; "
-                             f"choose another path")
-    if os.path.exists(target):
-        mode = os.stat(target).st_mode
-        if not stat.S_ISREG(mode):
-            raise UsageError(f"{label} {text}: is not a regular file (a device, pipe or socket); "
-                             f"bnfold writes only regular files: choose a file path")
-        if not os.access(target, os.W_OK):
-            raise UsageError(f"{label} {text}: the file is read-only; make it writable (chmod u+w) "
-                             f"or choose another path")
-    parent = target.parent
-    if not parent.is_dir():
-        what = "is not a directory" if parent.exists() else "does not exist"
-        raise UsageError(f"{label} {text}: the directory {parent} {what}; create it first (mkdir -p {parent}) "
-                         f"or choose another path")
-    limit = name_max(parent)
-    if _name_bytes(target.name) > limit:
-        raise UsageError(f"{label} {text}: the file name is {_name_bytes(target.name)} bytes, longer than the "
-                         f"{limit} this file system allows; choose a shorter name")
-    try:
-        _create_temp(target).unlink()
-    except OSError as e:
-        raise UsageError(f"{label} {text}: cannot create files in {parent} ({os_error_text(e)}); "
-                         f"choose a writable place") from e
-    return target

@@ -2,7 +2,8 @@
 
 
 class BnfoldError(Exception):
-    """Base of every error the command line turns into a one-line message and exit code 2."""
+    """Base of every error bnfold raises for a cause outside its code (bad input, a missing package, a full disk):
+    the command line turns each into a one-line message and exit code 2."""
 
 
 class DataError(BnfoldError, ValueError):
@@ -31,10 +32,6 @@ class UnsupportedModel(BnfoldError, ValueError):
 
 class CheckpointError(BnfoldError, ValueError):
     """A checkpoint is unreadable, unsafe or does not match its own architecture config."""
-
-
-class UsageError(BnfoldError, ValueError):
-    """A command-line option cannot be honoured here (an unwritable --out, --device cuda without CUDA)."""
 
 
 class TrainingError(BnfoldError, RuntimeError):

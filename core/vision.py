@@ -9,22 +9,27 @@ explicit generator (the BatchNorms' cumulative average, momentum None), every ot
 folding them is no identity.
 """
 
+from types import ModuleType
+from typing import cast
+
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from core.engine.kinds import is_batchnorm
-from core.errors import UsageError
+from core.errors import MissingDependency, ModelError
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf",
           "shufflenet_v2_x1_0", "mnasnet0_5", "densenet121", "vgg11_bn")
 
 
-def torchvision_models():
-    """The torchvision package, or UsageError saying how to install it."""
+def torchvision_models() -> ModuleType:
+    """The torchvision package, or MissingDependency saying how to install it."""
     try:
         import torchvision
     except ImportError as e:
-        raise UsageError("torchvision is not installed: pip install torchvision (or pip install -e '.[test]')") from e
+        raise MissingDependency("torchvision is not installed: pip install torchvision "
+                                "(or pip install -e '.[test]')") from e
     return torchvision
 
 
@@ -32,6 +37,13 @@ def architectures() -> list[str]:
     """The names torchvision.models.get_model accepts for classification models."""
     torchvision = torchvision_models()
     return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_architecture(name: str) -> None:
+    """ModelError unless torchvision has a classification model called `name` (MissingDependency without
+    torchvision)."""
+    if name not in architectures():
+        raise ModelError(f"torchvision has no classification model {name!r}; try one of {', '.join(MODELS)}")
 
 
 @torch.no_grad()
@@ -43,7 +55,7 @@ def with_statistics(model: nn.Module, generator: torch.Generator, image_size: in
     `image_size`² pixels pass through the model with only the BatchNorms in training mode and momentum
     None, so each running statistic is the mean over those batches.
     """
-    bns = [m for m in model.modules() if is_batchnorm(m)]
+    bns = [cast(_BatchNorm, m) for m in model.modules() if is_batchnorm(m)]  # torchvision's are torch's
     for bn in bns:
         if bn.affine:
             bn.weight.copy_(1 + torch.randn(bn.weight.shape, generator=generator, dtype=bn.weight.dtype) / 4)
@@ -64,10 +76,9 @@ def with_statistics(model: nn.Module, generator: torch.Generator, image_size: in
 
 def build(name: str, seed: int = 0, image_size: int = 32, batch: int = 4, forwards: int = 3) -> nn.Module:
     """torchvision's `name` with random weights (global RNG forked and seeded with `seed`) and BatchNorm statistics
-    from `forwards` random batches (a generator seeded with `seed`), in eval mode."""
+    from `forwards` random batches (a generator seeded with `seed`), in eval mode. An unknown name is a ModelError."""
     torchvision = torchvision_models()
-    if name not in architectures():
-        raise UsageError(f"torchvision has no classification model {name!r}; try one of {', '.join(MODELS)}")
+    check_architecture(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = torchvision.models.get_model(name, weights=None)

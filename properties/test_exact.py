@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from core.engine.bound.rounding import TINY64, U64
 from properties.exact import exact_stats, population_std, ratio_bound
-from properties.strategies import floats_without_underflow, tensors
+from properties.strategies.floats import floats_without_underflow, tensors
 
 positive = st.floats(1e-3, 1e3)
 

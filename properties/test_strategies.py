@@ -1,4 +1,4 @@
-"""Laws of the strategies themselves (properties/strategies.py): each draws exactly the inputs its docstring claims.
+"""Laws of the strategies themselves (properties/strategies/): each draws exactly the inputs its docstring claims.
 
 A strategy that quietly drew less (no BatchNorm, one label, a fixed depth) would make every law that uses
 it weaker without failing: these pin what the zero-init and layer laws rely on.
@@ -16,32 +16,13 @@ from core.engine.kinds import is_batchnorm
 from core.makemore.data import Vocab
 from core.makemore.layers import ACTIVATIONS, BatchNorm1d, Linear
 from core.makemore.model import CharMLP
-from properties.strategies import (
-    CYCLE,
-    GAMMA_MODES,
-    UNDERFLOW_FLOOR,
-    VAR_MODES,
-    ConvPairCase,
-    MLPCase,
-    ModelCase,
-    NetCase,
-    NormStats,
-    PairCase,
-    Problem,
-    channelwise,
-    contexts,
-    conv_pair_cases,
-    cycled,
-    floats_without_underflow,
-    label_lists,
-    mlp_cases,
-    model_cases,
-    name_lists,
-    names_st,
-    net_cases,
-    pair_cases,
-    problems,
-)
+from properties.strategies.floats import UNDERFLOW_FLOOR, floats_without_underflow
+from properties.strategies.mlps import MLPCase, Problem, contexts, label_lists, mlp_cases, problems
+from properties.strategies.models import ModelCase, model_cases
+from properties.strategies.names import name_lists, names_st
+from properties.strategies.nets import NetCase, net_cases
+from properties.strategies.pairs import ConvPairCase, PairCase, channelwise, conv_pair_cases, pair_cases
+from properties.strategies.values import CYCLE, GAMMA_MODES, VAR_MODES, NormStats, cycled
 
 F32, F64 = torch.float32, torch.float64
 

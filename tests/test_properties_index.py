@@ -22,13 +22,13 @@ def test_the_index_check_names_the_command(tmp_path, monkeypatch, capsys):
     assert stale.read_text(encoding="utf-8") == index.render()
 
 
-@pytest.mark.parametrize("path", index.property_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", index.property_files(), ids=index.name)
 def test_every_property_states_its_law(path):
     """Each test in properties/ has a docstring, and the file has one: the index is made of their first lines."""
     title, tests = index.laws(path)
-    assert title, f"{path.name} has no module docstring"
+    assert title, f"{index.name(path)} has no module docstring"
     missing = [name for name, law in tests if not law]
-    assert not missing, f"{path.name}: no law stated (docstring) for {missing}"
+    assert not missing, f"{index.name(path)}: no law stated (docstring) for {missing}"
 
 
 def test_every_hypothesis_property_is_indexed():
@@ -38,4 +38,4 @@ def test_every_hypothesis_property_is_indexed():
         given = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
                  and any("given" in ast.unparse(d) for d in node.decorator_list)}
         indexed = {name for name, _ in index.laws(path)[1]}
-        assert given <= indexed, f"{path.name}: {sorted(given - indexed)} are not top-level test functions"
+        assert given <= indexed, f"{index.name(path)}: {sorted(given - indexed)} are not top-level test functions"

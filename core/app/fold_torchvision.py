@@ -2,31 +2,14 @@
 training-mode forwards) and print the report, the count against torch.fx's fuse, max |Δ| against the certified
 bound, and the speed-up at B = 1 and 8 (interleaved medians), also in the channels-last layout (core.perf.layout)."""
 
-import sys
+import argparse
 import time
 
-from core.errors import UsageError
+from core.app.errors import UsageError, naming_option
+from core.errors import ModelError
 
 
-def add_arguments(p) -> None:
-    """The fold subcommand's torchvision options."""
-    from core.app.cli import integer_in, threads_arg
-    from core.limits import MAX_ROUNDS
-
-    image_size = integer_in(1, 4096, "an image size")
-
-    p.add_argument("--torchvision", metavar="NAME", help="fold torchvision's NAME (e.g. resnet18) with random weights "
-                                                         "instead of a checkpoint; needs torchvision")
-    p.add_argument("--image-size", type=image_size, default=224, help="with --torchvision: image size of the "
-                                                                         "timing (default 224)")
-    p.add_argument("--bound-size", type=image_size, default=64, help="with --torchvision: image size of the "
-                                                                        "max |Δ| vs bound check (default 64)")
-    p.add_argument("--rounds", type=integer_in(1, MAX_ROUNDS, "a round count"), default=9,
-                   help="with --torchvision: interleaved timing rounds (default 9)")
-    p.add_argument("--threads", type=threads_arg, default=None, help="torch CPU threads (default: torch's own)")
-
-
-def cmd_fold_torchvision(args) -> None:
+def cmd_fold_torchvision(args: argparse.Namespace) -> None:
     import torch
 
     from core import vision
@@ -36,18 +19,20 @@ def cmd_fold_torchvision(args) -> None:
 
     if args.checkpoint is not None or args.out is not None:
         raise UsageError("--torchvision folds a model it builds: give no checkpoint and no -o")
+    name = args.torchvision
+    with naming_option(before=f"--torchvision {name}: ", errors=(ModelError,)):
+        vision.check_architecture(name)
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = args.torchvision
     seed = 0 if args.seed is None else args.seed
     print(f"torchvision {name}: random weights and BatchNorm statistics (seed {seed}), "
-          f"{torch.get_num_threads()} thread(s)", file=sys.stderr)
+          f"{torch.get_num_threads()} thread(s)")
     model = vision.build(name, seed=seed, image_size=args.bound_size)
     start = time.perf_counter()
     folded, report = fold(model)
     seconds = time.perf_counter() - start
     _, theirs = vision.fx_folded(model)
-    ours = {p.bn_index for p in report.folded}
+    ours = {p.bn for p in report.folded}
     print(report)
     covers = "every pair it folds, fold folds too" if theirs <= ours else f"it folds {sorted(theirs - ours)} too"
     print(f"fold: {len(report.folded)} folded, {len(report.kept)} kept in {seconds:.2f} s; torch.fx fuse: "

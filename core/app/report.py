@@ -6,25 +6,28 @@ stops early never leaves a report.json that looks complete.
 
 import json
 import math
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from core.atomic import atomic_path, atomic_write_text  # noqa: E402
 
 SMOOTH = 1000  # steps per point of a loss curve, as in the makemore notebook
+REPORT_JSON = "report.json"  # written last, so a run that stops early leaves none of its own
 
 
-def _save(fig, path):
+def _save(fig: Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def smoothed_log10(losses, window: int = SMOOTH):
+def smoothed_log10(losses: list[float], window: int = SMOOTH) -> tuple[list[float], list[float]]:
     """log10 of the loss, averaged over consecutive windows (a shorter run uses ~100 points)."""
     t = torch.tensor(losses, dtype=torch.float64)
     window = max(1, min(window, len(t) // 100 or 1))
@@ -32,7 +35,7 @@ def smoothed_log10(losses, window: int = SMOOTH):
     return (torch.arange(len(t)) * window + window / 2).tolist(), t.log10().tolist()
 
 
-def plot_loss_curves(path, curves: dict, floors: dict | None = None):
+def plot_loss_curves(path: Path, curves: dict[str, list[float]], floors: dict[str, float] | None = None) -> None:
     """curves: label -> per-step losses; floors: label -> a horizontal reference line (e.g. H)."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, losses in curves.items():
@@ -47,7 +50,7 @@ def plot_loss_curves(path, curves: dict, floors: dict | None = None):
     _save(fig, path)
 
 
-def plot_layer_histograms(path, per_scheme: dict, title: str, xlabel: str):
+def plot_layer_histograms(path: Path, per_scheme: dict[str, dict[str, torch.Tensor]], title: str, xlabel: str) -> None:
     """per_scheme: scheme -> {layer label -> 1-D tensor of values}; one row of axes per scheme."""
     fig, axes = plt.subplots(len(per_scheme), 1, figsize=(8, 2.6 * len(per_scheme)), squeeze=False)
     for ax, (scheme, layers) in zip(axes[:, 0], per_scheme.items()):
@@ -68,7 +71,7 @@ def plot_layer_histograms(path, per_scheme: dict, title: str, xlabel: str):
     _save(fig, path)
 
 
-def plot_alive(path, alive_by_scheme: dict):
+def plot_alive(path: Path, alive_by_scheme: dict[str, dict[str, bool]]) -> None:
     """alive_by_scheme: scheme -> {parameter name -> bool (ever got a nonzero gradient)}."""
     schemes = list(alive_by_scheme)
     params = list(next(iter(alive_by_scheme.values())))
@@ -84,7 +87,7 @@ def plot_alive(path, alive_by_scheme: dict):
     _save(fig, path)
 
 
-def plot_bound_ratio(path, ratios: torch.Tensor):
+def plot_bound_ratio(path: Path, ratios: torch.Tensor) -> None:
     """Histogram of |Δlogit| / certified bound over the dev set (every value must be ≤ 1)."""
     r = ratios.detach().double().flatten()
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -104,7 +107,7 @@ def plot_bound_ratio(path, ratios: torch.Tensor):
 SPEED_WAYS = {"modules": "modules", "frozen_chains": "frozen chains"}  # report.json key -> how the nets ran
 
 
-def plot_speed(path, speed: list):
+def plot_speed(path: Path, speed: list[dict]) -> None:
     """speed: rows {batch, modules, frozen_chains}, each way {unfolded_us, folded_us, speedup}; time against batch."""
     batches = [row["batch"] for row in speed]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -150,7 +153,7 @@ def summary_table(report: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def markdown(report: dict, figures: dict) -> str:
+def markdown(report: dict, figures: dict[str, str]) -> str:
     env = report["env"]
     lines = [
         "# bnfold reproduce",
@@ -187,7 +190,7 @@ def markdown(report: dict, figures: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(out_dir, report: dict, figures: dict):
+def write_report(out_dir: Path, report: dict, figures: dict[str, str]) -> None:
     """Write report.md, then report.json last (the PNGs named in `figures` are already there)."""
     atomic_write_text(out_dir / "report.md", markdown(report, figures))
-    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out_dir / REPORT_JSON, json.dumps(report, indent=2) + "\n")

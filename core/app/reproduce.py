@@ -1,20 +1,21 @@
 """`bnfold reproduce`: E01 and E02 end to end with the notebook's recipe, then report.json, report.md and plots."""
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from core.app import report as rp
-from core.errors import UsageError
 from core.makemore.diagnostics import LayerProbe, Recorder
-from core.makemore.experiments import run_e01, run_e02
+from core.makemore.experiments import Splits, run_e01, run_e02
 from core.makemore.layers import Tanh
 from core.makemore.model import e01_mlp
 from core.makemore.train import train
 from core.perf.chain import FrozenChain
-from core.perf.timing import interleaved_medians
+from core.perf.timing import call_with, interleaved_medians
 
 SPEED_BATCHES = (1, 64, 4096)  # and the whole dev set
 ALIVE_SCHEMES = ("kaiming(5/3)", "zeros", "constant(0.5)", "zero_last(5/3)", "zero_weights_random_bias")
@@ -24,9 +25,11 @@ PROBE_ROWS = 512
 # synchronisation per op (measured 0.61 vs 0.8-1.0 ms per E01 step on 2 cores). Same numbers either way.
 TRAIN_THREADS = 1
 
+LayerValues = dict[str, dict[str, torch.Tensor]]  # init scheme -> layer label -> values
+
 
 @contextmanager
-def torch_threads(n: int):
+def torch_threads(n: int) -> Iterator[None]:
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -35,33 +38,12 @@ def torch_threads(n: int):
         torch.set_num_threads(previous)
 
 
-def prepare_out(out) -> Path:
-    """Create --out (or fail with one clear line) and prove it is writable before any training starts."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from e
-    if (out / "report.json").exists():
-        (out / "report.json").unlink()  # a stale report must not pass for this run's
-    return out
-
-
-def check_device(device: str) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: CUDA is not available here; use --device cpu")
-    return device
-
-
-def probe_tanh_layers(splits, seed: int):
+def probe_tanh_layers(splits: Splits, seed: int) -> tuple[LayerValues, LayerValues]:
     """Per init scheme (kaiming 5/3 vs zeros), each Tanh layer's outputs and output gradients on one batch at init."""
     X, Y = splits["train"]
     rows = torch.randint(0, X.shape[0], (PROBE_ROWS,), generator=torch.Generator().manual_seed(seed))
-    activations, gradients = {}, {}
+    activations: LayerValues = {}
+    gradients: LayerValues = {}
     for scheme in ("kaiming(5/3)", "zeros"):
         model = e01_mlp(torch.Generator().manual_seed(seed), init=scheme)
         with LayerProbe(model, keep_outputs=True) as probe:
@@ -72,10 +54,10 @@ def probe_tanh_layers(splits, seed: int):
     return activations, gradients
 
 
-def alive_by_scheme(splits, seed: int, steps: int):
+def alive_by_scheme(splits: Splits, seed: int, steps: int) -> dict[str, dict[str, bool]]:
     """Per init scheme of the E01 net: which parameters got a nonzero gradient during a short run."""
     X, Y = splits["train"]
-    result = {}
+    result: dict[str, dict[str, bool]] = {}
     for scheme in ALIVE_SCHEMES:
         g = torch.Generator().manual_seed(seed)
         model = e01_mlp(g, init=scheme)
@@ -85,25 +67,26 @@ def alive_by_scheme(splits, seed: int, steps: int):
     return result
 
 
-def speed_pair(unfolded_s: float, folded_s: float) -> dict:
+def speed_pair(unfolded_s: float, folded_s: float) -> dict[str, float]:
     """One way of running both nets: median µs per eval forward of each, and the speed-up unfolded / folded."""
     return {"unfolded_us": unfolded_s * 1e6, "folded_us": folded_s * 1e6, "speedup": unfolded_s / folded_s}
 
 
 @torch.inference_mode()
-def measure_speed(unfolded, folded, dev_X, device) -> list[dict]:
+def measure_speed(unfolded: nn.Module, folded: nn.Module, dev_X: torch.Tensor, device: torch.device) -> list[dict]:
     """Per batch size, both nets' eval forward as modules and as frozen chains, all four timed interleaved in one run.
 
     The modules' speed-up includes Module.__call__ and attribute look-ups, which folding also
     removes (fewer layers); the frozen chains' speed-up is what folding buys in the ops alone.
     """
     unfolded.eval(), folded.eval()
-    nets = {"unfolded module": unfolded, "folded module": folded,
-            "unfolded frozen": FrozenChain(unfolded), "folded frozen": FrozenChain(folded)}
-    rows = []
+    nets: dict[str, Callable[[torch.Tensor], object]] = {
+        "unfolded module": unfolded, "folded module": folded,
+        "unfolded frozen": FrozenChain(unfolded), "folded frozen": FrozenChain(folded)}
+    rows: list[dict] = []
     for batch in (*SPEED_BATCHES, dev_X.shape[0]):
         x = dev_X[:batch].to(device)
-        cases = {name: (lambda net=net, x=x: net(x)) for name, net in nets.items()}
+        cases = {name: call_with(net, x) for name, net in nets.items()}
         medians = interleaved_medians(cases, device=device)
         rows.append({"batch": batch,
                      "modules": speed_pair(medians["unfolded module"], medians["folded module"]),
@@ -111,17 +94,17 @@ def measure_speed(unfolded, folded, dev_X, device) -> list[dict]:
     return rows
 
 
-def reproduce(splits, steps: int, seed: int, out, device: str = "cpu", progress: bool = True) -> dict:
-    """Run E01 and E02, measure, plot, and write the report into `out` (report.json last). Returns the report."""
-    device = check_device(device)
-    out = prepare_out(out)
+def reproduce(splits: Splits, steps: int, seed: int, out: Path, device: str = "cpu", progress: bool = True) -> dict:
+    """Run E01 and E02 on `device` (one this machine has), measure, plot, and write the report into the existing
+    directory `out` (report.json last, replacing any earlier one). Returns the report."""
+    where = torch.device(device)
     started = time.perf_counter()
-    with torch_threads(TRAIN_THREADS if device.type == "cpu" else torch.get_num_threads()):
-        e01 = run_e01(splits, steps=steps, seed=seed, device=device, progress=progress)
-        e02 = run_e02(splits, steps=steps, seed=seed, device=device, progress=progress)
+    with torch_threads(TRAIN_THREADS if where.type == "cpu" else torch.get_num_threads()):
+        e01 = run_e01(splits, steps=steps, seed=seed, device=where, progress=progress)
+        e02 = run_e02(splits, steps=steps, seed=seed, device=where, progress=progress)
         activations, gradients = probe_tanh_layers(splits, seed)
         alive = alive_by_scheme(splits, seed, min(steps, ALIVE_STEPS))
-    speed = measure_speed(e02.unfolded, e02.folded, splits["dev"][0], device)
+    speed = measure_speed(e02.unfolded, e02.folded, splits["dev"][0], where)
 
     figures = {
         "Loss curves": "loss_curves.png",
@@ -136,6 +119,7 @@ def reproduce(splits, steps: int, seed: int, out, device: str = "cpu", progress:
     rp.plot_layer_histograms(out / "activations.png", activations, "Tanh outputs", "tanh output")
     rp.plot_layer_histograms(out / "gradients.png", gradients, "Gradients of Tanh outputs", "dL/d(tanh output)")
     rp.plot_alive(out / "alive.png", alive)
+    assert e02.dev.bound_ratios is not None  # run_e02 compares the nets on the whole dev set at once
     rp.plot_bound_ratio(out / "fold_error.png", e02.dev.bound_ratios)
     rp.plot_speed(out / "speed.png", speed)
 
@@ -146,13 +130,10 @@ def reproduce(splits, steps: int, seed: int, out, device: str = "cpu", progress:
                 "max_abs_logit_diff": e02.dev.max_abs_logit_diff, "max_bound": e02.dev.max_bound,
                 "bn_left": e02.bn_left, "loss_bound": e02.dev.loss_bound},
         "speed": speed,
-        "env": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+        "env": {"torch": torch.__version__, "device": str(where), "threads": torch.get_num_threads(),
                 "seed": seed, "steps": steps},
         "wall_time_s": time.perf_counter() - started,
     }
     rp.write_report(out, report, figures)
     return report
 
-
-def default_out() -> Path:
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")

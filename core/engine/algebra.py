@@ -16,10 +16,13 @@ reach it through the layer-kind table (`core.engine.kinds`). Folds are computed 
 layer's dtype. docs/design.md derives the algebra; docs/design-conv.md the channel views.
 """
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 from torch import nn
 
-from core.engine.kinds import KINDS, ConvKind, LinearKind, NormTerms
+from core.engine.kinds import KINDS, Array, ConvKind, LinearKind, NormTerms, affine_kind, norm_kind
 from core.errors import FoldError
 
 AFTER, BEFORE = "after", "before"  # where the BatchNorm sits relative to its affine layer
@@ -28,18 +31,19 @@ AFTER, BEFORE = "after", "before"  # where the BatchNorm sits relative to its af
 # The algebra: any arrays with * + - / @ (torch tensors, numpy object arrays of Fractions). W may be one
 # (fan_in, fan_out) matrix or a stack of them (..., fan_in, fan_out), with s, t, b stacked alike.
 
-def bn_affine(mean, var, gamma, beta, eps, sqrt=torch.sqrt):
+def bn_affine(mean: Array, var: Array, gamma: Array, beta: Array, eps: Array,
+              sqrt: Callable[[Array], Array] = torch.sqrt) -> tuple[Array, Array]:
     """(s, t) with eval BN(z) = s·z + t: s = γ / sqrt(v + ε), t = β − μ·s."""
     s = gamma / sqrt(var + eps)
     return s, beta - mean * s
 
 
-def fold_after(W, b, s, t):
+def fold_after(W: Array, b: Array, s: Array, t: Array) -> tuple[Array, Array]:
     """(W', b') with (xW + b)·s + t = xW' + b': W' = W·diag(s), b' = b·s + t."""
     return W * s[..., None, :], b * s + t
 
 
-def fold_before(s, t, W, b):
+def fold_before(s: Array, t: Array, W: Array, b: Array) -> tuple[Array, Array]:
     """(W', b') with (x·s + t)W + b = xW' + b': W' = diag(s)·W, b' = t·W + b."""
     return s[..., :, None] * W, (t[..., None, :] @ W)[..., 0, :] + b
 
@@ -52,7 +56,7 @@ def f64(t: torch.Tensor) -> torch.Tensor:
 
 def affine_terms(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """(W, b) in float64: W as blocks (g, fan_in/g, fan_out/g) (`core.engine.kinds`), b (fan_out,), 0 if it has none."""
-    kind = KINDS[type(layer)]
+    kind = affine_kind(layer)
     W, b = f64(kind.blocks(layer)), kind.bias(layer)
     return W, torch.zeros(kind.channels(layer)[1], dtype=torch.float64) if b is None else f64(b)
 
@@ -63,13 +67,13 @@ def expand_rows(v: torch.Tensor, layer: nn.Module, spread: int) -> torch.Tensor:
     Each channel feeds `spread` consecutive inputs (the positions it flattens into before a Linear),
     and each input feeds K rows of a conv's block, one per kernel offset.
     """
-    kind = KINDS[type(layer)]
+    kind = affine_kind(layer)
     return v.repeat_interleave(spread).reshape(kind.groups(layer), -1).repeat_interleave(kind.kernel_volume(layer), 1)
 
 
 def norm_terms(bn: nn.Module) -> NormTerms:
     """(μ, v, γ, β, ε) in float64, with γ = 1 and β = 0 for a BatchNorm without affine."""
-    mean, var, gamma, beta, eps = KINDS[type(bn)].terms(bn)
+    mean, var, gamma, beta, eps = norm_kind(bn).terms(bn)
     mean, var = f64(mean), f64(var)
     gamma = torch.ones_like(mean) if gamma is None else f64(gamma)
     beta = torch.zeros_like(mean) if beta is None else f64(beta)
@@ -99,9 +103,11 @@ def check_norm(bn: nn.Module, name: str) -> None:
             j = bad[0].item()
             raise FoldError(f"{name} has a non-finite {stat} ({getattr(bn, stat)[j].item()} at unit {j}): "
                             f"re-estimate the statistics on training data before folding")
-    bad = (f64(bn.running_var) + bn.eps <= 0).nonzero()
+    assert isinstance(bn.running_var, torch.Tensor)
+    bad = (f64(bn.running_var) + cast(float, bn.eps) <= 0).nonzero()  # eps: a number, an int if given one
     if len(bad):
         j = bad[0].item()
+        assert isinstance(j, int)
         raise FoldError(f"{name} has running_var + eps <= 0 at unit {j} (running_var {bn.running_var[j].item()}, "
                         f"eps {bn.eps}), so 1/sqrt(var + eps) is undefined: re-estimate the statistics or raise eps")
 
@@ -112,6 +118,7 @@ def rebuild_affine(like: nn.Module, W: torch.Tensor, b: torch.Tensor, where: str
     Its tensors are made outside inference mode, so they are ordinary trainable tensors whatever
     mode fold was called in.
     """
+    assert isinstance(like.weight, torch.Tensor)
     dtype, device = like.weight.dtype, like.weight.device
     with torch.inference_mode(False):
         W, b = W.to(dtype), b.to(dtype)
@@ -122,7 +129,7 @@ def rebuild_affine(like: nn.Module, W: torch.Tensor, b: torch.Tensor, where: str
             largest = max(f64(W).abs().max().item(), f64(b).abs().max().item())
             raise FoldError(f"{where} gives values that do not fit {dtype} (largest |value| {largest:.6g}, {dtype} "
                             f"max {torch.finfo(dtype).max:.6g}): fold a float32 or float64 copy of the model instead")
-        new = KINDS[type(like)].rebuild(like, W.to(device), b.to(device))
+        new = affine_kind(like).rebuild(like, W.to(device), b.to(device))
         new.requires_grad_(like.weight.requires_grad)
     return new.train(like.training)
 
@@ -140,16 +147,17 @@ def fold_pair(layer: nn.Module, bn: nn.Module, direction: str, bn_name: str = "t
     `spread`: before a Linear through a Flatten, the number of flattened features per BatchNorm channel (else 1).
     """
     check_norm(bn, bn_name)
-    kind = KINDS[type(layer)]
+    kind = affine_kind(layer)
     W, b = affine_terms(layer)
     c_in, c_out = kind.channels(layer)
     units = c_out if direction == AFTER else c_in
+    assert isinstance(bn.running_mean, torch.Tensor)  # check_norm refused a BatchNorm without it
     width = bn.running_mean.shape[0]
     if width * spread != units:
         per = f" x {spread} flattened positions" if spread > 1 else ""
         raise FoldError(f"{bn_name} has {width} features{per} but {linear_name} has {side_name(layer, direction)} "
-                        f"{units}: they are no {'Linear' if isinstance(kind, LinearKind) else 'convolution'}/BatchNorm pair; "
-                        f"check the architecture")
+                        f"{units}: they are no {'Linear' if isinstance(kind, LinearKind) else 'convolution'}"
+                        f"/BatchNorm pair; check the architecture")
     s, t = norm_affine(bn)
     g = W.shape[0]
     if direction == AFTER:

@@ -91,6 +91,7 @@ def report_of(plan: Plan) -> FoldReport:
     for step in plan.steps:
         layer = plan.graph.modules[str(step.layer.target)]
         weight, n = layer.weight, fan_in(layer)
+        assert isinstance(weight, torch.Tensor)
         factor = pair_factor(n, step.direction, unit_roundoff(weight.dtype, weight.device, convolves(layer)))
         pairs.append(FoldedPair(str(step.bn.target), str(step.layer.target), step.direction, n, factor,
                                 type(layer).__name__))
@@ -103,7 +104,7 @@ def folded_graph(plan: Plan) -> fx.Graph:
     by_name = {n.name: n for n in graph.nodes}
     for step in plan.steps:
         bn = by_name[step.bn.name]
-        bn.replace_all_uses_with(bn.args[0])  # type: ignore[arg-type]
+        bn.replace_all_uses_with(bn.args[0])
         graph.erase_node(bn)
     return graph
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from core.engine.kinds import KINDS, hooked, is_batchnorm, kind_types
+from core.engine.kinds import KINDS, affine_kind, hooked, is_batchnorm, kind_types, norm_kind
 from core.errors import FoldError
 
 
@@ -60,7 +60,7 @@ class FoldGraph:
 
     def __init__(self, graph: fx.Graph, root: nn.Module):
         self.graph, self.root = graph, root
-        self.nodes = list(graph.nodes)
+        self.nodes: list[fx.Node] = list(graph.nodes)
         self.position = {node: i for i, node in enumerate(self.nodes)}
         self.modules: dict[str, nn.Module] = {str(n.target): root.get_submodule(str(n.target))
                                               for n in self.nodes if n.op == "call_module"}
@@ -126,7 +126,8 @@ class Stage(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         if n in self.bypassed:
-            return self.env[n.args[0]]  # type: ignore[index]
+            assert isinstance(n.args[0], fx.Node)
+            return self.env[n.args[0]]
         return super().run_node(n)
 
     def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -142,7 +143,7 @@ class Stage(fx.Interpreter):
 def pairs(layer: nn.Module, bn: nn.Module) -> bool:
     """layer keeps its output channels where bn normalises (dim 1): a Linear with a BatchNorm1d, a Conv2d with a
     BatchNorm2d, ..."""
-    layer_kind, bn_kind = KINDS[type(layer)], KINDS[type(bn)]
+    layer_kind, bn_kind = affine_kind(layer), norm_kind(bn)
     return layer_kind.spatial in bn_kind.spatial
 
 
@@ -166,8 +167,9 @@ def writes_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         return False
     if node.target in IN_PLACE_OPERATORS or getattr(node.target, "__name__", "").endswith("_"):
         return True
+    assert callable(node.target)  # torch.fx makes no call_function node of anything else
     try:  # inplace as a keyword (how torch.fx records torch's own functions) or by position
-        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)  # type: ignore[arg-type]
+        bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
         return bound.arguments.get("inplace") is True
     except (TypeError, ValueError):  # no signature to read, or a call it does not bind
         return False

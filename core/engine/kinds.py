@@ -36,6 +36,12 @@ HOOK_ATTRIBUTES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_
 Rule: TypeAlias = Callable[[Any, torch.Tensor, Any, float, float], Any]
 # A torch function or tensor method's arguments after the input -> the layer that computes the same map
 LayerOfCall: TypeAlias = Callable[..., nn.Module]
+# A bound on how far a value of a traced graph moves between the two models (core.engine.bound): a float64 tensor,
+# a tuple or list of bounds for a tuple or list, or 0 for a value that is no tensor
+Bound: TypeAlias = Any
+# An array or scalar of the fold algebra (core.engine.algebra): a torch tensor or float, or a numpy object array or
+# Fraction (the exact check in rationals)
+Array: TypeAlias = Any
 
 
 class NormTerms(NamedTuple):
@@ -167,8 +173,9 @@ class ConvKind:
         per_channel: int = layer.in_channels // layer.groups
         if not self.transposed:
             return per_channel * self.kernel_volume(layer)
-        return per_channel * math.prod(-(-k * math.gcd(d, s) // s)
-                                       for k, d, s in zip(layer.kernel_size, layer.dilation, layer.stride))
+        offsets: int = math.prod(-(-k * math.gcd(d, s) // s)
+                                 for k, d, s in zip(layer.kernel_size, layer.dilation, layer.stride))
+        return per_channel * offsets
 
     def linear_map(self, layer: Any, z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor
@@ -239,6 +246,9 @@ class MapKind:
 
 Kind: TypeAlias = LinearKind | ConvKind | NormKind | ElementwiseKind | MapKind
 AffineKind: TypeAlias = LinearKind | ConvKind
+# The layers of the pooling rules (core.engine.bound.rules)
+AvgPool: TypeAlias = nn.AvgPool1d | nn.AvgPool2d | nn.AvgPool3d
+AdaptiveAvgPool: TypeAlias = nn.AdaptiveAvgPool1d | nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool3d
 
 KINDS: dict[type, Kind] = {}
 FUNCTIONS: dict[Callable[..., Any], LayerOfCall] = {}  # torch function -> the layer its call computes
@@ -336,7 +346,7 @@ def rebuild_as(layer: nn.Module, target: type) -> nn.Module:
             new = kind.rebuild(layer, source.blocks(layer).clone(), None if bias is None else bias.clone())
             return new.requires_grad_(bool(layer.weight.requires_grad))
         if isinstance(source, NormKind) and isinstance(kind, NormKind):
-            terms = NormTerms(*(t if t is None or isinstance(t, float) else t.clone() for t in source.terms(layer)))
+            terms = NormTerms._make(t if t is None or isinstance(t, float) else t.clone() for t in source.terms(layer))
             return kind.build(terms, getattr(layer, "momentum", None))
         assert isinstance(kind, ElementwiseKind | MapKind)
         return kind.build(layer)

@@ -16,7 +16,7 @@ from torch import fx, nn
 
 from core.engine.algebra import AFTER, BEFORE, fold_pair
 from core.engine.graph import FoldGraph, flattens_from_1, pairs, unfoldable
-from core.engine.kinds import KINDS, LinearKind, affine_types, hooked, is_batchnorm, norm_width
+from core.engine.kinds import KINDS, LinearKind, affine_kind, affine_types, hooked, is_batchnorm, norm_width
 from core.errors import FoldError
 
 
@@ -60,6 +60,12 @@ def plan_folds(model: nn.Module) -> Plan:
     is in training mode or has unusable statistics)."""
     graph = FoldGraph.trace(model)
     steps, kept = Planner(graph).steps()
+    return plan_steps(model, graph, steps, kept)
+
+
+def plan_steps(model: nn.Module, graph: FoldGraph, steps: list[Step],
+               kept: list[tuple[str, str]] | None = None) -> Plan:
+    """The plan that applies `steps` to the traced `model`, each single fold computed once, in order."""
     modules = dict(graph.modules)
     layers = []
     for step in steps:
@@ -67,7 +73,7 @@ def plan_folds(model: nn.Module) -> Plan:
         modules[layer] = fold_pair(modules[layer], modules[bn], step.direction, graph.name(bn), graph.name(layer),
                                    step.spread)
         layers.append(modules[layer])
-    return Plan(model, graph, tuple(steps), tuple(layers), tuple(kept))
+    return Plan(model, graph, tuple(steps), tuple(layers), tuple(kept or ()))
 
 
 class Planner:
@@ -166,7 +172,7 @@ class Planner:
             if after_flatten.op == "call_module" and isinstance(KINDS.get(type(self.module(after_flatten))),
                                                                LinearKind):
                 consumer = after_flatten
-                fan_in = KINDS[type(self.module(consumer))].terms(self.module(consumer))  # type: ignore[union-attr]
+                fan_in = affine_kind(self.module(consumer)).terms(self.module(consumer))
                 width = norm_width(bn)
                 if fan_in % width:
                     raise FoldError(f"{self.graph.name(tail.target)} has {width} features but "
@@ -182,7 +188,7 @@ class Planner:
         if not consumer.args:  # layer(input=x): an affine layer takes one input, so it is this or layer(x)
             return None, 1, (f"{self.graph.name(consumer.target)} does not take it as its first positional argument "
                              f"alone")
-        exact = KINDS[type(layer)].exact_before(layer)  # type: ignore[union-attr]
+        exact = affine_kind(layer).exact_before(layer)
         if exact is not None:
             return None, 1, f"it is before {self.graph.name(consumer.target)}: {exact}"
         if consumer is user and not pairs(layer, bn):

@@ -13,6 +13,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,13 +34,16 @@ _NOT_A_Z = re.compile(rb"[^a-z]")
 if TYPE_CHECKING:
     import torch
 
+PathLike = str | os.PathLike[str]
+Fractions = Sequence[float]  # train, dev, test
+
 
 class Vocab:
     """'.' (start/end of a name) is 0, 'a'..'z' are 1..26."""
 
     chars = ".abcdefghijklmnopqrstuvwxyz"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.stoi = {ch: i for i, ch in enumerate(self.chars)}
         self.itos = dict(enumerate(self.chars))
 
@@ -50,11 +54,11 @@ class Vocab:
     def encode(self, text: str) -> list[int]:
         return [self.stoi[ch] for ch in text]
 
-    def decode(self, ids) -> str:
+    def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.itos[int(i)] for i in ids)
 
 
-def read_names_bytes(path, limit: int = MAX_NAMES_BYTES) -> bytes:
+def read_names_bytes(path: PathLike, limit: int = MAX_NAMES_BYTES) -> bytes:
     """The bytes of a names file, refusing (DataError) one that cannot be read or holds more than `limit` bytes."""
     path = Path(path)
     try:
@@ -68,7 +72,7 @@ def read_names_bytes(path, limit: int = MAX_NAMES_BYTES) -> bytes:
     return raw
 
 
-def load_names(path) -> list[str]:
+def load_names(path: PathLike) -> list[str]:
     """One lowercase a-z name per line; CRLF and a missing final newline are fine, nothing is skipped."""
     path = Path(path)
     lines = read_names_bytes(path).split(b"\n")
@@ -92,7 +96,7 @@ def load_names(path) -> list[str]:
     return names
 
 
-def split_sizes(n: int, fractions=DEFAULT_FRACTIONS) -> tuple[int, int, int]:
+def split_sizes(n: int, fractions: Fractions = DEFAULT_FRACTIONS) -> tuple[int, int, int]:
     """The notebook's rule: int(0.8n) train, int(0.9n) - int(0.8n) dev, the rest test."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
@@ -101,7 +105,8 @@ def split_sizes(n: int, fractions=DEFAULT_FRACTIONS) -> tuple[int, int, int]:
     return first, second - first, n - second
 
 
-def split_names(names, seed: int, fractions=DEFAULT_FRACTIONS):
+def split_names(names: Iterable[str], seed: int,
+                fractions: Fractions = DEFAULT_FRACTIONS) -> tuple[list[str], list[str], list[str]]:
     """Shuffle a copy with random.Random(seed) and cut it into (train, dev, test)."""
     shuffled = list(names)
     random.Random(seed).shuffle(shuffled)
@@ -113,7 +118,7 @@ def split_names(names, seed: int, fractions=DEFAULT_FRACTIONS):
     )
 
 
-def minimum_names(fractions=DEFAULT_FRACTIONS) -> int:
+def minimum_names(fractions: Fractions = DEFAULT_FRACTIONS) -> int:
     """The fewest names n such that every count from n up leaves each part of the split at least one name.
 
     Each part of n names holds at least ⌊f·n⌋ (a floor of a sum minus a floor is at least the floor of the
@@ -128,7 +133,7 @@ def minimum_names(fractions=DEFAULT_FRACTIONS) -> int:
     return 3  # three parts need three names
 
 
-def require_enough_names(count: int, path, fractions=DEFAULT_FRACTIONS) -> None:
+def require_enough_names(count: int, path: PathLike, fractions: Fractions = DEFAULT_FRACTIONS) -> None:
     """Refuse (DataError naming the file and the minimum) a names file whose split would leave a part empty."""
     if min(split_sizes(count, fractions)) > 0:
         return
@@ -145,14 +150,14 @@ class Split:
     seed: int = DEFAULT_SPLIT_SEED
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
 
-    def parts(self, names) -> dict[str, list[str]]:
+    def parts(self, names: Iterable[str]) -> dict[str, list[str]]:
         return dict(zip(SPLIT_PARTS, split_names(names, self.seed, self.fractions)))
 
     def describe(self) -> str:
         return f"seed {self.seed}, {'/'.join(f'{f:g}' for f in self.fractions)}"
 
 
-def load_split(path, split: Split) -> tuple[list[str], dict[str, list[str]]]:
+def load_split(path: PathLike, split: Split) -> tuple[list[str], dict[str, list[str]]]:
     """(names, {'train'|'dev'|'test': names}) of a names file, refusing one too small for `split`."""
     names = load_names(path)
     require_enough_names(len(names), path, split.fractions)
@@ -168,7 +173,8 @@ def _code_table(vocab: Vocab) -> "torch.Tensor":
     return table
 
 
-def build_dataset(names, context_length: int, vocab: Vocab | None = None):
+def build_dataset(names: Sequence[str], context_length: int,
+                  vocab: Vocab | None = None) -> tuple["torch.Tensor", "torch.Tensor"]:
     """(X, Y): for every character of every name and its end '.', the previous context_length ids and the id.
 
     Vectorised: each name becomes `context_length` pad ids, its ids and the end id in one flat
@@ -203,7 +209,8 @@ def build_dataset(names, context_length: int, vocab: Vocab | None = None):
     return X, Y
 
 
-def _long_name_chunks(name: str, context_length: int, max_rows: int, vocab: Vocab):
+def _long_name_chunks(name: str, context_length: int, max_rows: int,
+                      vocab: Vocab) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
     """The rows of one name in pieces of at most max_rows, each piece carrying its own context window."""
     import torch
 
@@ -222,7 +229,8 @@ def _long_name_chunks(name: str, context_length: int, max_rows: int, vocab: Voca
         yield ids.unfold(0, context_length, 1)[: stop - start].contiguous(), ids[context_length:].clone()
 
 
-def dataset_chunks(names, context_length: int, max_rows: int = CHUNK_ROWS, vocab: Vocab | None = None):
+def dataset_chunks(names: Iterable[str], context_length: int, max_rows: int = CHUNK_ROWS,
+                   vocab: Vocab | None = None) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
     """build_dataset(names, context_length) in pieces of at most max_rows rows, in order, so memory stays bounded.
 
     Names are grouped while their rows fit; a name with more rows than max_rows is cut into windows
@@ -232,7 +240,8 @@ def dataset_chunks(names, context_length: int, max_rows: int = CHUNK_ROWS, vocab
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     vocab = vocab or Vocab()
-    group, rows = [], 0
+    group: list[str] = []
+    rows = 0
     for name in names:
         need = len(name) + 1
         if rows + need > max_rows and group:
@@ -290,8 +299,9 @@ def download(url: str, timeout: float = 30.0, deadline: float = DOWNLOAD_DEADLIN
     return b"".join(pieces)
 
 
-def fetch_names(dest=DEFAULT_NAMES_PATH, url: str = NAMES_URL, sha256: str = NAMES_SHA256, timeout: float = 30.0,
-                deadline: float = DOWNLOAD_DEADLINE_S, max_bytes: int = MAX_DOWNLOAD_BYTES):
+def fetch_names(dest: PathLike = DEFAULT_NAMES_PATH, url: str = NAMES_URL, sha256: str = NAMES_SHA256,
+                timeout: float = 30.0, deadline: float = DOWNLOAD_DEADLINE_S,
+                max_bytes: int = MAX_DOWNLOAD_BYTES) -> Path:
     """Download names.txt, check its sha256, then write it atomically to dest (never a partial file)."""
     dest = Path(dest)
     by_hand = f"download {url} by hand to {dest} (sha256 {sha256}) or pass --names PATH"
@@ -307,11 +317,11 @@ def fetch_names(dest=DEFAULT_NAMES_PATH, url: str = NAMES_URL, sha256: str = NAM
     return dest
 
 
-def file_sha256(path) -> str:
+def file_sha256(path: PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def resolve_names_path(cli_path=None, fetch: bool = True) -> Path:
+def resolve_names_path(cli_path: PathLike | None = None, fetch: bool = True) -> Path:
     """--names PATH, else $BNFOLD_NAMES, else data/names.txt, else fetch it there. An empty --names is refused,
     not taken for a missing one."""
     if cli_path is not None:
@@ -325,7 +335,8 @@ def resolve_names_path(cli_path=None, fetch: bool = True) -> Path:
     return fetch_names(DEFAULT_NAMES_PATH)
 
 
-def random_rows(rows: int, generator: "torch.Generator", context_length: int = 4):
+def random_rows(rows: int, generator: "torch.Generator",
+                context_length: int = 4) -> tuple["torch.Tensor", "torch.Tensor"]:
     """(X, Y) of uniformly random character ids, standing in for a split of names.txt."""
     import torch
 

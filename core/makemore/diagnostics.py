@@ -6,12 +6,17 @@ the duration of a `with` block and are removed on exit, and no diagnostic change
 (BatchNorm running statistics are restored after a training-mode pass).
 """
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from core.makemore.model import CharMLP
 
 SATURATION = 0.97  # a tanh output with |t| above this passes less than 1 - 0.97² ≈ 6% of the gradient
 
@@ -58,7 +63,7 @@ def std_ratio(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().double().std(correction=0) / b.detach().double().std(correction=0)).item()
 
 
-def _remove_all(handles: list) -> None:
+def _remove_all(handles: list[RemovableHandle]) -> None:
     for handle in handles:
         handle.remove()
     handles.clear()
@@ -74,23 +79,23 @@ class LayerProbe:
     With keep_outputs, copies of every output and of its gradient are kept too (for histograms).
     """
 
-    def __init__(self, model, keep_outputs: bool = False):
+    def __init__(self, model: CharMLP, keep_outputs: bool = False) -> None:
         self.model = model
         self.keep_outputs = keep_outputs
         self.layers: dict[int, LayerStats] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.output_grads: dict[int, torch.Tensor] = {}
-        self._handles = []
+        self._handles: list[RemovableHandle] = []
 
-    def __enter__(self):
+    def __enter__(self) -> "LayerProbe":
         for index, layer in enumerate(self.model.layers):
             self._handles.append(layer.register_forward_hook(partial(self._forward, index)))
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         _remove_all(self._handles)
 
-    def _forward(self, index, layer, inputs, out):
+    def _forward(self, index: int, layer: nn.Module, inputs: tuple[Any, ...], out: torch.Tensor) -> None:
         mean, std = _mean_std(out)
         saturation = (out.detach().abs() > SATURATION).double().mean().item()
         self.layers[index] = LayerStats(index, type(layer).__name__, mean, std, saturation)
@@ -99,14 +104,14 @@ class LayerProbe:
         if out.requires_grad:
             out.register_hook(partial(self._backward, index))
 
-    def _backward(self, index, grad):
+    def _backward(self, index: int, grad: torch.Tensor) -> None:
         self.layers[index].grad_mean, self.layers[index].grad_std = _mean_std(grad)
         if self.keep_outputs:
             self.output_grads[index] = grad.detach().clone()
 
 
 @contextmanager
-def preserved_buffers(model: nn.Module):
+def preserved_buffers(model: nn.Module) -> Iterator[nn.Module]:
     """Restore every buffer (BatchNorm running statistics) on exit, whatever the block did to them."""
     saved = [(buf, buf.clone()) for buf in model.buffers()]
     try:
@@ -117,7 +122,8 @@ def preserved_buffers(model: nn.Module):
                 buf.copy_(value)
 
 
-def _gradients(model, X, Y):
+def _gradients(model: CharMLP, X: torch.Tensor,
+               Y: torch.Tensor) -> tuple[torch.Tensor, list[tuple[str, nn.Parameter, torch.Tensor | None]]]:
     """(loss, [(name, param, grad or None)]) for the batch, through autograd.grad: no `.grad` is written."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     loss = model.loss(X, Y)
@@ -125,7 +131,7 @@ def _gradients(model, X, Y):
     return loss, [(n, p, g) for (n, p), g in zip(named, grads)]
 
 
-def diagnose(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, lr: float = 0.1) -> Diagnosis:
+def diagnose(model: CharMLP, X: torch.Tensor, Y: torch.Tensor, lr: float = 0.1) -> Diagnosis:
     """Activation stats of every layer and gradient stats of every parameter on one batch (model's current mode)."""
     with preserved_buffers(model), LayerProbe(model) as probe:
         loss, named = _gradients(model, X, Y)
@@ -137,14 +143,14 @@ def diagnose(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, lr: float = 0.1
     return Diagnosis(loss.item(), [probe.layers[i] for i in sorted(probe.layers)], params)
 
 
-def alive(model: nn.Module, X: torch.Tensor, Y: torch.Tensor) -> list[str]:
+def alive(model: CharMLP, X: torch.Tensor, Y: torch.Tensor) -> list[str]:
     """Names of the parameters whose gradient on the batch (X, Y) has a nonzero entry, in model order."""
     with preserved_buffers(model):
         _, named = _gradients(model, X, Y)
     return [name for name, _, g in named if g is not None and bool(g.count_nonzero())]
 
 
-def output_bias(model: nn.Module) -> str:
+def output_bias(model: CharMLP) -> str:
     """The parameter name of the output Linear's bias (for E01's net "layers.8.bias"): E01's one live parameter."""
     last = len(model.layers) - 1
     if model.layers[last].bias is None:
@@ -152,7 +158,7 @@ def output_bias(model: nn.Module) -> str:
     return f"layers.{last}.bias"
 
 
-def _nonzero(tensors) -> torch.Tensor:
+def _nonzero(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """One flag per tensor: does it have a nonzero (or nan) entry?"""
     return torch.stack([t.count_nonzero() for t in tensors]) > 0
 
@@ -176,16 +182,16 @@ class Recorder:
     Enter it once the model is on the device it trains on.
     """
 
-    def __init__(self, model, every: int | None = None):
+    def __init__(self, model: nn.Module, every: int | None = None) -> None:
         self.every = every
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
-        self._params = [p for _, p in named]
+        self._params: list[torch.Tensor] = [p for _, p in named]
         self._grads: dict[int, torch.Tensor] = {}
-        self._handles = []
+        self._handles: list[RemovableHandle] = []
         self._ratios: list[tuple[int, list[float]]] = []
 
-    def __enter__(self):
+    def __enter__(self) -> "Recorder":
         device = self._params[0].device if self._params else None
         self._first_grad = torch.full((len(self._params),), -1, dtype=torch.int64, device=device)
         self._first_change = self._first_grad.clone()
@@ -194,14 +200,14 @@ class Recorder:
             self._handles.append(p.register_hook(partial(self._keep_grad, i)))
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         _remove_all(self._handles)
         self._grads.clear()
 
-    def _keep_grad(self, i, grad):
+    def _keep_grad(self, i: int, grad: torch.Tensor) -> None:
         self._grads[i] = grad
 
-    def on_step(self, step: int, model=None):
+    def on_step(self, step: int, model: nn.Module | None = None) -> None:
         """Call after each update (train's `on_step`): fold this step's gradients and changes into the record."""
         with torch.no_grad():
             grads = [self._grads.get(i, p.new_zeros(())) for i, p in enumerate(self._params)]
@@ -239,4 +245,5 @@ class Recorder:
 
     @property
     def update_data(self) -> dict[str, list[tuple[int, float]]]:
+        """Per parameter, the logged (step, update:data ratio) pairs (every `every` steps)."""
         return {n: [(step, ratios[i]) for step, ratios in self._ratios] for i, n in enumerate(self.names)}

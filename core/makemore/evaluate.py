@@ -1,4 +1,5 @@
-"""Evaluation in bounded memory: losses over whole splits, computed chunk by chunk and summed in float64.
+"""Evaluation in bounded memory: losses over whole splits, and how closely a folded net agrees with its original,
+computed chunk by chunk and combined in float64 (losses) or exact rationals (agreements).
 
 Memory grows with the chunk (CHUNK_ROWS rows), never with the split: a split of one 50 MB name is
 evaluated in pieces like any other. Logits are cast to float64 before the cross-entropy, so a float16
@@ -6,17 +7,22 @@ or bfloat16 model's mean is neither rounded nor overflowed in its own dtype.
 """
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from core.engine.bound.loss import loss_bound
+from core.engine.bound.propagation import error_bound
 from core.makemore.data import CHUNK_ROWS, dataset_chunks
+from core.makemore.model import CharMLP
 
 
 @torch.no_grad()
-def mean_loss(model, chunks) -> float:
+def mean_loss(model: nn.Module, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
     """Mean cross-entropy of the eval-mode `model` over every row of the (X, Y) `chunks`: Σ CE / rows in float64.
 
     Raises ValueError when there is no row at all (an empty split has no mean).
@@ -33,7 +39,7 @@ def mean_loss(model, chunks) -> float:
     return (total / rows).item()
 
 
-def split_losses(model, parts: dict, chunk_rows: int = CHUNK_ROWS) -> dict[str, float]:
+def split_losses(model: CharMLP, parts: dict[str, list[str]], chunk_rows: int = CHUNK_ROWS) -> dict[str, float]:
     """{part: mean loss} for each {part: names} in `parts`, the model in eval mode, chunk_rows rows at a time."""
     model.eval()
     return {part: mean_loss(model, dataset_chunks(names, model.context_length, chunk_rows))
@@ -41,49 +47,67 @@ def split_losses(model, parts: dict, chunk_rows: int = CHUNK_ROWS) -> dict[str, 
 
 
 @dataclass
-class Agreement:
-    """How closely a folded net matches its original over a whole split, both in eval (fields as FoldAgreement's)."""
+class FoldAgreement:
+    """How closely a folded net matches its unfolded original on `rows` rows, both in eval, with certified bounds."""
 
-    loss_unfolded: float
+    loss_unfolded: float  # mean cross-entropy in float64, the precision loss_bound assumes
     loss_folded: float
     loss_bound: float  # certified bound on |loss_folded − loss_unfolded|
     max_abs_logit_diff: float
     max_bound: float  # the largest certified bound on |Δlogit|
     rows: int
-    chunks: int
+    chunks: int = 1  # the pieces the rows were evaluated in (combine_agreements)
+    # |Δlogit| / bound per logit, all ≤ 1; None for an agreement combined over chunks, which keeps no per-row values
+    bound_ratios: torch.Tensor | None = field(default=None, repr=False)
 
 
-def combine_agreements(parts: list) -> Agreement:
-    """One Agreement from per-chunk (rows, FoldAgreement) pairs.
+@torch.no_grad()
+def fold_agreement(model: nn.Module, folded: nn.Module, X: torch.Tensor, Y: torch.Tensor) -> FoldAgreement:
+    """The losses and logits of `model` and its fold on (X, Y), both in eval, against their certified bounds."""
+    logits, folded_logits = model(X), folded(X)
+    bound = error_bound(model, X)
+    diff = (logits.double() - folded_logits.double()).abs().cpu()
+    return FoldAgreement(
+        loss_unfolded=F.cross_entropy(logits.double(), Y).item(),
+        loss_folded=F.cross_entropy(folded_logits.double(), Y).item(),
+        loss_bound=loss_bound(logits, bound, Y),
+        max_abs_logit_diff=diff.max().item(),
+        max_bound=bound.max().item(),
+        rows=X.shape[0],
+        bound_ratios=diff / bound,
+    )
+
+
+def combine_agreements(parts: Sequence[tuple[int, FoldAgreement]]) -> FoldAgreement:
+    """One FoldAgreement from per-chunk (rows, FoldAgreement) pairs.
 
     Means combine with weights w_c = rows_c / N, evaluated exactly in rationals and rounded once, so
     each reported loss is within ulp/2 of the exact weighted mean of the chunk losses. Then
     |L − L'| ≤ Σ w_c·|L_c − L'_c| + ulp(L) + ulp(L') ≤ Σ w_c·β_c + ulp(L) + ulp(L'), β_c each chunk's
     certified loss bound; the sum is rounded up by one ulp. Logit bounds are elementwise, so their
-    maxima combine by max. A single chunk is returned as it is.
+    maxima combine by max. A single chunk keeps its values as they are.
     """
     if not parts:
         raise ValueError("no chunks to combine")
     rows = sum(n for n, _ in parts)
     if len(parts) == 1:
         (n, a), = parts
-        return Agreement(a.loss_unfolded, a.loss_folded, a.loss_bound, a.max_abs_logit_diff, a.max_bound, n, 1)
+        return FoldAgreement(a.loss_unfolded, a.loss_folded, a.loss_bound, a.max_abs_logit_diff, a.max_bound, n)
 
-    def weighted(values) -> Fraction:
-        return sum(Fraction(n) * Fraction(v) for (n, _), v in zip(parts, values, strict=True)) / rows
+    def weighted(values: Iterable[float]) -> Fraction:
+        return sum((Fraction(n) * Fraction(v) for (n, _), v in zip(parts, values, strict=True)), Fraction(0)) / rows
 
     unfolded = float(weighted(a.loss_unfolded for _, a in parts))
     folded = float(weighted(a.loss_folded for _, a in parts))
     bound = float(weighted(a.loss_bound for _, a in parts))
     bound += math.ulp(bound) + math.ulp(unfolded) + math.ulp(folded)
-    return Agreement(unfolded, folded, bound, max(a.max_abs_logit_diff for _, a in parts),
-                     max(a.max_bound for _, a in parts), rows, len(parts))
+    return FoldAgreement(unfolded, folded, bound, max(a.max_abs_logit_diff for _, a in parts),
+                         max(a.max_bound for _, a in parts), rows, len(parts))
 
 
-def split_agreement(model, folded, names, chunk_rows: int = CHUNK_ROWS) -> Agreement:
+def split_agreement(model: CharMLP, folded: nn.Module, names: list[str],
+                    chunk_rows: int = CHUNK_ROWS) -> FoldAgreement:
     """`fold_agreement` of the eval-mode model and its fold over every row of `names`, chunk_rows rows at a time."""
-    from core.makemore.experiments import fold_agreement
-
     model.eval()
     folded.eval()
     parts = [(X.shape[0], fold_agreement(model, folded, X, Y))

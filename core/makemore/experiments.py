@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from core.engine.bound.loss import loss_bound
-from core.engine.bound.propagation import error_bound
 from core.engine.fold import fold
 from core.makemore.diagnostics import Recorder
+from core.makemore.evaluate import FoldAgreement, fold_agreement
 from core.makemore.model import VOCAB_SIZE, CharMLP, e01_mlp, e02_mlp
 from core.makemore.train import train
+
+Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]  # part ('train', 'dev', ...) -> (X, Y)
 
 
 def label_entropy(Y: torch.Tensor, num_classes: int = VOCAB_SIZE) -> float:
@@ -46,12 +47,12 @@ def trained_e02(X: torch.Tensor, Y: torch.Tensor, steps: int, generator: torch.G
 
 
 @torch.no_grad()
-def _loss(model, X, Y, device) -> float:
+def _loss(model: CharMLP, X: torch.Tensor, Y: torch.Tensor, device: torch.device) -> float:
     return model.loss(X.to(device), Y.to(device)).item()
 
 
-def run_e01(splits, steps: int = 100_000, batch_size: int = 64, lr: float = 0.1, seed: int = 42,
-            device=None, progress: bool = True, init: str = "zeros") -> E01Result:
+def run_e01(splits: Splits, steps: int = 100_000, batch_size: int = 64, lr: float = 0.1, seed: int = 42,
+            device: torch.device | str | None = None, progress: bool = True, init: str = "zeros") -> E01Result:
     """Train the notebook's E01 net on splits['train'] with plain SGD, recording which parameters ever got a gradient.
 
     `splits` maps 'train' and 'dev' to (X, Y). One generator seeded with `seed` draws the embedding
@@ -81,34 +82,6 @@ def run_e01(splits, steps: int = 100_000, batch_size: int = 64, lr: float = 0.1,
 
 
 @dataclass
-class FoldAgreement:
-    """How closely a folded net matches its unfolded original on (X, Y), both in eval, with certified bounds."""
-
-    loss_unfolded: float  # mean cross-entropy in float64, the precision loss_bound assumes
-    loss_folded: float
-    loss_bound: float  # certified bound on |loss_folded − loss_unfolded|
-    max_abs_logit_diff: float
-    max_bound: float  # the largest certified bound on |Δlogit|
-    bound_ratios: torch.Tensor = field(repr=False)  # |Δlogit| / bound per logit, all ≤ 1
-
-
-@torch.no_grad()
-def fold_agreement(model: nn.Module, folded: nn.Module, X: torch.Tensor, Y: torch.Tensor) -> FoldAgreement:
-    logits, folded_logits = model(X), folded(X)
-    bound = error_bound(model, X)
-    diff = (logits.double() - folded_logits.double()).abs().cpu()
-    loss = torch.nn.functional.cross_entropy
-    return FoldAgreement(
-        loss_unfolded=loss(logits.double(), Y).item(),
-        loss_folded=loss(folded_logits.double(), Y).item(),
-        loss_bound=loss_bound(logits, bound, Y),
-        max_abs_logit_diff=diff.max().item(),
-        max_bound=bound.max().item(),
-        bound_ratios=diff / bound,
-    )
-
-
-@dataclass
 class E02Result:
     """E02 (Linear→BatchNorm1d→Tanh net): the trained net, its folded twin, and how closely they agree on dev."""
 
@@ -116,13 +89,13 @@ class E02Result:
     dev: FoldAgreement
     bn_left: int  # BatchNorms the fold had to keep (0 for this architecture)
     losses: list[float] = field(repr=False)
-    unfolded: torch.nn.Module = field(repr=False)
-    folded: torch.nn.Module = field(repr=False)
+    unfolded: nn.Module = field(repr=False)
+    folded: nn.Module = field(repr=False)
     wall_time: float
 
 
-def run_e02(splits, steps: int = 100_000, batch_size: int = 64, lr: float = 0.1, seed: int = 42,
-            device=None, progress: bool = True) -> E02Result:
+def run_e02(splits: Splits, steps: int = 100_000, batch_size: int = 64, lr: float = 0.1, seed: int = 42,
+            device: torch.device | str | None = None, progress: bool = True) -> E02Result:
     """Train the notebook's E02 net, fold every BatchNorm into its Linear, and compare both on the dev set in eval."""
     start = time.perf_counter()
     g = torch.Generator().manual_seed(seed)

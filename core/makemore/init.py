@@ -13,7 +13,9 @@ Only Linear layers are touched: the embedding C and any BatchNorm keep their val
 """
 
 import re
+from collections.abc import Callable
 from fractions import Fraction
+from typing import Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -21,11 +23,21 @@ from torch import nn
 from core.makemore.layers import Linear
 
 
-def _linears(model: nn.Module) -> list[Linear]:
+class LayerStack(Protocol):
+    """What a scheme initialises: a net with a layer stack and the name of the scheme that built it (a CharMLP)."""
+
+    layers: nn.Sequential
+    init_scheme: str | None
+
+
+Net = TypeVar("Net", bound=LayerStack)
+
+
+def _linears(model: LayerStack) -> list[Linear]:
     return [layer for layer in model.layers if isinstance(layer, Linear)]
 
 
-def _set(tensor, value):
+def _set(tensor: torch.Tensor | None, value: float | torch.Tensor) -> None:
     """Overwrite `tensor` (a parameter or None) with a number or a tensor of its shape."""
     if tensor is None:
         return
@@ -36,7 +48,7 @@ def _set(tensor, value):
 
 
 @torch.no_grad()
-def kaiming(model: nn.Module, gain: float = 1.0, *, generator: torch.Generator):
+def kaiming(model: LayerStack, gain: float = 1.0, *, generator: torch.Generator) -> None:
     """The notebook's init: W ~ gain * randn(fan_in, fan_out) / sqrt(fan_in), b = 0."""
     for layer in _linears(model):
         w = torch.randn(layer.weight.shape, generator=generator, dtype=layer.weight.dtype)
@@ -45,7 +57,7 @@ def kaiming(model: nn.Module, gain: float = 1.0, *, generator: torch.Generator):
 
 
 @torch.no_grad()
-def constant(model: nn.Module, c: float, *, generator: torch.Generator | None = None):
+def constant(model: LayerStack, c: float, *, generator: torch.Generator | None = None) -> None:
     """Every Linear weight and bias is c: the hidden units of a layer start identical."""
     for layer in _linears(model):
         _set(layer.weight, c)
@@ -53,13 +65,13 @@ def constant(model: nn.Module, c: float, *, generator: torch.Generator | None = 
 
 
 @torch.no_grad()
-def zeros(model: nn.Module, *, generator: torch.Generator | None = None):
+def zeros(model: LayerStack, *, generator: torch.Generator | None = None) -> None:
     """Every Linear weight and bias is 0 (E01)."""
     constant(model, 0.0)
 
 
 @torch.no_grad()
-def zero_last(model: nn.Module, gain: float = 1.0, *, generator: torch.Generator):
+def zero_last(model: LayerStack, gain: float = 1.0, *, generator: torch.Generator) -> None:
     """kaiming(gain) for every Linear, then the output Linear's weight and bias set to 0."""
     kaiming(model, gain, generator=generator)
     last = _linears(model)[-1]
@@ -68,7 +80,7 @@ def zero_last(model: nn.Module, gain: float = 1.0, *, generator: torch.Generator
 
 
 @torch.no_grad()
-def zero_weights_random_bias(model: nn.Module, *, generator: torch.Generator):
+def zero_weights_random_bias(model: LayerStack, *, generator: torch.Generator) -> None:
     """Every Linear weight is 0 and every bias is drawn from randn."""
     for layer in _linears(model):
         _set(layer.weight, 0.0)
@@ -76,7 +88,7 @@ def zero_weights_random_bias(model: nn.Module, *, generator: torch.Generator):
             _set(layer.bias, torch.randn(layer.bias.shape, generator=generator, dtype=layer.bias.dtype))
 
 
-SCHEMES = {
+SCHEMES: dict[str, Callable[..., None]] = {
     "kaiming": kaiming,
     "zeros": zeros,
     "constant": constant,
@@ -107,7 +119,7 @@ def parse_scheme(scheme: str) -> tuple[str, float | None]:
     return name, value
 
 
-def apply_init(model: nn.Module, scheme: str, generator: torch.Generator) -> nn.Module:
+def apply_init(model: Net, scheme: str, generator: torch.Generator) -> Net:
     """Apply the named scheme in place, record its name on the model (`model.init_scheme`), and return the model."""
     name, arg = parse_scheme(scheme)
     args = () if arg is None else (arg,)

@@ -10,8 +10,10 @@ The inference variants all include the embedding lookup C[X], so each maps int64
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -24,11 +26,14 @@ from core.makemore.experiments import trained_e02
 from core.makemore.model import CharMLP, e02_mlp
 from core.makemore.torchnn import to_torch_nn
 from core.makemore.train import train
-from core.perf.chain import FrozenChain, capture, minimal_chain
+from core.perf import bench_models
+from core.perf.cells import ratio_cell, target_cell, time_cell
+from core.perf.chain import Forward, FrozenChain, capture, minimal_chain
 from core.perf.fused import availability, compiled_variants, fused_variants
 from core.perf.timing import (
     ROUNDS,
     SAMPLE_S,
+    call_with,
     cpu_name,
     interleaved_medians,
     machine_info,
@@ -38,11 +43,13 @@ FORMAT = "bnfold.bench/1"
 BENCH_DIR = Path(".benchmarks")
 DEV_ROWS = 22655  # dev-set rows of names.txt under the standard split (seed 42); random rows stand in without it
 SPLIT_SEED = 42
+Batch = int | str  # a batch size, or "dev": the whole dev set
+Log = Callable[[str], None]
 
 
 # The things timed: the inference variants.
 
-def inference_variants(model: CharMLP, folded: CharMLP) -> dict:
+def inference_variants(model: CharMLP, folded: CharMLP) -> dict[str, Forward]:
     """name -> callable(X): the net unfolded and folded, as modules (core; torch.nn) and as frozen chains.
 
     "torch fused" is torch's own folded net: the torch.nn modules with each Linear -> BatchNorm1d
@@ -59,12 +66,12 @@ def inference_variants(model: CharMLP, folded: CharMLP) -> dict:
     }
 
 
-def fused_runs(folded, X, compiled: bool) -> dict:
+def fused_runs(folded: CharMLP, X: torch.Tensor, compiled: bool) -> dict[str, Forward]:
     """On CUDA with Triton: the fused kernel at every precision and its fp32 CUDA graph; with `compiled`, torch.compile
     (default and max-autotune) of the folded frozen chain. Empty where FusedMLP cannot run."""
     if availability() is not None:
         return {}
-    runs = fused_variants(folded)
+    runs: dict[str, Forward] = dict(fused_variants(folded))
     runs["fused fp32 CUDA graph"] = capture(runs["fused fp32"], X)
     return {**runs, **(compiled_variants(folded) if compiled else {})}
 
@@ -75,8 +82,8 @@ def fused_runs(folded, X, compiled: bool) -> dict:
 class Settings:
     rounds: int = ROUNDS
     sample_s: float = SAMPLE_S
-    batch_sizes: tuple = (1, 64, 4096, "dev")
-    cuda_batch_sizes: tuple = (1, 64, 4096, "dev", 2**21)
+    batch_sizes: tuple[Batch, ...] = (1, 64, 4096, "dev")
+    cuda_batch_sizes: tuple[Batch, ...] = (1, 64, 4096, "dev", 2**21)
     stats_steps: int = 200  # SGD steps that give the BatchNorms realistic statistics
     train_steps: int = 20  # training steps per timed call
     build_rounds: int = 5  # build_dataset's loop takes about a second on names.txt
@@ -117,7 +124,7 @@ CPU_TARGETS = {  # at every batch size
 CPU_TARGETS_AT_B1 = {"folded frozen / torch fused": 0.70}  # where call overhead is most of the time
 
 
-def target(device: str, batch, label: str) -> float | None:
+def target(device: str, batch: Batch | None, label: str) -> float | None:
     """The bound a ratio should stay under, or None: the CPU speed targets, and the CUDA graph at 2^21 rows."""
     if device == "cpu":
         if batch == 1 and label in CPU_TARGETS_AT_B1:
@@ -128,11 +135,12 @@ def target(device: str, batch, label: str) -> float | None:
     return 1.00 if (label == GRAPH_RATIO[0] and batch == LARGE_BATCH) else None
 
 
-def ratio_key(device: str, batch, label: str) -> str:
+def ratio_key(device: str, batch: Batch | None, label: str) -> str:
     return f"{device} B={batch}: {label}" if batch is not None else f"{device}: {label}"
 
 
-def measure(names, settings: Settings = Settings(), devices=("cpu",), log=None) -> dict:
+def measure(names: list[str], settings: Settings = Settings(), devices: tuple[str, ...] = ("cpu",),
+            log: Log | None = None) -> dict:
     """Time every set on every device and return the result: medians, ratios, targets, machine, settings."""
     log = log or (lambda msg: None)
     train_names, dev_names, _ = split_names(names, SPLIT_SEED)
@@ -143,10 +151,13 @@ def measure(names, settings: Settings = Settings(), devices=("cpu",), log=None) 
         X_dev = random_rows(DEV_ROWS, g)[0]
     log(f"training the E02 net for {settings.stats_steps} steps for realistic BatchNorm statistics")
     model = trained_e02(X, Y, settings.stats_steps, g)
-    folded, _ = fold(model)
-    medians, ratios, targets, rows = {}, {}, {}, {}
+    folded = cast(CharMLP, fold(model)[0])  # fold returns a net of its input's type
+    medians: dict[str, float] = {}
+    ratios: dict[str, float] = {}
+    targets: dict[str, float] = {}
+    rows: dict[str, int] = {}
 
-    def add(device, batch, label, ours, ref):
+    def add(device: str, batch: Batch | None, label: str, ours: str, ref: str) -> None:
         key = ratio_key(device, batch, label)
         ratios[key] = medians[ours] / medians[ref]
         bound = target(device, batch, label)
@@ -165,7 +176,7 @@ def measure(names, settings: Settings = Settings(), devices=("cpu",), log=None) 
             if dev.type == "cuda":
                 runs[GRAPH_RATIO[1]] = capture(variants["folded frozen"], Xb)
                 runs.update(fused_runs(folded_d, Xb, compiled=batch == LARGE_BATCH))
-            cases = {name: (lambda fn=fn, X=Xb: fn(X)) for name, fn in runs.items()}
+            cases = {name: call_with(fn, Xb) for name, fn in runs.items()}
             with torch.inference_mode():
                 timed = interleaved_medians(cases, dev, settings.rounds, settings.sample_s)
             medians.update({f"{device} B={batch}: {name}": t for name, t in timed.items()})
@@ -204,15 +215,13 @@ def measure(names, settings: Settings = Settings(), devices=("cpu",), log=None) 
 
 # torchvision rows (core.perf.bench_models): resnet18 and mobilenet_v2 on the CPU, unfolded / folded / torch.fx fused.
 
-def torchvision_rows(result: dict, settings: Settings, log) -> dict:
-    from core.perf import bench_models
-
+def torchvision_rows(result: dict, settings: Settings, log: Log | None) -> dict:
     quick = settings.rounds <= QUICK.rounds
     return bench_models.extend(result, bench_models.QUICK if quick else bench_models.Settings(), log)
 
 
-def _batch(X_dev, batch, generator):
-    if batch == "dev":
+def _batch(X_dev: torch.Tensor, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+    if isinstance(batch, str):  # "dev"
         return X_dev
     if batch <= len(X_dev):
         return X_dev[:batch]
@@ -249,34 +258,7 @@ def format_table(result: dict) -> str:
         bound = f"<= {targets[key]:.2f}" if key in targets else ""
         times = time_cell(medians, f"cpu: {ours}") + time_cell(medians, f"cpu: {ref}")
         lines.append(f"  {label:<34}{times}{ratio_cell(result, key)}  {bound}")
-    from core.perf import bench_models  # the torchvision rows, when the run has them
-
-    return "\n".join(lines) + bench_models.format_rows(result)
-
-
-def target_cell(targets: dict, keys: list[str], batches) -> str:
-    """'<= x' when one target holds at every batch size, else each target with the batch size it holds at."""
-    held = [(b, targets[k]) for b, k in zip(batches, keys) if k in targets]
-    if not held:
-        return ""
-    if len(held) == len(keys) and len({t for _, t in held}) == 1:
-        return f"<= {held[0][1]:.2f}"
-    return ", ".join(f"<= {t:.2f} at B={b}" for b, t in held)
-
-
-def ratio_cell(result: dict, key: str) -> str:
-    value, bound = result["ratios"].get(key), result["targets"].get(key)
-    if value is None:
-        return f"{'-':>10} "
-    return f"{value:>10.3f}{'*' if bound is not None and value > bound else ' '}"
-
-
-def time_cell(medians: dict, key: str) -> str:
-    seconds = medians.get(key)
-    if seconds is None:
-        return f"{'-':>11}"
-    unit, scale = next((u, f) for u, f in (("s", 1), ("ms", 1e-3), ("us", 1e-6)) if seconds >= f or u == "us")
-    return f"{seconds / scale:>8.3g} {unit:<2}"
+    return "\n".join(lines) + bench_models.format_rows(result)  # the torchvision rows, when the run has them
 
 
 def ratios_path(name: str) -> Path:
@@ -336,7 +318,7 @@ def compare(saved: dict, now: dict, threshold: float) -> tuple[list[Change], lis
     return changes, [key for key in saved if key not in now]
 
 
-def format_comparison(name: str, saved: dict, changes, missing, threshold) -> str:
+def format_comparison(name: str, saved: dict, changes: list[Change], missing: list[str], threshold: float) -> str:
     machine = saved["machine"]
     lines = [(f"against {ratios_path(name)} (saved on {machine.get('cpu', '?')}, torch {machine.get('torch', '?')}); "
               f"regressed: grew by more than {threshold * 100:g}%")]

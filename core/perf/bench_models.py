@@ -1,6 +1,6 @@
 """torchvision rows of `bnfold bench`, and the timing of `bnfold fold --torchvision`: unfolded, folded
-(core.engine.fold) and torch.fx-fused (torch.fx.experimental.optimization.fuse) inference of one architecture, each fused net also
-in the channels-last layout (core.perf.layout), interleaved in one run.
+(core.engine.fold) and torch.fx-fused (torch.fx.experimental.optimization.fuse) inference of one architecture,
+each fused net also in the channels-last layout (core.perf.layout), interleaved in one run.
 
 The rows are ratios of medians, like every bench ratio:
 - folded, channels-last / torch.fx fused (target ≤ 1.00 at each batch size): what fold and the layout give a
@@ -16,6 +16,7 @@ time on resnet50 (tracing included) is recorded beside them, with its target of 
 
 import copy
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -23,10 +24,10 @@ from torch import nn
 
 from core import vision
 from core.engine.fold import fold
-from core.errors import UsageError
-from core.perf.bench import ratio_cell, time_cell
+from core.errors import MissingDependency
+from core.perf.cells import ratio_cell, time_cell
 from core.perf.layout import channels_last
-from core.perf.timing import interleaved_medians
+from core.perf.timing import call_with, interleaved_medians
 
 DEVICE = "cpu/torchvision"  # the device part of every key here
 FOLD_TIME_MODEL = "resnet50"
@@ -41,9 +42,9 @@ TARGETS = {f"{FOLDED_CL} / torch.fx fused": 1.00}
 
 @dataclass(frozen=True)
 class Settings:
-    models: tuple = ("resnet18", "mobilenet_v2")
+    models: tuple[str, ...] = ("resnet18", "mobilenet_v2")
     image_size: int = 224
-    batch_sizes: tuple = (1, 8)
+    batch_sizes: tuple[int, ...] = (1, 8)
     rounds: int = 15
     fold_runs: int = 5  # fold() of resnet50, median of these
     threads: int | None = None  # torch threads while these rows run (None: as the caller set them)
@@ -64,12 +65,13 @@ def variants(model: nn.Module) -> dict[str, nn.Module]:
             "torch.fx fused": fused, FUSED_CL: channels_last(copy.deepcopy(fused))}
 
 
-def speed(model: nn.Module, image_size: int, batch_sizes, rounds: int, seed: int = 0) -> dict:
+def speed(model: nn.Module, image_size: int, batch_sizes: Iterable[int], rounds: int,
+          seed: int = 0) -> dict[int, dict[str, float]]:
     """{batch: {variant: median seconds per call}}, the variants timed interleaved under inference mode."""
     timed = {}
     for batch in batch_sizes:
         X = vision.images(batch, image_size, seed + batch, next(model.parameters()).dtype)
-        cases = {name: (lambda m=m, X=X: m(X)) for name, m in variants(model).items()}
+        cases = {name: call_with(m, X) for name, m in variants(model).items()}
         with torch.inference_mode():
             timed[batch] = interleaved_medians(cases, rounds=rounds)
     return timed
@@ -86,16 +88,16 @@ def fold_time(name: str = FOLD_TIME_MODEL, runs: int = 5, image_size: int = 32) 
     return sorted(times)[len(times) // 2]
 
 
-def key(batch, label: str) -> str:
+def key(batch: int | str, label: str) -> str:
     return f"{DEVICE} B={batch}: {label}"
 
 
-def extend(result: dict, settings: Settings = Settings(), log=None) -> dict:
+def extend(result: dict, settings: Settings = Settings(), log: Callable[[str], None] | None = None) -> dict:
     """Adds the torchvision rows to a bench result (medians_s, ratios, targets); nothing without torchvision."""
     log = log or (lambda msg: None)
     try:
         vision.torchvision_models()
-    except UsageError:
+    except MissingDependency:
         log("torchvision is not installed: no torchvision rows")
         return result
     threads = torch.get_num_threads()
@@ -108,7 +110,7 @@ def extend(result: dict, settings: Settings = Settings(), log=None) -> dict:
     return result
 
 
-def _extend(result: dict, settings: Settings, log) -> None:
+def _extend(result: dict, settings: Settings, log: Callable[[str], None]) -> None:
     medians, ratios, targets = result["medians_s"], result["ratios"], result["targets"]
     for name in settings.models:
         log(f"cpu: {name} unfolded / folded / torch.fx fused, {settings.image_size}² images")

@@ -12,16 +12,21 @@ attribute look-ups at every call. The ops are built once, through public attribu
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import BnfoldError, UnsupportedModel
 from core.makemore.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
 from core.makemore.model import CharMLP
 
+Forward = Callable[[torch.Tensor], torch.Tensor]  # a net's eval forward: inputs -> outputs
+EvalOp = tuple[Callable[..., torch.Tensor], tuple[Any, ...]]  # (op, args): op(x, *args) is a layer's eval forward
+
 # activation type -> (out of place, for the caller's tensor; in place, for one the chain made)
-ACTIVATIONS = {
+ACTIVATION_OPS: dict[type[nn.Module], tuple[Callable[[torch.Tensor], torch.Tensor], ...]] = {
     Tanh: (torch.tanh, torch.Tensor.tanh_),
     ReLU: (torch.relu, torch.Tensor.relu_),
     Sigmoid: (torch.sigmoid, torch.Tensor.sigmoid_),
@@ -29,37 +34,49 @@ ACTIVATIONS = {
 FREEZABLE = "core Linear, BatchNorm1d, Tanh, ReLU and Sigmoid layers"
 
 
+class UnsupportedInput(BnfoldError, ValueError):
+    """A fast path cannot take this input: a tensor of another shape, dtype or device than it was built or captured
+    for (the message says what it takes)."""
+
+
 def _detached(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach()
 
 
-def eval_op(name: str, layer: nn.Module, input_is_ours: bool) -> tuple[Callable, tuple]:
-    """(op, args) with op(x, *args) == layer(x) in eval, bit for bit; a ValueError naming the layer if none exists.
+def linear_terms(layer: Linear | nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W as (fan_in, fan_out), b) of a core or torch.nn Linear, detached; b is zeros for a Linear without a bias."""
+    W = layer.weight.detach()
+    W = W.T if isinstance(layer, nn.Linear) else W
+    b = torch.zeros(W.shape[1], dtype=W.dtype, device=W.device) if layer.bias is None else layer.bias.detach()
+    return W, b
+
+
+def eval_op(name: str, layer: nn.Module, input_is_ours: bool) -> EvalOp:
+    """(op, args) with op(x, *args) == layer(x) in eval, bit for bit; UnsupportedModel naming the layer if none exists.
 
     input_is_ours: x is a tensor the chain made itself, so an activation may overwrite it.
     """
-    kind = type(layer)  # exact types: a subclass may compute something else in its forward
-    if kind is Linear:
+    if type(layer) is Linear:  # exact types: a subclass may compute something else in its forward
         W = layer.weight.detach()
         return (torch.mm, (W,)) if layer.bias is None else (partial(torch.addmm, layer.bias.detach()), (W,))
-    if kind is BatchNorm1d:
+    if type(layer) is BatchNorm1d:
         if layer.training:  # its forward would normalise with the batch's statistics and update the running ones
-            raise ValueError(f"{name} (BatchNorm1d) is in training mode; FrozenChain freezes the eval forward: "
-                             f"call model.eval() first")
-        return F.batch_norm, (layer.running_mean.detach(), layer.running_var.detach(), _detached(layer.gamma),
-                              _detached(layer.beta), False, 0.0, layer.eps)
-    if kind in ACTIVATIONS:
-        out_of_place, in_place = ACTIVATIONS[kind]
+            raise UnsupportedModel(f"{name} (BatchNorm1d) is in training mode; FrozenChain freezes the eval forward: "
+                                   f"call model.eval() first")
+        running = (layer.get_buffer("running_mean").detach(), layer.get_buffer("running_var").detach())
+        return F.batch_norm, (*running, _detached(layer.gamma), _detached(layer.beta), False, 0.0, layer.eps)
+    if type(layer) in ACTIVATION_OPS:
+        out_of_place, in_place = ACTIVATION_OPS[type(layer)]
         return (in_place if input_is_ours else out_of_place), ()
-    raise ValueError(f"{name} ({kind.__name__}) has no frozen eval op: FrozenChain takes {FREEZABLE}; "
-                     f"call the model itself for other layers")
+    raise UnsupportedModel(f"{name} ({type(layer).__name__}) has no frozen eval op: FrozenChain takes {FREEZABLE}; "
+                           f"call the model itself for other layers")
 
 
 class FrozenChain:
     """A model's eval forward frozen into explicit eval ops: a CharMLP (embedding included) or an nn.Sequential.
 
     Takes folded nets (Linear and activations) and unfolded ones (with eval BatchNorms) alike;
-    any other layer, or a BatchNorm in training mode, is refused with a ValueError naming it (the
+    any other layer, or a BatchNorm in training mode, is refused with UnsupportedModel naming it (the
     other layers compute the same in either mode). Calling a
     model pays for Module.__call__ and attribute look-ups at every layer, a large part of the
     forward at batch size 1 on a CPU; this pays for neither. It holds the parameters and running
@@ -71,14 +88,15 @@ class FrozenChain:
 
     __slots__ = ("C", "ops")
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        C: torch.Tensor | None
         if type(model) is CharMLP:
             C, layers, prefix = model.C.detach(), model.layers, "layers."
         elif type(model) is nn.Sequential:
             C, layers, prefix = None, model, ""
         else:
-            raise ValueError(f"FrozenChain takes a CharMLP or an nn.Sequential of {FREEZABLE}, "
-                             f"got a {type(model).__name__}: call the model itself instead")
+            raise UnsupportedModel(f"FrozenChain takes a CharMLP or an nn.Sequential of {FREEZABLE}, "
+                                   f"got a {type(model).__name__}: call the model itself instead")
         ops = []
         input_is_ours = C is not None  # the embedding's output is the chain's own; a Sequential's input is not
         for name, layer in layers.named_children():
@@ -94,15 +112,15 @@ class FrozenChain:
         return x
 
 
-def minimal_chain(folded: CharMLP) -> Callable[[torch.Tensor], torch.Tensor]:
+def minimal_chain(folded: CharMLP) -> Forward:
     """The eager limit of a folded Linear/Tanh CharMLP: one addmm per layer plus in-place tanh, no modules."""
     C = folded.C.detach()
-    steps = [(layer.weight.detach(), layer.bias.detach()) for layer in folded.layers if isinstance(layer, Linear)]
-    last = len(steps) - 1
+    linears = [linear_terms(layer) for layer in folded.layers if isinstance(layer, Linear)]
+    last = len(linears) - 1
 
-    def chain(X):
+    def chain(X: torch.Tensor) -> torch.Tensor:
         x = torch.embedding(C, X).view(X.shape[0], -1)
-        for i, (W, b) in enumerate(steps):
+        for i, (W, b) in enumerate(linears):
             x = torch.addmm(b, x, W)
             if i < last:
                 x.tanh_()
@@ -111,8 +129,7 @@ def minimal_chain(folded: CharMLP) -> Callable[[torch.Tensor], torch.Tensor]:
     return chain
 
 
-def capture(model: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor,
-            warmup: int = 3) -> Callable[[torch.Tensor], torch.Tensor]:
+def capture(model: Forward, example: torch.Tensor, warmup: int = 3) -> Forward:
     """A function X -> model(X) replayed from a CUDA graph, for inputs of example's shape on its device.
 
     `model` is any callable: a module (which must be in eval) or a FrozenChain. The graph records
@@ -121,9 +138,11 @@ def capture(model: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor
     returns the graph's own output tensor, which the next call overwrites: clone it to keep it.
     """
     if example.device.type != "cuda":
-        raise ValueError(f"capture needs an input on a CUDA device, got one on {example.device}")
+        raise UnsupportedInput(f"capture needs an input on a CUDA device, got one on {example.device}: "
+                               f"move the model and the input to cuda, or call the model itself")
     if getattr(model, "training", False):
-        raise ValueError("capture records the eval forward: call model.eval() first")
+        raise UnsupportedModel(f"capture records the eval forward, but this {type(model).__name__} is in training "
+                               f"mode: call model.eval() first")
     # Normal (not inference) tensors, so that replays work both inside and outside torch.inference_mode.
     with torch.cuda.device(example.device), torch.inference_mode(False), torch.no_grad():
         static_in = example.clone()
@@ -137,10 +156,10 @@ def capture(model: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor
         with torch.cuda.graph(graph):
             static_out = model(static_in)
 
-    def replay(X):
+    def replay(X: torch.Tensor) -> torch.Tensor:
         if X.shape != static_in.shape:
-            raise ValueError(f"this graph was captured for inputs of shape {tuple(static_in.shape)}, "
-                             f"got {tuple(X.shape)}")
+            raise UnsupportedInput(f"this graph was captured for inputs of shape {tuple(static_in.shape)}, "
+                                   f"got {tuple(X.shape)}: capture again with an input of this shape")
         static_in.copy_(X)
         graph.replay()
         return static_out

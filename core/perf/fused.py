@@ -83,7 +83,9 @@ launch configurations and their reasoning.
 import copy
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -93,9 +95,10 @@ from core.engine.bound.propagation import error_bound
 from core.engine.bound.rounding import SAFETY, U32, rounding_bound, underflow, unit_roundoff
 from core.engine.bound.rules import propagate
 from core.engine.fold import fold
+from core.errors import BnfoldError, UnsupportedModel
 from core.makemore.layers import Linear, ReLU, Sigmoid, Tanh
 from core.makemore.model import CharMLP
-from core.perf.chain import capture
+from core.perf.chain import Forward, FrozenChain, UnsupportedInput, capture, linear_terms
 
 try:
     import triton
@@ -107,7 +110,8 @@ FORMAT_U = {"tf32": 2.0**-11, "bf16": 2.0**-8}  # unit roundoff of the tensor-co
 OPERAND_ROUNDINGS = 2  # conversions of the two operands of each product (tf32, bf16)
 ULP32 = 2.0**-23  # an fp32 ulp relative to the leading bit: what one aligned, truncating add can lose
 ACCUMULATION_ULPS = 3  # ⌈K/g⌉ steps of (g + 2) ulp, g products per step: at most 3(K + 1) ulp per term
-ACTIVATIONS = {Tanh: 1, nn.Tanh: 1, ReLU: 2, nn.ReLU: 2, Sigmoid: 3, nn.Sigmoid: 3}  # fused_kernel's codes
+ACTIVATION_CODES: dict[type[nn.Module], int] = {  # activation type -> its code in fused_kernel
+    Tanh: 1, nn.Tanh: 1, ReLU: 2, nn.ReLU: 2, Sigmoid: 3, nn.Sigmoid: 3}
 MAX_LINEARS = 4
 MAX_WIDTH = 128  # padded widths above this do not fit one program's registers and shared memory
 MIN_DOT = 16  # tl.dot needs every block dimension ≥ 16
@@ -134,8 +138,9 @@ SMALL_ROWS = 64  # batches up to this many rows take the SMALL configuration (la
 INTERPRETER_PROGRAMS = 2  # under the interpreter: few programs, so the persistent loop runs more than once
 
 
-class FusedUnavailable(RuntimeError):
-    """FusedMLP cannot run here: no Triton, or neither CUDA nor the Triton interpreter."""
+class FusedUnavailable(BnfoldError, RuntimeError):
+    """FusedMLP cannot run here: no Triton, or neither CUDA nor the Triton interpreter (the message names the
+    fallback)."""
 
 
 def interpreting() -> bool:
@@ -158,10 +163,10 @@ def padded(width: int) -> int:
     return max(MIN_DOT, 1 << (width - 1).bit_length())
 
 
-# The folded net as plain steps.
+# The folded net as Linear/activation pairs.
 
 @dataclass(frozen=True)
-class Step:
+class LinearActivation:
     """One Linear (W as (fan_in, fan_out), float32; b, zeros without a bias) and the activation after it."""
 
     W: torch.Tensor
@@ -171,33 +176,33 @@ class Step:
     after: nn.Module | None
 
 
-def _steps(layers) -> list[Step]:
-    """The Linear/activation pairs of a folded net, or ValueError naming the first layer that is neither."""
-    parts = []  # [W, b, activation code, linear, activation layer]
+def _linear_activations(layers: Iterable[nn.Module]) -> list[LinearActivation]:
+    """The Linear/activation pairs of a folded net, or UnsupportedModel naming the first layer that is neither."""
+    pairs: list[LinearActivation] = []
     for i, layer in enumerate(layers):
+        code = ACTIVATION_CODES.get(type(layer))
         if isinstance(layer, (Linear, nn.Linear)):
-            W = layer.weight.detach()
-            W = W.T if isinstance(layer, nn.Linear) else W
-            b = torch.zeros(W.shape[1], dtype=W.dtype, device=W.device) if layer.bias is None else layer.bias.detach()
-            parts.append([W, b, 0, layer, None])
-        elif type(layer) in ACTIVATIONS and parts and parts[-1][4] is None:
-            parts[-1][2:5:2] = [ACTIVATIONS[type(layer)], layer]
+            pairs.append(LinearActivation(*linear_terms(layer), activation=0, linear=layer, after=None))
+        elif code is not None and pairs and pairs[-1].after is None:
+            pairs[-1] = replace(pairs[-1], activation=code, after=layer)
         else:
-            what = "a second activation" if type(layer) in ACTIVATIONS and parts else type(layer).__name__
-            raise ValueError(f"FusedMLP takes Linear layers, each followed by at most one Tanh/ReLU/Sigmoid; layer "
-                             f"{i} is {what}: fold the BatchNorms first (core.engine.fold.fold), or {FALLBACK}")
-    if not parts:
-        raise ValueError("FusedMLP needs at least one Linear layer")
-    return [Step(*p) for p in parts]
+            what = "a second activation" if code is not None and pairs else type(layer).__name__
+            raise UnsupportedModel(f"FusedMLP takes Linear layers, each followed by at most one Tanh/ReLU/Sigmoid; "
+                                   f"layer {i} is {what}: fold the BatchNorms first (core.engine.fold.fold), "
+                                   f"or {FALLBACK}")
+    if not pairs:
+        raise UnsupportedModel(f"FusedMLP needs at least one Linear layer, this net has none: {FALLBACK}")
+    return pairs
 
 
-def _net(folded):
-    """(C or None, context length or None, steps) of a folded CharMLP or nn.Sequential."""
+def _net(folded: nn.Module) -> tuple[torch.Tensor | None, int | None, list[LinearActivation]]:
+    """(C or None, context length or None, Linear/activation pairs) of a folded CharMLP or nn.Sequential."""
     if isinstance(folded, CharMLP):
-        return folded.C.detach(), folded.context_length, _steps(folded.layers)
+        return folded.C.detach(), folded.context_length, _linear_activations(folded.layers)
     if isinstance(folded, nn.Sequential):
-        return None, None, _steps(folded)
-    raise TypeError(f"FusedMLP takes a folded CharMLP or torch.nn.Sequential, not a {type(folded).__name__}")
+        return None, None, _linear_activations(folded)
+    raise UnsupportedModel(f"FusedMLP takes a folded CharMLP or torch.nn.Sequential, not a {type(folded).__name__}: "
+                           f"{FALLBACK}")
 
 
 # The bound.
@@ -216,7 +221,7 @@ def linear_factor(n: int, precision: str) -> float:
 
 
 def linear_step(D: torch.Tensor, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor, rho_ref: float, rho: float,
-                eta: float):
+                eta: float) -> torch.Tensor:
     """(2): D' = (1 + ρ)·D|W| + (ρ_ref + ρ)·(|x̂||W| + |b|) + 4nη, all float64; x̂ = x the eager side's input.
 
     4nη pays for underflow as core.engine.bound's affine rule does: a product that underflows loses up to η = the
@@ -225,18 +230,21 @@ def linear_step(D: torch.Tensor, x: torch.Tensor, W: torch.Tensor, b: torch.Tens
     return ((1 + rho) * D + both * x.abs()) @ W.abs() + 4 * W.shape[0] * eta + both * b.abs()
 
 
-def _check_precision(precision):
+def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise UnsupportedModel(f"FusedMLP has no precision {precision!r}: precision must be one of {PRECISIONS}")
 
 
-def _cpu(model):
+M = TypeVar("M", bound=nn.Module)
+
+
+def _cpu(model: M) -> M:
     on_cpu = all(t.device.type == "cpu" for t in model.state_dict().values())
     return model if on_cpu else copy.deepcopy(model).cpu()
 
 
 @torch.no_grad()
-def evaluation_bound(folded, X: torch.Tensor, precision: str) -> torch.Tensor:
+def evaluation_bound(folded: nn.Module, X: torch.Tensor, precision: str) -> torch.Tensor:
     """E_p: |folded(X) − FusedMLP(folded, precision)(X)| ≤ E_p elementwise, folded eager in float32 on the CPU.
 
     Float64, CPU, the shape of the logits. Carries (2) and core.engine.bound's activation rule from D = 0.
@@ -244,23 +252,23 @@ def evaluation_bound(folded, X: torch.Tensor, precision: str) -> torch.Tensor:
     _check_precision(precision)
     folded = _cpu(folded)
     X = X.cpu()
-    C, _, steps = _net(folded)
+    C, _, pairs = _net(folded)
     x = F.embedding(X, C).view(X.shape[0], -1) if C is not None else X
     D = torch.zeros(x.shape, dtype=torch.float64)
     u_ref = unit_roundoff(x.dtype, x.device)
-    for k, step in enumerate(steps):
-        n = step.W.shape[0]
+    for k, pair in enumerate(pairs):
+        n = pair.W.shape[0]
         rho_ref, rho = rounding_bound(n + 1, u_ref), linear_factor(n, precision)
-        D = linear_step(D, x.double(), step.W.double(), step.b.double(), rho_ref, rho, underflow(x.dtype))
-        x = step.linear(x)
-        if step.after is not None:
-            D = propagate(step.after, x, D, f"the activation after Linear {k}")
-            x = step.after(x)
+        D = linear_step(D, x.double(), pair.W.double(), pair.b.double(), rho_ref, rho, underflow(x.dtype))
+        x = pair.linear(x)
+        if pair.after is not None:
+            D = propagate(pair.after, x, D, f"the activation after Linear {k}")
+            x = pair.after(x)
     return D * SAFETY
 
 
 @torch.no_grad()
-def fused_error_bound(model, X: torch.Tensor, precision: str) -> torch.Tensor:
+def fused_error_bound(model: nn.Module, X: torch.Tensor, precision: str) -> torch.Tensor:
     """(1): |model(X) − FusedMLP(fold(model)[0], precision)(X)| ≤ error_bound(model, X) + E_p, float64 on the CPU.
 
     `model` is the unfolded net (eval mode) whose BatchNorms all fold; both terms are taken on the CPU.
@@ -280,8 +288,11 @@ class FusedMLP:
     (LARGE, or SMALL for batches ≤ SMALL_ROWS); `input_mode` "table" or "gather" (CharMLP only).
     """
 
-    def __init__(self, folded, precision: str = "fp32", *, device=None, programs: int | None = None,
-                 block_m: int | None = None, num_warps: int | None = None, input_mode: str | None = None):
+    kernels: dict[str, Any] | None  # fused_kernel.kernels; None for a description that is never launched
+
+    def __init__(self, folded: nn.Module, precision: str = "fp32", *, device: torch.device | str | None = None,
+                 programs: int | None = None, block_m: int | None = None, num_warps: int | None = None,
+                 input_mode: str | None = None) -> None:
         reason = availability()
         if reason is not None:
             raise FusedUnavailable(reason)
@@ -297,7 +308,7 @@ class FusedMLP:
         self.kernels = kernels(interpreted)
 
     @classmethod
-    def described(cls, folded, precision: str = "fp32", sms: int = 132, **overrides) -> "FusedMLP":
+    def described(cls, folded: nn.Module, precision: str = "fp32", sms: int = 132, **overrides: Any) -> "FusedMLP":
         """The packed launch description on the CPU, for `compile_for_gpu`: it checks nothing about this machine
         and cannot be called (sms: the GPU's multiprocessor count, 132 on an H100 or H200 SXM)."""
         fused = cls.__new__(cls)
@@ -306,54 +317,57 @@ class FusedMLP:
         fused.sms, fused.kernels = sms, None
         return fused
 
-    def _build(self, folded, precision, interpreted, device, overrides):
+    def _build(self, folded: nn.Module, precision: str, interpreted: bool, device: torch.device | str | None,
+               overrides: dict[str, Any]) -> None:
         _check_precision(precision)
         self.precision, self.interpreted, self.overrides = precision, interpreted, overrides
-        C, context, steps = _net(folded)
-        self.device = torch.device("cpu") if interpreted else torch.device(device or steps[0].W.device)
+        C, context, pairs = _net(folded)
+        self.device = torch.device("cpu") if interpreted else torch.device(device or pairs[0].W.device)
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        if len(steps) > MAX_LINEARS:
-            raise ValueError(f"FusedMLP takes at most {MAX_LINEARS} Linear layers, this net has {len(steps)}: "
-                             f"{FALLBACK}")
-        dtypes = {s.W.dtype for s in steps} | ({C.dtype} if C is not None else set())
+        if len(pairs) > MAX_LINEARS:
+            raise UnsupportedModel(f"FusedMLP takes at most {MAX_LINEARS} Linear layers, this net has {len(pairs)}: "
+                                   f"{FALLBACK}")
+        dtypes = {p.W.dtype for p in pairs} | ({C.dtype} if C is not None else set())
         if dtypes != {torch.float32}:
-            raise ValueError(f"FusedMLP runs float32 nets, this one holds {sorted(map(str, dtypes))}: "
-                             f"convert it with .float(), or {FALLBACK}")
-        widths = [steps[0].W.shape[0]] + [s.W.shape[1] for s in steps]
+            raise UnsupportedModel(f"FusedMLP runs float32 nets, this one holds {sorted(map(str, dtypes))}: "
+                                   f"convert it with .float(), or {FALLBACK}")
+        widths = [pairs[0].W.shape[0]] + [p.W.shape[1] for p in pairs]
         if max(padded(w) for w in widths) > MAX_WIDTH:
-            raise ValueError(f"FusedMLP takes widths up to {MAX_WIDTH}, this net has {max(widths)}: {FALLBACK}")
+            raise UnsupportedModel(f"FusedMLP takes widths up to {MAX_WIDTH}, this net has {max(widths)}: {FALLBACK}")
         mode = overrides["input_mode"]
         if mode is not None and (C is None or mode not in ("table", "gather")):
-            raise ValueError(f"input_mode is 'table' or 'gather', for a CharMLP only; got {mode!r}")
+            raise UnsupportedModel(f"input_mode is 'table' or 'gather', for a CharMLP only; got {mode!r} for a "
+                                   f"{type(folded).__name__}: leave input_mode None to take the default")
         self.embedded = C is not None
-        self.in_features = context if self.embedded else widths[0]
+        self.in_features = widths[0] if context is None else context
         self.out_features = widths[-1]
-        self.vocab = C.shape[0] if self.embedded else 1
+        self.vocab = 1 if C is None else C.shape[0]
         self.dims = [padded(w) for w in widths] + [MIN_DOT] * (MAX_LINEARS + 1 - len(widths))
-        self.activations = [s.activation for s in steps] + [0] * (MAX_LINEARS - len(steps))
-        self.layers = len(steps)
-        self._pack(C, context, steps)
+        self.activations = [p.activation for p in pairs] + [0] * (MAX_LINEARS - len(pairs))
+        self.layers = len(pairs)
+        self._pack(C, context, pairs)
 
-    def _pack(self, C, context, steps):
+    def _pack(self, C: torch.Tensor | None, context: int | None, pairs: list[LinearActivation]) -> None:
         dev, f32 = self.device, torch.float32
         wdtype = torch.bfloat16 if self.precision == "bf16" else f32
-        self.weights, self.biases = [], []
-        for k, s in enumerate(steps):
+        self.weights: list[torch.Tensor] = []
+        self.biases: list[torch.Tensor] = []
+        for k, p in enumerate(pairs):
             W = torch.zeros(self.dims[k], self.dims[k + 1], dtype=f32)
-            W[:s.W.shape[0], :s.W.shape[1]] = s.W.cpu()
+            W[:p.W.shape[0], :p.W.shape[1]] = p.W.cpu()
             b = torch.zeros(self.dims[k + 1], dtype=f32)
-            b[:s.b.shape[0]] = s.b.cpu()
+            b[:p.b.shape[0]] = p.b.cpu()
             self.weights.append(W.to(dev, wdtype).contiguous())
             self.biases.append(b.to(dev))
         dummy = torch.zeros(1, dtype=f32, device=dev)
-        self.weights += [dummy.to(wdtype)] * (MAX_LINEARS - len(steps))
-        self.biases += [dummy] * (MAX_LINEARS - len(steps))
+        self.weights += [dummy.to(wdtype)] * (MAX_LINEARS - len(pairs))
+        self.biases += [dummy] * (MAX_LINEARS - len(pairs))
         self.embedding = self.tables = dummy
-        if self.embedded:
+        if C is not None and context is not None:
             self.embedding = C.to(dev, f32).contiguous()
             E = C.shape[1]
-            W1 = steps[0].W.cpu().double().view(context, E, -1)  # rows p·E + e of W1 belong to position p
+            W1 = pairs[0].W.cpu().double().view(context, E, -1)  # rows p·E + e of W1 belong to position p
             T = torch.einsum("ve,pen->pvn", C.cpu().double(), W1).to(f32)  # float64, rounded once
             self.tables = torch.zeros(context, C.shape[0], self.dims[1], dtype=f32)
             self.tables[:, :, :T.shape[2]] = T
@@ -368,27 +382,29 @@ class FusedMLP:
                             base.programs_per_sm, base.num_stages)
 
     def programs(self, rows: int, config: LaunchConfig) -> int:
+        """How many programs the persistent kernel launches for `rows` rows."""
         blocks = -(-rows // config.block_m)
         if self.overrides["programs"] is not None:
             return min(blocks, self.overrides["programs"])
         limit = INTERPRETER_PROGRAMS if self.interpreted else self.sms * config.programs_per_sm
         return min(blocks, limit)
 
-    def _check_input(self, X, out):
+    def _check_input(self, X: torch.Tensor, out: torch.Tensor | None) -> None:
         if X.device != self.device:
-            raise ValueError(f"X is on {X.device}, this FusedMLP on {self.device}")
+            raise UnsupportedInput(f"X is on {X.device}, this FusedMLP on {self.device}: move X to {self.device}")
         if X.dim() != 2 or X.shape[1] != self.in_features:
-            raise ValueError(f"X must have shape (B, {self.in_features}), got {tuple(X.shape)}")
+            raise UnsupportedInput(f"X must have shape (B, {self.in_features}), got {tuple(X.shape)}")
         if self.embedded and X.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"X must hold int64 (or int32) character ids, got {X.dtype}")
+            raise UnsupportedInput(f"X must hold int64 (or int32) character ids, got {X.dtype}")
         if not self.embedded and X.dtype != torch.float32:
-            raise ValueError(f"X must be float32, got {X.dtype}")
+            raise UnsupportedInput(f"X must be float32, got {X.dtype}: convert it with .float()")
         if out is not None and (out.shape != (X.shape[0], self.out_features) or out.dtype != torch.float32
                                 or out.device != self.device or (out.shape[0] > 0 and out.stride(1) != 1)):
-            raise ValueError(f"out must be a float32 tensor of shape ({X.shape[0]}, {self.out_features}) on "
-                             f"{self.device} with unit stride along its rows")
+            raise UnsupportedInput(f"out must be a float32 tensor of shape ({X.shape[0]}, {self.out_features}) on "
+                                   f"{self.device} with unit stride along its rows, or None")
 
-    def launch(self, X: torch.Tensor, out: torch.Tensor) -> tuple:
+    def launch(self, X: torch.Tensor, out: torch.Tensor) -> tuple[tuple[int], dict[str, Any], dict[str, Any],
+                                                                  dict[str, Any]]:
         """(grid, tensor and scalar arguments, constexprs, compile options) of the launch for X into out.
 
         The constexprs leave out the helper functions (`fused_kernel.kernels` supplies them).
@@ -415,22 +431,25 @@ class FusedMLP:
             out = torch.empty(X.shape[0], self.out_features, dtype=torch.float32, device=self.device)
         if X.shape[0] == 0:
             return out
+        if self.kernels is None:
+            raise UnsupportedModel("this FusedMLP is a launch description (FusedMLP.described) and cannot run: "
+                                   "build one with FusedMLP(folded, precision)")
         grid, args, constexprs, options = self.launch(X, out)
         helpers = {name: fn for name, fn in self.kernels.items() if name != "kernel"}
         self.kernels["kernel"][grid](**args, **constexprs, **helpers, **({} if self.interpreted else options))
         return out
 
-    def capture(self, example: torch.Tensor, warmup: int = 3):
+    def capture(self, example: torch.Tensor, warmup: int = 3) -> Forward:
         """This FusedMLP at example's shape as one CUDA-graph launch: see `core.perf.chain.capture`."""
         return capture(self, example, warmup)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         widths = [self.in_features] + [self.dims[k + 1] for k in range(self.layers)]
         return (f"FusedMLP({self.precision}, {'ids' if self.embedded else 'floats'} -> {self.out_features}, "
                 f"padded widths {widths}, {'interpreter' if self.interpreted else self.device})")
 
 
-def compile_for_gpu(folded, precision: str, rows: int, arch: int = 90, **overrides):
+def compile_for_gpu(folded: nn.Module, precision: str, rows: int, arch: int = 90, **overrides: Any) -> Any:
     """The kernel FusedMLP(folded, precision) launches for `rows` rows, compiled ahead of time for sm_`arch`.
 
     Needs Triton's NVIDIA backend but no GPU, and a process in which TRITON_INTERPRET was never set
@@ -456,22 +475,20 @@ def compile_for_gpu(folded, precision: str, rows: int, arch: int = 90, **overrid
 
 # Bench integration.
 
-def fused_variants(folded) -> dict:
+def fused_variants(folded: nn.Module) -> dict[str, FusedMLP]:
     """{"fused fp32" | "fused tf32" | "fused bf16": FusedMLP} for a folded net on a CUDA device."""
     return {f"fused {p}": FusedMLP(folded, p) for p in PRECISIONS}
 
 
-def compiled_variants(folded_module) -> dict:
+def compiled_variants(folded_module: nn.Module) -> dict[str, Callable[[torch.Tensor], Any]]:
     """{"torch.compile default" | "torch.compile max-autotune": compiled minimal chain of the folded net}.
 
     Compiles core.perf.chain.FrozenChain's forward (embedding, addmm, in-place activation), which
     holds the folded tensors; compilation happens at the first call.
     """
-    from core.perf.chain import FrozenChain
-
     chain = FrozenChain(folded_module)
 
-    def forward(X):
+    def forward(X: torch.Tensor) -> torch.Tensor:
         return chain(X)
 
     return {"torch.compile default": torch.compile(forward),

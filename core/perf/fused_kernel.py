@@ -10,6 +10,7 @@ logits. `core/perf/fused.py` holds the numerics argument for every branch below.
 """
 
 import functools
+from typing import Any
 
 import triton.language as tl
 from triton.language.extra import libdevice
@@ -17,7 +18,7 @@ from triton.language.extra import libdevice
 NONE, TANH, RELU, SIGMOID = 0, 1, 2, 3  # activation codes, one per Linear
 
 
-def round_operand(x, OPERAND: tl.constexpr):
+def round_operand(x: tl.tensor, OPERAND: tl.constexpr) -> tl.tensor:
     """x rounded to the dot's operand format and back to fp32: the interpreter's stand-in for tensor cores.
 
     TF32 drops the 13 low mantissa bits (truncation: what tensor cores do with fp32 bits); bf16 goes
@@ -31,8 +32,8 @@ def round_operand(x, OPERAND: tl.constexpr):
     return x
 
 
-def load_weight(w_ptr, K: tl.constexpr, N: tl.constexpr, OPERAND: tl.constexpr, EMULATE: tl.constexpr,
-                ROUND: tl.constexpr):
+def load_weight(w_ptr: tl.tensor, K: tl.constexpr, N: tl.constexpr, OPERAND: tl.constexpr, EMULATE: tl.constexpr,
+                ROUND: tl.constexpr) -> tl.tensor:
     """The packed (K, N) weight, row-major, as the dot's B operand (emulated: rounded, fp32)."""
     rk = tl.arange(0, K)
     rn = tl.arange(0, N)
@@ -42,7 +43,8 @@ def load_weight(w_ptr, K: tl.constexpr, N: tl.constexpr, OPERAND: tl.constexpr, 
     return w
 
 
-def dense(h, w, b, OPERAND: tl.constexpr, EMULATE: tl.constexpr, ROUND: tl.constexpr):
+def dense(h: tl.tensor, w: tl.tensor, b: tl.tensor, OPERAND: tl.constexpr, EMULATE: tl.constexpr,
+          ROUND: tl.constexpr) -> tl.tensor:
     """b + h @ w with an fp32 accumulator that starts at the bias."""
     acc = tl.full((h.shape[0], w.shape[1]), 0.0, tl.float32) + b[None, :]
     if EMULATE:
@@ -56,7 +58,7 @@ def dense(h, w, b, OPERAND: tl.constexpr, EMULATE: tl.constexpr, ROUND: tl.const
     return acc
 
 
-def activate(y, ACT: tl.constexpr, TANH_FN: tl.constexpr, SIGMOID_FN: tl.constexpr):
+def activate(y: tl.tensor, ACT: tl.constexpr, TANH_FN: tl.constexpr, SIGMOID_FN: tl.constexpr) -> tl.tensor:
     if ACT == 1:
         y = TANH_FN(y)
     elif ACT == 2:
@@ -66,18 +68,18 @@ def activate(y, ACT: tl.constexpr, TANH_FN: tl.constexpr, SIGMOID_FN: tl.constex
     return y
 
 
-def tanh_libdevice(x):
+def tanh_libdevice(x: tl.tensor) -> tl.tensor:
     """CUDA's tanhf (libdevice __nv_tanhf): at most 2 ulp from tanh (CUDA Math API)."""
     return libdevice.tanh(x)
 
 
-def sigmoid_libdevice(x):
+def sigmoid_libdevice(x: tl.tensor) -> tl.tensor:
     """1 / (1 + expf(-x)): expf within 2 ulp (CUDA Math API), then one IEEE addition and one IEEE division."""
     one = tl.full(x.shape, 1.0, tl.float32)
     return tl.math.div_rn(one, one + libdevice.exp(-x))
 
 
-def tanh_f64(x):
+def tanh_f64(x: tl.tensor) -> tl.tensor:
     """tanh evaluated in float64 and rounded once to fp32 (within 1 ulp): the interpreter has no libdevice.
 
     |x| < 2^-12: tanh x = x(1 − x²/3 + ...) is x within 2^-26 relative. Otherwise sign(x)(1 − e)/(1 + e),
@@ -91,7 +93,7 @@ def tanh_f64(x):
     return tl.where(a < 2.0**-12, z, t).to(tl.float32)
 
 
-def sigmoid_f64(x):
+def sigmoid_f64(x: tl.tensor) -> tl.tensor:
     """1 / (1 + exp(−x)) in float64, rounded once to fp32: the interpreter's stand-in for sigmoid_libdevice.
 
     x is clamped at −700 (exp(700) is finite): below it σ(x) < 2⁻¹⁰⁰⁰ rounds to 0 in fp32 either way.
@@ -100,15 +102,17 @@ def sigmoid_f64(x):
     return (1.0 / (1.0 + tl.exp(-z))).to(tl.float32)
 
 
-def fused_mlp(x_ptr, out_ptr, n_rows, stride_x, stride_xk, stride_out, t_ptr,
-              w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, w4_ptr, b4_ptr,
+def fused_mlp(x_ptr: tl.tensor, out_ptr: tl.tensor, n_rows: tl.tensor, stride_x: tl.tensor, stride_xk: tl.tensor,
+              stride_out: tl.tensor, t_ptr: tl.tensor,
+              w1_ptr: tl.tensor, b1_ptr: tl.tensor, w2_ptr: tl.tensor, b2_ptr: tl.tensor,
+              w3_ptr: tl.tensor, b3_ptr: tl.tensor, w4_ptr: tl.tensor, b4_ptr: tl.tensor,
               INPUT: tl.constexpr, IN: tl.constexpr, CTX: tl.constexpr, VOCAB: tl.constexpr,
               D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr, D4: tl.constexpr,
               OUT: tl.constexpr, LAYERS: tl.constexpr,
               A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr, A4: tl.constexpr,
               OPERAND: tl.constexpr, EMULATE: tl.constexpr, BLOCK_M: tl.constexpr,
               LOAD_W: tl.constexpr, DENSE: tl.constexpr, ACTIVATE: tl.constexpr, ROUND: tl.constexpr,
-              TANH_FN: tl.constexpr, SIGMOID_FN: tl.constexpr):
+              TANH_FN: tl.constexpr, SIGMOID_FN: tl.constexpr) -> None:
     """logits[r] = net(x[r]) for rows r < n_rows; persistent over row blocks of BLOCK_M.
 
     INPUT "float": x is fp32 (n_rows, IN), layer 1 a dot with the (D0, D1) weight.
@@ -169,7 +173,7 @@ def fused_mlp(x_ptr, out_ptr, n_rows, stride_x, stride_xk, stride_out, t_ptr,
 
 
 @functools.cache
-def kernels(interpret: bool) -> dict:
+def kernels(interpret: bool) -> dict[str, Any]:
     """The kernel and its constexpr helpers, wrapped for the GPU compiler or for the CPU interpreter."""
     if interpret:
         from triton.runtime.interpreter import InterpretedFunction as wrap

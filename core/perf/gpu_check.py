@@ -22,6 +22,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import cast
 
 import torch
 
@@ -29,9 +31,13 @@ from core.engine.fold import fold
 from core.makemore.data import random_rows
 from core.makemore.experiments import trained_e02
 from core.makemore.layers import Linear
+from core.makemore.model import CharMLP
 from core.makemore.torchnn import to_torch_nn
-from core.perf.chain import minimal_chain
-from core.perf.timing import interleaved_medians
+from core.perf.cells import scaled
+from core.perf.chain import Forward, linear_terms, minimal_chain
+from core.perf.timing import call_with, interleaved_medians
+
+Log = Callable[[str], None]
 
 LARGE_ROWS = 2**21
 CHECK_ROWS = 4096  # rows are independent: a bound checked on these certifies these outputs of the large batch
@@ -46,16 +52,16 @@ ALTERNATIVE = "fused fp32 (32 rows, 4 warps)"  # fewer shared-memory bytes per F
 UNCERTIFIED = {"torch.nn + fuse_linear_bn_eval": "torch folds in float32: outside this certificate"}
 
 
-def transposed_chain(folded):
+def transposed_chain(folded: CharMLP) -> Forward:
     """The eager minimal chain with each W stored (out, in), contiguous, as torch.nn.Linear holds it."""
     C = folded.C.detach()
-    steps = [(layer.weight.detach().T.contiguous(), layer.bias.detach())
-             for layer in folded.layers if isinstance(layer, Linear)]
-    last = len(steps) - 1
+    linears = [(W.T.contiguous(), b) for W, b in (linear_terms(layer) for layer in folded.layers
+                                                  if isinstance(layer, Linear))]
+    last = len(linears) - 1
 
-    def chain(X):
+    def chain(X: torch.Tensor) -> torch.Tensor:
         x = torch.embedding(C, X).view(X.shape[0], -1)
-        for i, (Wt, b) in enumerate(steps):
+        for i, (Wt, b) in enumerate(linears):
             x = torch.addmm(b, x, Wt.T)
             if i < last:
                 x.tanh_()
@@ -73,20 +79,22 @@ def eager_precision() -> str:
     return "fp32"
 
 
-def build(dry_run: bool, device: torch.device):
+def build(dry_run: bool) -> tuple[CharMLP, CharMLP]:
     """(unfolded, folded) E02 in eval mode, float32 on the CPU, trained briefly on random rows."""
     g = torch.Generator().manual_seed(0)
     rows, steps = (300, 10) if dry_run else (TRAIN_ROWS, TRAIN_STEPS)
-    model = trained_e02(*random_rows(rows, g), steps, g)
-    return model, fold(model)[0].eval()
+    X, Y = random_rows(rows, g)
+    model = trained_e02(X, Y, steps, g)
+    return model, cast(CharMLP, fold(model)[0].eval())  # fold returns a net of its input's type
 
 
-def variants(model_d, folded_d, compile_: bool) -> tuple[dict, dict]:
+def variants(model_d: CharMLP, folded_d: CharMLP, compile_: bool) -> tuple[dict[str, Forward], dict[str, str]]:
     """(name -> callable(X), name -> precision whose bound certifies it) at the large batch."""
     from core.perf.fused import FusedMLP, compiled_variants, fused_variants
 
-    cases = {"eager chain W (in,out)": minimal_chain(folded_d), "eager chain W (out,in)": transposed_chain(folded_d),
-             "torch.nn + fuse_linear_bn_eval": to_torch_nn(model_d, fuse=True)}
+    cases: dict[str, Forward] = {"eager chain W (in,out)": minimal_chain(folded_d),
+                                 "eager chain W (out,in)": transposed_chain(folded_d),
+                                 "torch.nn + fuse_linear_bn_eval": to_torch_nn(model_d, fuse=True)}
     precision = {name: eager_precision() for name in cases}
     if compile_:
         compiled = compiled_variants(folded_d)
@@ -100,12 +108,12 @@ def variants(model_d, folded_d, compile_: bool) -> tuple[dict, dict]:
     return cases, precision
 
 
-def small_variants(folded_d, X1, cuda: bool) -> tuple[dict, dict]:
+def small_variants(folded_d: CharMLP, X1: torch.Tensor, cuda: bool) -> tuple[dict[str, Forward], dict[str, str]]:
     """The B = 1 cases: captured fused kernels and the captured eager chain (CUDA), the plain fused fp32 call."""
     from core.perf.chain import capture
     from core.perf.fused import PRECISIONS, FusedMLP
 
-    cases = {"fused fp32 (no graph)": FusedMLP(folded_d, "fp32")}
+    cases: dict[str, Forward] = {"fused fp32 (no graph)": FusedMLP(folded_d, "fp32")}
     precision = {"fused fp32 (no graph)": "fp32"}
     if cuda:
         for p in PRECISIONS:
@@ -116,7 +124,8 @@ def small_variants(folded_d, X1, cuda: bool) -> tuple[dict, dict]:
     return cases, precision
 
 
-def check(model, X, outputs: dict, precision: dict) -> dict:
+def check(model: CharMLP, X: torch.Tensor, outputs: dict[str, torch.Tensor],
+          precision: dict[str, str]) -> dict[str, tuple[float, bool | None]]:
     """name -> (max err/bound, certified?) of each output on X's rows against the unfolded model on the CPU."""
     from core.perf.fused import fused_error_bound
 
@@ -133,18 +142,23 @@ def check(model, X, outputs: dict, precision: dict) -> dict:
     return result
 
 
-def measure(cases: dict, X, device, rounds: int, sample_s: float) -> dict:
-    calls = {name: (lambda fn=fn: fn(X)) for name, fn in cases.items()}
+def measure(cases: dict[str, Forward], X: torch.Tensor, device: torch.device, rounds: int,
+            sample_s: float) -> dict[str, float]:
+    """name -> median seconds of a call on X, the cases timed interleaved under inference mode."""
+    calls = {name: call_with(fn, X) for name, fn in cases.items()}
     with torch.inference_mode():
         return interleaved_medians(calls, device, rounds, sample_s)
 
 
-def outputs_of(cases: dict, X, rows: int) -> dict:
+def outputs_of(cases: dict[str, Forward], X: torch.Tensor, rows: int) -> dict[str, torch.Tensor]:
+    """name -> the first `rows` rows of its output on X, copied."""
     with torch.inference_mode():
         return {name: fn(X)[:rows].clone() for name, fn in cases.items()}
 
 
-def format_rows(rows: int, medians: dict, checks: dict, precision: dict) -> list[str]:
+def format_rows(rows: int, medians: dict[str, float], checks: dict[str, tuple[float, bool | None]],
+                precision: dict[str, str]) -> list[str]:
+    """The table of one batch size: time, throughput, speed against max-autotune, target, err/bound, certified."""
     reference = medians.get(SPEEDUP_TARGET[1])
     head = (f"  {'variant':<32}{'time':>11}{'rows/s':>11}{'vs max-autotune':>17}{'target':>15}"
             f"{'precision':>11}{'err/bound':>11}  certified")
@@ -165,11 +179,11 @@ def format_rows(rows: int, medians: dict, checks: dict, precision: dict) -> list
 
 
 def format_time(seconds: float) -> str:
-    unit, scale = next((u, f) for u, f in (("s", 1), ("ms", 1e-3), ("us", 1e-6)) if seconds >= f or u == "us")
-    return f"{seconds / scale:.3g} {unit}"
+    value, unit = scaled(seconds)
+    return f"{value:.3g} {unit}"
 
 
-def compile_only(log=print) -> int:
+def compile_only(log: Log = print) -> int:
     """Compile every fused kernel of the check for sm_90a and report ptxas's registers, spills and shared memory."""
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         log("--compile-only needs a process without TRITON_INTERPRET (Triton builds interpreter helpers at import)")
@@ -178,7 +192,7 @@ def compile_only(log=print) -> int:
 
     from core.perf.fused import PRECISIONS, FusedMLP, compile_for_gpu
 
-    _, folded = build(True, torch.device("cpu"))
+    _, folded = build(True)
     ptxas = triton.knobs.nvidia.ptxas.path
     spilled = False
     for p in PRECISIONS:
@@ -191,7 +205,8 @@ def compile_only(log=print) -> int:
     return 1 if spilled else 0
 
 
-def _ptxas_info(ptxas: str, ptx: str) -> dict:
+def _ptxas_info(ptxas: str, ptx: str) -> dict[str, int]:
+    """ptxas's registers and spill-store bytes for the kernel in `ptx`, compiled for sm_90a."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,11 +215,18 @@ def _ptxas_info(ptxas: str, ptx: str) -> dict:
             f.write(ptx)
         done = subprocess.run([ptxas, "-arch=sm_90a", "-v", path, "-o", os.path.join(tmp, "kernel.cubin")],
                               capture_output=True, text=True, check=True)
-    return {"registers": int(re.search(r"Used (\d+) registers", done.stderr).group(1)),
-            "spill": int(re.search(r"(\d+) bytes spill stores", done.stderr).group(1))}
+    return {"registers": _ptxas_number(r"Used (\d+) registers", done.stderr),
+            "spill": _ptxas_number(r"(\d+) bytes spill stores", done.stderr)}
 
 
-def main(argv=None, log=print) -> int:
+def _ptxas_number(pattern: str, report: str) -> int:
+    match = re.search(pattern, report)
+    if match is None:
+        raise RuntimeError(f"ptxas -v printed no line matching {pattern!r}; its report:\n{report}")
+    return int(match.group(1))
+
+
+def main(argv: list[str] | None = None, log: Log = print) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.perf.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU through Triton's interpreter")
     parser.add_argument("--compile", action="store_true", help="with --dry-run: also run torch.compile on the CPU")
@@ -230,7 +252,7 @@ def main(argv=None, log=print) -> int:
     cuda = device.type == "cuda"
     large, check_rows = (128, 128) if args.dry_run else (LARGE_ROWS, CHECK_ROWS)
     rounds, sample_s = (args.rounds or 3, 0.0) if args.dry_run else (args.rounds or ROUNDS, SAMPLE_S)
-    model, folded = build(args.dry_run, device)
+    model, folded = build(args.dry_run)
     model_d, folded_d = copy.deepcopy(model).to(device), copy.deepcopy(folded).to(device)
     g = torch.Generator().manual_seed(1)
     X = random_rows(large, g)[0].to(device)

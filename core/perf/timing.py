@@ -6,17 +6,24 @@ import platform
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 ROUNDS = 51
 SAMPLE_S = 0.002  # short samples: on a busy machine most fall between preemptions, and medians keep those
+T = TypeVar("T")
 
 
-def interleaved_medians(cases: dict[str, Callable[[], object]], device=None, rounds: int = ROUNDS,
-                        sample_s: float = SAMPLE_S) -> dict[str, float]:
+def call_with(fn: Callable[[T], object], X: T) -> Callable[[], object]:
+    """The case fn(X) as a zero-argument callable, for interleaved_medians."""
+    return lambda: fn(X)
+
+
+def interleaved_medians(cases: Mapping[str, Callable[[], object]], device: torch.device | str | None = None,
+                        rounds: int = ROUNDS, sample_s: float = SAMPLE_S) -> dict[str, float]:
     """Median seconds per call of each zero-argument case, sampled once per round so drift hits all alike.
 
     Each round runs the cases in a fresh order (a fixed seed), never one case twice in a row: what ran just
@@ -27,19 +34,19 @@ def interleaved_medians(cases: dict[str, Callable[[], object]], device=None, rou
     """
     sync = torch.cuda.synchronize if device is not None and torch.device(device).type == "cuda" else None
 
-    def now():
+    def now() -> float:
         if sync is not None:
             sync(device)
         return time.perf_counter()
 
-    calls = {}
+    calls: dict[str, int] = {}
     for name, fn in cases.items():
         fn()  # warm-up
         start = now()
         fn()
         fn()
         calls[name] = max(1, math.ceil(sample_s / max((now() - start) / 2, 1e-9)))
-    samples = {name: [] for name in cases}
+    samples: dict[str, list[float]] = {name: [] for name in cases}
     for name in sample_order(list(cases), rounds):
         fn, n = cases[name], calls[name]
         start = now()
@@ -49,9 +56,10 @@ def interleaved_medians(cases: dict[str, Callable[[], object]], device=None, rou
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def sample_order(names: list, rounds: int, seed: int = 0) -> list:
+def sample_order(names: list[str], rounds: int, seed: int = 0) -> list[str]:
     """`rounds` shuffles of names one after another, none starting with the name the one before ended with."""
-    rng, order = random.Random(seed), []
+    rng = random.Random(seed)
+    order: list[str] = []
     for _ in range(rounds):
         shuffled = names[:]
         rng.shuffle(shuffled)
@@ -61,7 +69,7 @@ def sample_order(names: list, rounds: int, seed: int = 0) -> list:
     return order
 
 
-def extra_info(shape, dtype) -> dict:
+def extra_info(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> dict:
     """What a benchmark records beside its times: input shape, dtype, threads, torch version."""
     return {"shape": list(shape), "dtype": str(dtype), "threads": torch.get_num_threads(), "torch": torch.__version__}
 
@@ -94,6 +102,7 @@ def busy_warning() -> str | None:
 
 
 def cpu_name() -> str:
+    """The CPU's model name, from /proc/cpuinfo where there is one."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from core.app.cli import main
-from tests.cli_runner import assert_one_line_error, run_cli
+from tests.app.cli_runner import assert_one_line_error, run_cli
 
 
 def test_data_json(names_path):

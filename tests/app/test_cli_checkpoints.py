@@ -8,8 +8,8 @@ import torch
 
 from core.makemore.checkpoint import load_checkpoint
 from core.makemore.data import Split, synthetic_names
-from tests.cli_runner import assert_one_line_error, run_cli, run_main
-from tests.test_checkpoint import RunsCode
+from tests.app.cli_runner import assert_one_line_error, run_cli, run_main
+from tests.makemore.test_checkpoint import RunsCode
 
 
 def strict_json(text: str):

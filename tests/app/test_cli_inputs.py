@@ -7,7 +7,7 @@ no torch start-up per case).
 import pytest
 import torch
 
-from tests.cli_runner import assert_one_line_error, run_cli, run_main
+from tests.app.cli_runner import assert_one_line_error, run_cli, run_main
 
 TRAIN = ["train", "--arch", "e01", "--steps", "2"]
 
@@ -87,7 +87,9 @@ def test_sample_count_through_the_command_line(checkpoints):
     (["--arch", "e01", "--init", "constant"], "needs a value"),
     (["--arch", "e01", "--init", "zeros(2)"], "takes no argument"),
     (["--arch", "e01", "--init", "kaiming(1/0)"], "is not a number"),
-    (["--arch", "e01", "--init", "constant(1e38)"], "loss is already nan"),
+    (["--arch", "e01", "--init", "constant(1e38)"],
+     "--init constant(1e38): the freshly built net's loss is already nan (its activations overflow); build it with a "
+     "smaller init value"),
     (["--arch", "e01", "--device", "foo"], "--device foo: not a device name"),
     (["--arch", "e01", "--device", "meta"], "bnfold runs on cpu, cuda or mps"),
     (["--arch", "e01", "--device", "mps"], "--device mps"),
@@ -120,23 +122,27 @@ def test_missing_cuda_is_refused_before_training(device, runner, tmp_path, small
 
 
 def test_divergence_stops_training_and_saves_nothing(tmp_path, small_names, monkeypatch):
-    """Parameters that turn nan mid-training stop the run at the next check, with one line; nothing is saved."""
+    """Parameters that turn inf mid-training stop the run at the library's next check; the line names the step, the
+    fix and the option to change, and nothing is saved."""
     import core.makemore.train
 
     seen = []
+    real_train = core.makemore.train.train
 
-    def diverging_train(model, X, Y, steps, *, on_step, **kwargs):
-        for step in range(steps):
-            if step == 150:
-                with torch.no_grad():
-                    model.layers[0].weight[0, 0] = float("inf")
-            seen.append(step)
-            on_step(step, model)
+    def poison(step, model):
+        if step == 150:
+            with torch.no_grad():
+                model.layers[0].weight[0, 0] = float("inf")
+        seen.append(step)
+
+    def diverging_train(*args, **kwargs):
+        return real_train(*args, **kwargs, on_step=poison)
 
     monkeypatch.setattr(core.makemore.train, "train", diverging_train)
     out = tmp_path / "m.pt"
     result = run_main("train", "--arch", "e01", "--steps", "100000", "--out", out, "--names", small_names)
-    assert_one_line_error(result, "training diverged", "by step 200", "lower --lr", "nothing was saved")
+    assert_one_line_error(result, "training diverged: parameters became nan or inf by step 200; lower the learning "
+                                  "rate (--lr 0.1); nothing was saved")
     assert seen[-1] == 199 and list(tmp_path.iterdir()) == []
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.atomic import stale_temps, temp_path
-from tests.cli_runner import assert_one_line_error, cli_env, run_cli, run_main
+from tests.app.cli_runner import assert_one_line_error, cli_env, run_cli, run_main
 
 TRAIN = ["train", "--arch", "e01", "--steps", "2"]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -9,7 +9,7 @@ import torch
 from core.app.cli import main
 from core.makemore.diagnostics import output_bias
 from core.makemore.model import e01_mlp
-from tests.cli_runner import assert_one_line_error, run_cli
+from tests.app.cli_runner import assert_one_line_error, run_cli
 
 CONTRACT = {
     "e01": {"steps", "train_loss", "dev_loss", "dev_entropy", "alive"},

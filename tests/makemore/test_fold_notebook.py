@@ -4,7 +4,7 @@ import torch
 
 from core.engine.fold import fold
 from core.engine.kinds import is_norm
-from core.makemore.experiments import fold_agreement
+from core.makemore.evaluate import fold_agreement
 from core.makemore.layers import Linear, Tanh
 from core.makemore.model import e02_mlp
 from core.makemore.train import train

@@ -187,13 +187,6 @@ def test_notebook_prepare_data_is_build_dataset_row_for_row():
         assert torch.equal(got, expected)
 
 
-def test_target_column_names_the_batch_size_a_target_holds_at():
-    keys = [bench.ratio_key("cpu", b, "r") for b in (1, 64)]
-    assert bench.target_cell({keys[0]: 0.7}, keys, (1, 64)) == "<= 0.70 at B=1"
-    assert bench.target_cell({keys[0]: 1.0, keys[1]: 1.0}, keys, (1, 64)) == "<= 1.00"
-    assert bench.target_cell({}, keys, (1, 64)) == ""
-
-
 @pytest.mark.parametrize("count", [1, 2, 3, 5])
 def test_interleaving_varies_the_order_and_never_repeats_a_case(count):
     """Each of k cases is sampled once per round; no case runs twice in a row; over 40 rounds every case runs

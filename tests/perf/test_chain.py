@@ -6,11 +6,12 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from core.engine.fold import fold
+from core.errors import UnsupportedModel
 from core.makemore.data import random_rows
 from core.makemore.experiments import trained_e02
 from core.makemore.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
 from core.makemore.model import CharMLP, e01_mlp
-from core.perf.chain import FrozenChain, capture
+from core.perf.chain import FrozenChain, UnsupportedInput, capture
 
 
 def small_e02(seed=0):
@@ -153,7 +154,7 @@ def in_training(model, index):
     (lambda g: Linear(3, 3, generator=g), r"got a Linear"),
 ], ids=["batchnorm-training", "one-layer-training", "torch-linear", "subclass", "nested", "module-list", "bare-layer"])
 def test_what_cannot_be_frozen_is_refused_by_name(make, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UnsupportedModel, match=message):
         FrozenChain(make(torch.Generator().manual_seed(0)))
 
 
@@ -212,7 +213,7 @@ def test_training_path_is_unchanged():
 @pytest.mark.parametrize("frozen", [False, True], ids=["module", "frozen-chain"])
 def test_capture_needs_a_cuda_input(nets, frozen):
     model = FrozenChain(nets["folded"]) if frozen else nets["folded"]
-    with pytest.raises(ValueError, match="CUDA"):
+    with pytest.raises(UnsupportedInput, match="needs an input on a CUDA device.*move the model and the input"):
         capture(model, batch(2))
 
 
@@ -241,14 +242,14 @@ def test_cuda_graph_sees_in_place_updates_and_checks_the_shape():
     with torch.no_grad():
         model.layers[-1].bias.add_(1.0)
     torch.testing.assert_close(replay(X), before + 1.0)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(UnsupportedInput, match="captured for inputs of shape.*capture again"):
         replay(batch(9).cuda())
 
 
 @pytest.mark.gpu
 def test_capture_refuses_training_mode():
     model = fold(small_e02())[0].cuda().train()
-    with pytest.raises(ValueError, match="eval"):
+    with pytest.raises(UnsupportedModel, match=r"training mode: call model\.eval\(\) first"):
         capture(model, batch(2).cuda())
 
 

@@ -26,10 +26,12 @@ from torch import nn
 from core.engine.bound.rounding import U32, rounding_bound, underflow
 from core.engine.bound.rules import propagate
 from core.engine.fold import fold
+from core.errors import BnfoldError, UnsupportedModel
 from core.makemore.data import random_rows
 from core.makemore.experiments import trained_e02
 from core.makemore.layers import Linear, ReLU, Sigmoid, Tanh
 from core.perf import fused as fm
+from core.perf.chain import UnsupportedInput
 from core.perf.fused import (
     PRECISIONS,
     FusedMLP,
@@ -151,12 +153,14 @@ def test_out_buffer_and_empty_batch(e02):
     out = torch.full((10, 27), float("nan"), device=DEVICE)
     assert fused(X, out=out) is out and torch.equal(out, fused(X))
     assert fused(ids(0)).shape == (0, 27)
-    with pytest.raises(ValueError, match="out must be a float32 tensor of shape"):
+    with pytest.raises(UnsupportedInput, match="out must be a float32 tensor of shape"):
         fused(X, out=torch.empty(10, 26, device=DEVICE))
-    with pytest.raises(ValueError, match=r"X must have shape \(B, 4\)"):
+    with pytest.raises(UnsupportedInput, match=r"X must have shape \(B, 4\)"):
         fused(X[:, :3])
-    with pytest.raises(ValueError, match="int64"):
+    with pytest.raises(UnsupportedInput, match="int64"):
         fused(X.float())
+    with pytest.raises(UnsupportedInput, match="X must be float32.*convert it with .float()"):
+        FusedMLP(sequential((3, 2), (None,)))(torch.zeros(1, 3, dtype=torch.float64, device=DEVICE))
 
 
 def test_out_of_range_ids_give_nan_rows(e02):
@@ -172,28 +176,51 @@ def test_out_of_range_ids_give_nan_rows(e02):
         assert torch.equal(out[[0, 1, 3, 5]], good[[0, 1, 3, 5]])
 
 
-def test_refusals(e02):
-    """A net FusedMLP cannot run raises a ValueError that says why and what to use instead."""
-    model, folded = e02
-    with pytest.raises(ValueError, match="layer 1 is BatchNorm1d: fold the BatchNorms first"):
-        FusedMLP(model)
-    with pytest.raises(ValueError, match="at most 4 Linear layers"):
-        FusedMLP(sequential((2,) * 6, (Tanh,) * 5))
-    with pytest.raises(ValueError, match="widths up to 128"):
-        FusedMLP(sequential((129, 2), (None,)))
-    with pytest.raises(ValueError, match="float32 nets"):
-        FusedMLP(sequential((3, 2), (None,)).double())
-    with pytest.raises(ValueError, match="a second activation"):
-        FusedMLP(nn.Sequential(Linear(2, 2, generator=torch.Generator()), Tanh(), ReLU()))
-    with pytest.raises(ValueError, match="precision must be one of"):
-        FusedMLP(folded, "fp16")
-    with pytest.raises(ValueError, match="for a CharMLP only"):
+@pytest.mark.parametrize("make, precision, message", [
+    (lambda model, folded: model, "fp32", "layer 1 is BatchNorm1d: fold the BatchNorms first.*FrozenChain"),
+    (lambda model, folded: sequential((2,) * 6, (Tanh,) * 5), "fp32", "at most 4 Linear layers.*FrozenChain"),
+    (lambda model, folded: sequential((129, 2), (None,)), "fp32", "widths up to 128.*FrozenChain"),
+    (lambda model, folded: sequential((3, 2), (None,)).double(), "fp32", r"float32 nets.*\.float\(\).*FrozenChain"),
+    (lambda model, folded: nn.Sequential(Linear(2, 2, generator=torch.Generator()), Tanh(), ReLU()), "fp32",
+     "layer 2 is a second activation.*FrozenChain"),
+    (lambda model, folded: nn.Sequential(Tanh()), "fp32", "layer 0 is Tanh.*FrozenChain"),
+    (lambda model, folded: nn.Sequential(), "fp32", "at least one Linear layer.*FrozenChain"),
+    (lambda model, folded: nn.ModuleList([Linear(2, 2, generator=torch.Generator())]), "fp32",
+     "CharMLP or torch.nn.Sequential, not a ModuleList.*FrozenChain"),
+    (lambda model, folded: folded, "fp16", r"no precision 'fp16'.*one of \('fp32', 'tf32', 'bf16'\)"),
+], ids=["batchnorm", "five-linears", "too-wide", "float64", "two-activations", "no-linear-first", "empty",
+        "module-list", "precision"])
+def test_refusals_name_the_layer_and_the_way_out(e02, make, precision, message):
+    """A net FusedMLP cannot run raises UnsupportedModel (a BnfoldError) that says why and what to use instead."""
+    with pytest.raises(UnsupportedModel, match=message):
+        FusedMLP(make(*e02), precision)
+
+
+def test_input_mode_is_for_a_charmlp_only():
+    with pytest.raises(UnsupportedModel, match="for a CharMLP only; got 'table' for a Sequential"):
         FusedMLP(sequential((3, 2), (None,)), input_mode="table")
 
 
-def test_unavailable_says_what_to_use_instead(e02, monkeypatch):
-    """No Triton, or neither CUDA nor TRITON_INTERPRET: FusedMLP raises FusedUnavailable naming the fallback."""
+def test_a_launch_description_cannot_run(e02):
     _, folded = e02
+    with pytest.raises(UnsupportedModel, match=r"launch description.*FusedMLP\(folded, precision\)"):
+        FusedMLP.described(folded)(ids(1).cpu())
+
+
+def test_the_bound_refuses_what_the_kernel_refuses(e02):
+    """evaluation_bound reads the net as FusedMLP does: the same refusals, before any arithmetic."""
+    model, folded = e02
+    with pytest.raises(UnsupportedModel, match="layer 1 is BatchNorm1d"):
+        evaluation_bound(model, ids(2), "fp32")
+    with pytest.raises(UnsupportedModel, match="no precision 'fp16'"):
+        evaluation_bound(folded, ids(2), "fp16")
+
+
+def test_unavailable_says_what_to_use_instead(e02, monkeypatch):
+    """No Triton, or neither CUDA nor TRITON_INTERPRET: FusedMLP raises FusedUnavailable (a BnfoldError, so the
+    command line prints it as one line) naming the fallback."""
+    _, folded = e02
+    assert issubclass(FusedUnavailable, BnfoldError)
     monkeypatch.setattr(fm, "triton", None)
     with pytest.raises(FusedUnavailable, match="needs Triton.*FrozenChain"):
         FusedMLP(folded)
@@ -245,7 +272,7 @@ def test_linear_factor_constants():
 @pytest.mark.skipif(CUDA, reason="checks the CPU refusal")
 def test_capture_needs_cuda(e02):
     _, folded = e02
-    with pytest.raises(ValueError, match="needs an input on a CUDA device"):
+    with pytest.raises(UnsupportedInput, match="needs an input on a CUDA device.*move the model and the input"):
         FusedMLP(folded).capture(ids(1))
 
 

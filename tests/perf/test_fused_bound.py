@@ -29,7 +29,7 @@ from core.makemore.layers import ReLU, Sigmoid, Tanh
 from core.makemore.model import CharMLP
 from core.perf.fused import PRECISIONS, FusedMLP, evaluation_bound, fused_error_bound
 from properties.checks import worst_ratio
-from properties.strategies import make_bn, make_linear
+from properties.strategies.pairs import make_bn, make_linear
 
 F64 = torch.float64
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"

@@ -10,7 +10,7 @@ from core.engine.fold import fold
 from core.perf import bench_models
 from core.perf.layout import channels_last
 from properties.checks import assert_within_bound
-from properties.strategies import MODELLED_BLOCKS, net_cases
+from properties.strategies.nets import MODELLED_BLOCKS, net_cases
 
 
 def test_four_and_five_dim_tensors_become_channels_last_and_keep_their_values():

@@ -3,12 +3,14 @@ upstream of them)."""
 
 import contextlib
 import contextvars
+from collections.abc import Iterator
 
 import torch
 
 from core.engine.algebra import f64
 
-_MAGNITUDES: contextvars.ContextVar[dict | None] = contextvars.ContextVar("magnitudes", default=None)
+_MAGNITUDES: contextvars.ContextVar[dict[int, tuple[torch.Tensor, torch.Tensor]] | None] = contextvars.ContextVar(
+    "magnitudes", default=None)
 
 
 def absolute(t: torch.Tensor) -> torch.Tensor:
@@ -23,7 +25,7 @@ def absolute(t: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def magnitudes_kept():
+def magnitudes_kept() -> Iterator[None]:
     """Within it, `absolute` computes |t| once per tensor and keeps it (until the block ends)."""
     token = _MAGNITUDES.set({})
     try:

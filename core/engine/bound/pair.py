@@ -16,7 +16,7 @@ from core.engine.bound.rounding import (
     underflow,
     unit_roundoff,
 )
-from core.engine.kinds import KINDS, ConvKind
+from core.engine.kinds import KINDS, ConvKind, affine_kind
 
 
 def pair_factor(n: int, direction: str, u: float) -> float:
@@ -42,9 +42,11 @@ def pair_magnitude(layer: nn.Module, bn: nn.Module, direction: str, x: torch.Ten
     before: M_j = Σ_i (|x_i||s_i| + |μ_i s_i| + |β_i|)·|W_ij| + |b_j|
     where Σ_i runs over a conv's patch, and before a Linear through a Flatten over every flattened input.
     """
-    kind = KINDS[type(layer)]
+    kind = affine_kind(layer)
     mean, _, _, beta, _ = norm_terms(bn)
+    assert beta is not None  # norm_terms gives β = 0 to a BatchNorm without affine
     s = norm_affine(bn)[0].abs()
+    assert isinstance(layer.weight, torch.Tensor)
     W, b = absolute(layer.weight), kind.bias(layer)
     b = W.new_zeros(kind.channels(layer)[1]) if b is None else absolute(b)
     ax = f64(x).abs()
@@ -66,17 +68,18 @@ def pair_underflow(linear: nn.Module, bn: nn.Module, x: torch.Tensor) -> float:
     the BN's |s| on the unfolded side), the BN's 8 roundings (through |W| when it comes first), and each folded
     weight and bias cast down to the layer's dtype off by η on top of its rounding (times |x_i|).
     """
-    n = KINDS[type(linear)].terms(linear)
+    n = affine_kind(linear).terms(linear)
+    assert isinstance(bn.running_mean, torch.Tensor) and isinstance(linear.weight, torch.Tensor)
     s = norm_affine(bn)[0].abs().max().item() if len(bn.running_mean) else 0.0
     W = absolute(linear.weight)
-    rows = f64(KINDS[type(linear)].blocks(linear)).abs().sum(-2).max().item() if W.numel() else 0.0
+    rows = f64(affine_kind(linear).blocks(linear)).abs().sum(-2).max().item() if W.numel() else 0.0
     largest = f64(x).abs().max().item() if x.numel() else 0.0
     return underflow(x.dtype) * (2 * n * (2 + s) + 2 * BN_ROUNDINGS * (1 + rows) + n * largest + 1)
 
 
 def pair_bound(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor) -> torch.Tensor:
     """ρ·M_j + A: the bound on |unfolded_j − folded_j| for one pair at input x."""
-    n = KINDS[type(linear)].terms(linear)
+    n = affine_kind(linear).terms(linear)
     u = unit_roundoff(x.dtype, x.device, convolves(linear))
     return pair_factor(n, direction, u) * pair_magnitude(linear, bn, direction, x) \
         + pair_underflow(linear, bn, x)

@@ -4,7 +4,7 @@
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from core.engine.adapters import adapter_for
 from core.engine.algebra import AFTER
@@ -12,12 +12,14 @@ from core.engine.bound.graph_rules import propagate_node, zeros_like_bound
 from core.engine.bound.magnitudes import magnitudes_kept
 from core.engine.bound.pair import pair_bound
 from core.engine.bound.rounding import SAFETY, TINY64
-from core.engine.kinds import KINDS
-from core.engine.plan import Plan, plan_folds
+from core.engine.graph import FoldGraph
+from core.engine.kinds import Bound, affine_kind
+from core.engine.plan import Plan, Step, plan_folds
 from core.errors import FoldError
 
 
-def propagate_graph(graph, modules: dict, env: dict, D: dict):
+def propagate_graph(graph: FoldGraph, modules: dict[str, nn.Module], env: dict[fx.Node, Any],
+                    D: dict[fx.Node, Bound]) -> Bound:
     """The bound at the output, carried from the bounds D at some nodes ({node: bound}) through every node after
     them, each by its rule; env holds the values of the model at hand.
 
@@ -62,11 +64,12 @@ def error_bound(model: nn.Module, X: Any, plan: Plan | None = None) -> Any:
         raise FoldError(f"the plan given to error_bound is that of another {type(plan.model).__name__}, not of this "
                         f"{type(model).__name__}: pass the plan fold(model) returned for this model, or none")
     graph = plan.graph
-    modules, bypassed = dict(graph.modules), set()
+    modules, bypassed = dict(graph.modules), set[fx.Node]()
     env = graph.values(modules, bypassed, inputs)
-    total = None
+    total: Bound | None = None
     for step, folded_layer in zip(plan.steps, plan.layers):
         layer, bn = modules[str(step.layer.target)], modules[str(step.bn.target)]
+        assert isinstance(step.layer.args[0], fx.Node) and isinstance(step.bn.args[0], fx.Node)
         if step.direction == AFTER:
             start, x, at_layer = step.bn, env[step.layer.args[0]], env[step.bn.args[0]]
         else:
@@ -83,7 +86,7 @@ def error_bound(model: nn.Module, X: Any, plan: Plan | None = None) -> Any:
     return _scale(total, SAFETY, TINY64)
 
 
-def check_rank(graph, step, at_layer: torch.Tensor) -> None:
+def check_rank(graph: FoldGraph, step: Step, at_layer: torch.Tensor) -> None:
     """FoldError unless the layer of a folded pair keeps its channels in dim 1 of `at_layer`, the tensor it writes
     (after) or reads (before) on the BatchNorm's side, where the BatchNorm normalises dim 1.
 
@@ -92,7 +95,7 @@ def check_rank(graph, step, at_layer: torch.Tensor) -> None:
     on (N, L, C) keeps its features last while BatchNorm1d normalises dim 1, so such a fold (or one on unbatched
     input) scales the wrong dim.
     """
-    rank = 2 + KINDS[type(graph.modules[step.layer.target])].spatial
+    rank = 2 + affine_kind(graph.modules[str(step.layer.target)]).spatial
     if at_layer.ndim != rank:
         layer, bn = graph.name(step.layer.target), graph.name(step.bn.target)
         raise FoldError(f"{bn} normalises dim 1 of a {at_layer.ndim}-D tensor here, but {layer} keeps its channels "
@@ -102,13 +105,13 @@ def check_rank(graph, step, at_layer: torch.Tensor) -> None:
                         f"no more)")
 
 
-def _add_bounds(a, b):
+def _add_bounds(a: Bound, b: Bound) -> Bound:
     if isinstance(a, torch.Tensor):
         return a + b
     return type(a)(_add_bounds(x, y) for x, y in zip(a, b)) if isinstance(a, tuple | list) else a
 
 
-def _scale(bound, factor: float, floor: float):
+def _scale(bound: Bound, factor: float, floor: float) -> Bound:
     if isinstance(bound, torch.Tensor):
         return bound * factor + floor
     return type(bound)(_scale(v, factor, floor) for v in bound) if isinstance(bound, tuple | list) else bound

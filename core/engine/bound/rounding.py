@@ -6,9 +6,11 @@ roundings is off by at most γ(k)·|term|.
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.types import Device
 
 from core.engine.kinds import KINDS, ConvKind
 
@@ -37,7 +39,7 @@ REDUCED = {"tf32": 2.0**-10, "bf16": 2.0**-7}  # 2u of TF32 and of bfloat16
 LEGACY_MATMUL = {"high": "tf32", "medium": "bf16"}  # torch.set_float32_matmul_precision's names
 
 
-def _setting(read) -> str:
+def _setting(read: Callable[[], str]) -> str:
     """A float32 precision setting read by `read`, or "none" where torch refuses to read it: a process that sets
     both torch's legacy flags (allow_tf32, set_float32_matmul_precision) and the per-backend fp32_precision gets
     a RuntimeError from the legacy getters, and the per-backend settings then say what runs."""
@@ -52,7 +54,7 @@ def _fp32_precision(backend: str, op: str) -> str:
     return getattr(getattr(getattr(torch.backends, backend, None), op, None), "fp32_precision", "none")
 
 
-def unit_roundoff(dtype: torch.dtype, device=None, conv: bool = False) -> float:
+def unit_roundoff(dtype: torch.dtype, device: Device = None, conv: bool = False) -> float:
     """u of `dtype`; float32 matmuls (or convolutions, with `conv`) that any of torch's settings allows to run in
     TF32 or bfloat16 get 2u of the narrowest such format.
 

@@ -7,7 +7,7 @@ from hypothesis import example, given
 from core.engine.fold import fold
 from core.engine.kinds import is_linear, is_norm
 from properties.checks import assert_fold_within_bound
-from properties.strategies import ModelCase, model_cases
+from properties.strategies.models import ModelCase, model_cases
 
 F64 = torch.float64
 

@@ -26,7 +26,8 @@ from core.engine.bound.rounding import TINY64, unit_roundoff
 from core.engine.fold import fold
 from core.errors import FoldError
 from properties.checks import assert_within_bound, worst_ratio
-from properties.strategies import NormStats, PairCase, pair_cases
+from properties.strategies.pairs import PairCase, pair_cases
+from properties.strategies.values import NormStats
 
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 

@@ -31,7 +31,8 @@ from core.engine.bound.propagation import error_bound
 from core.engine.bound.rounding import ieee_unit_roundoff
 from core.engine.fold import fold
 from core.engine.kinds import KINDS
-from properties.strategies import PairCase, make_bn, make_linear, pair_cases, tensors
+from properties.strategies.floats import tensors
+from properties.strategies.pairs import PairCase, make_bn, make_linear, pair_cases
 
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 DTYPES = (F16, BF16, F32, F64)

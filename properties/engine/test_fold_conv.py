@@ -14,17 +14,8 @@ from core.engine.bound.propagation import error_bound
 from core.engine.fold import fold
 from core.engine.kinds import KINDS, NormTerms
 from properties.checks import assert_within_bound
-from properties.strategies import (
-    BN_TYPES,
-    CONV_DECADES,
-    F64,
-    ConvPairCase,
-    channelwise,
-    conv_pair_cases,
-    cycled,
-    norm_stats,
-    tensor_values,
-)
+from properties.strategies.pairs import BN_TYPES, CONV_DECADES, ConvPairCase, channelwise, conv_pair_cases
+from properties.strategies.values import F64, cycled, norm_stats, tensor_values
 
 F32 = torch.float32
 

@@ -17,7 +17,7 @@ from core.engine.bound.rounding import U32
 from core.makemore.data import build_dataset
 from core.makemore.model import e01_mlp, e02_mlp
 from core.makemore.train import train
-from properties.strategies import name_lists
+from properties.strategies.names import name_lists
 
 archs = st.sampled_from(["e01-kaiming", "e01-zeros", "e02"])
 

@@ -15,7 +15,7 @@ from core import notebook
 from core.engine.bound.rounding import U64, rounding_bound
 from core.makemore.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh, layer_from_spec
 from properties.exact import exact_stats, stat_errors
-from properties.strategies import floats_without_underflow, tensors
+from properties.strategies.floats import floats_without_underflow, tensors
 
 
 def normalise_bound(x, mean, S, divisor, gamma, beta, eps):

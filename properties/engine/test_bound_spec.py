@@ -25,14 +25,10 @@ from core.engine.bound.pair import pair_bound, pair_factor, pair_magnitude, pair
 from core.engine.bound.propagation import error_bound, propagate_graph
 from core.engine.bound.rules import adaptive_window
 from core.engine.kinds import KINDS, ConvKind
-from properties.strategies import (
-    KIND_STRATEGIES,
-    conv_pair_cases,
-    inputs_for,
-    pair_cases,
-    tensors,
-)
-from properties.test_bound_rules import GRAPH_OPS, RULE_TYPES, rule_name, traced
+from properties.engine.test_bound_rules import GRAPH_OPS, RULE_TYPES, rule_name, traced
+from properties.strategies.floats import tensors
+from properties.strategies.kinds import KIND_STRATEGIES, inputs_for
+from properties.strategies.pairs import conv_pair_cases, pair_cases
 
 F32, F64 = torch.float32, torch.float64
 U64 = 2.0**-53

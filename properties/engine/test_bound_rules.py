@@ -21,7 +21,8 @@ from core.engine.bound.rounding import SAFETY, TINY64
 from core.engine.bound.rules import GELU_SLOPE, SILU_SLOPE, propagate
 from core.engine.graph import FoldGraph
 from core.engine.kinds import KINDS, ElementwiseKind
-from properties.strategies import KIND_STRATEGIES, inputs_for, tensors
+from properties.strategies.floats import tensors
+from properties.strategies.kinds import KIND_STRATEGIES, inputs_for
 
 F32, F64 = torch.float32, torch.float64
 

@@ -12,7 +12,15 @@ from core.engine.bound.propagation import error_bound
 from core.engine.fold import fold
 from core.engine.kinds import KINDS, NormTerms
 from core.errors import FoldError
-from properties.strategies import BN_TYPES, ConvPairCase, PairCase, conv_pair_cases, make_bn, make_linear, pair_cases
+from properties.strategies.pairs import (
+    BN_TYPES,
+    ConvPairCase,
+    PairCase,
+    conv_pair_cases,
+    make_bn,
+    make_linear,
+    pair_cases,
+)
 
 small_pairs = pair_cases(max_fan=8, max_batch=2)
 prefixes = st.integers(0, 3)

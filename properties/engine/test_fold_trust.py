@@ -9,7 +9,7 @@ from torch import nn
 
 from core.engine.fold import fold
 from core.engine.kinds import is_linear
-from properties.strategies import model_cases
+from properties.strategies.models import model_cases
 
 
 def linears_of(model):

@@ -18,7 +18,8 @@ from core.makemore.diagnostics import LayerProbe, Recorder, alive, preserved_buf
 from core.makemore.experiments import label_entropy
 from core.makemore.layers import BatchNorm1d, Linear
 from core.makemore.train import train
-from properties.strategies import MLPCase, Problem, label_lists, mlp_cases, problems, tensors
+from properties.strategies.floats import tensors
+from properties.strategies.mlps import MLPCase, Problem, label_lists, mlp_cases, problems
 
 F32, F64 = torch.float32, torch.float64
 U32 = unit_roundoff(F32)
@@ -374,7 +375,7 @@ def test_constant_init_keeps_hidden_units_identical(p, c, steps, batch_size, lr,
     loss's largest negative curvature across units: spread ≤ γ(32)·(P/|θ|)·e^(lr·T·λ). The 1e-12
     budget is γ(32)·280, enough for P/|θ| ≤ 17 and λ ≤ 2.8 at lr·T ≤ 1. The symmetric state is
     invariant but not stable: at lr = 0.5 the units of a 14-wide tanh layer part to O(1) within
-    1000 steps (tests/test_init.py). Bit equality is never assumed.
+    1000 steps (tests/makemore/test_init.py). Bit equality is never assumed.
     """
     model = p.case.build(f"constant({c!r})")
     sgd(model, p.X, p.Y, steps, batch_size, lr, seed)

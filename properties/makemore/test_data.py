@@ -18,7 +18,7 @@ from core.makemore.data import (
     split_sizes,
     synthetic_names,
 )
-from properties.strategies import name_lists, names_st
+from properties.strategies.names import name_lists, names_st
 
 contexts = st.integers(min_value=1, max_value=8)
 seeds = st.integers(min_value=0, max_value=2**32 - 1)

@@ -6,10 +6,11 @@ import torch
 from hypothesis import example, given, note
 
 from core.engine.fold import fold
-from core.engine.plan import plan_folds
 from core.engine.kinds import is_batchnorm
+from core.engine.plan import plan_folds
 from properties.checks import assert_fold_within_bound
-from properties.strategies import F64, MODELLED_BLOCKS, NetCase, net_cases
+from properties.strategies.nets import MODELLED_BLOCKS, NetCase, net_cases
+from properties.strategies.values import F64
 
 
 def batchnorms(model) -> dict:

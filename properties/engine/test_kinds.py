@@ -21,7 +21,7 @@ from core.engine.kinds import (
     rebuild_as,
 )
 from core.makemore.layers import BatchNorm1d, Linear
-from properties.strategies import KIND_STRATEGIES, inputs_for
+from properties.strategies.kinds import KIND_STRATEGIES, inputs_for
 
 ROLE_PARTNER = {Linear: torch.nn.Linear, torch.nn.Linear: Linear, BatchNorm1d: torch.nn.BatchNorm1d,
                 torch.nn.BatchNorm1d: BatchNorm1d}

@@ -1,0 +1,81 @@
+"""`bnfold reproduce` and `bnfold bench`: the long runs. Their options, names file and outputs are checked before
+any experiment runs or anything is timed."""
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from core.app.devices import check_device
+from core.app.errors import UsageError
+from core.app.outputs import check_output_dir
+from core.app.process import warn
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from core.app.report import REPORT_JSON, summary_table
+    from core.makemore.data import Split, build_dataset, load_split, resolve_names_path
+
+    device = check_device(args.device)
+    out = check_output_dir(args.out or default_out(), "--out", resolve_names_path(args.names, fetch=False),
+                           REPORT_JSON)
+    _, parts = load_split(resolve_names_path(args.names), Split(args.seed))
+
+    from core.app.reproduce import reproduce
+
+    splits = {k: build_dataset(v, 4) for k, v in parts.items()}
+    report = reproduce(splits, steps=args.steps, seed=args.seed, out=out, device=device)
+    print(summary_table(report))
+    print(f"wall time {report['wall_time_s']:.0f}s; report, plots and {REPORT_JSON} in {out}")
+
+
+def default_out() -> Path:
+    """runs/<timestamp>: a new directory per run, named by its local start time."""
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from core.makemore.data import load_names, require_enough_names, resolve_names_path, synthetic_names
+
+    if args.fail is not None and args.compare is None:
+        raise UsageError("--fail needs --compare NAME: it fails on ratios that regressed against a saved run")
+    if args.device == "cuda":
+        check_device(args.device)
+
+    import torch
+
+    from core.perf import bench, timing
+
+    threshold = bench.parse_threshold(args.fail) if args.fail is not None else bench.DEFAULT_THRESHOLD
+    saved = bench.load(args.compare) if args.compare else None
+    if args.save:
+        bench.ratios_path(args.save)  # a bad name fails now, not after the run
+    cuda = ("cuda",) if torch.cuda.is_available() else ()
+    devices = {"cpu": ("cpu",), "cuda": ("cuda",), "auto": ("cpu", *cuda)}[args.device]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    busy = timing.busy_warning()
+    if busy:
+        warn(busy)
+    path = resolve_names_path(args.names, fetch=False)
+    if path.exists():
+        names = load_names(path)
+    else:
+        print(f"{path} not found: timing on synthetic names", file=sys.stderr)
+        names = synthetic_names(32033)
+    require_enough_names(len(names), path)
+    settings = bench.QUICK if args.quick else bench.Settings()
+    if args.quick:
+        print("--quick: a smoke run; its numbers are too noisy to judge by", file=sys.stderr)
+    if args.rounds:
+        settings = dataclasses.replace(settings, rounds=args.rounds)
+    result = bench.measure(names, settings, devices, log=lambda msg: print(msg, file=sys.stderr))
+    print(bench.format_table(result))
+    if args.save:
+        print(f"saved {bench.save(result, args.save)}")
+    if saved is not None:
+        changes, missing = bench.compare(saved["ratios"], result["ratios"], threshold)
+        print(bench.format_comparison(args.compare, saved, changes, missing, threshold))
+        if args.fail is not None and any(c.regressed for c in changes):
+            raise SystemExit(1)
