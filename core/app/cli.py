@@ -37,7 +37,7 @@ from core.app.process import (
 )
 from core.app.runs import cmd_bench, cmd_reproduce
 from core.app.training import cmd_train
-from core.errors import BnfoldError, os_error_text
+from core.errors import BnfoldError, DataError, os_error_text
 from core.limits import MAX_BATCH_SIZE, MAX_LR, MAX_SAMPLES, MAX_STEPS
 
 
@@ -143,6 +143,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     Every BnfoldError is a cause outside the code (bad input, a full disk) and is told as its message; any other
     exception is a bug, told in one line too (BNFOLD_DEBUG=1 raises it with its traceback instead).
     """
+    args = None
     try:
         try:
             args = build_parser().parse_args(argv)
@@ -159,6 +160,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         discard_stdout()
         report_error("the output pipe was closed before all output was written (broken pipe)")
+        return EXIT_BAD_INPUT
+    except DataError as e:  # the names file: say which option chooses another
+        report_error(f"{e} (--names PATH chooses the names file)" if hasattr(args, "names") else str(e))
         return EXIT_BAD_INPUT
     except BnfoldError as e:
         report_error(str(e))

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from core.app.devices import check_device
-from core.app.errors import UsageError
+from core.app.errors import UsageError, naming_option
 from core.app.outputs import check_output_dir
 from core.app.process import warn
 
@@ -47,8 +47,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from core.perf import bench, timing
 
-    threshold = bench.parse_threshold(args.fail) if args.fail is not None else bench.DEFAULT_THRESHOLD
-    saved = bench.load(args.compare) if args.compare else None
+    with naming_option(before="--fail: "):
+        threshold = bench.parse_threshold(args.fail) if args.fail is not None else bench.DEFAULT_THRESHOLD
+    with naming_option(after=f" (with bnfold bench --save {args.compare})"):
+        saved = bench.load(args.compare) if args.compare else None
     if args.save:
         bench.ratios_path(args.save)  # a bad name fails now, not after the run
     cuda = ("cuda",) if torch.cuda.is_available() else ()
@@ -57,7 +59,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     busy = timing.busy_warning()
     if busy:
-        warn(busy)
+        warn(f"{busy} (--threads 1)")
     path = resolve_names_path(args.names, fetch=False)
     if path.exists():
         names = load_names(path)

@@ -151,7 +151,7 @@ def _check_config(config) -> dict:
     layers = _entry(config, "layers", "the config")
     if not isinstance(layers, list) or not layers:
         raise _Invalid(f"layers is {_describe(layers)}; expected a non-empty list of layer specs")
-    width = context * emb
+    width: int | None = context * emb
     for i, spec in enumerate(layers):
         width = _check_layer_spec(i, spec, width)
     if width is not None and width != vocab:
@@ -168,7 +168,8 @@ def _check_split(record) -> Split:
     if (not isinstance(fractions, (list, tuple)) or len(fractions) != 3 or not all(map(_is_number, fractions))
             or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-9):
         raise _Invalid(f"the split fractions are {_describe(fractions)}; expected three positive numbers summing to 1")
-    return Split(seed, tuple(float(f) for f in fractions))
+    first, second, third = (float(f) for f in fractions)
+    return Split(seed, (first, second, third))
 
 
 def _check_tensors(config: dict, state) -> torch.dtype:

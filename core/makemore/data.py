@@ -65,10 +65,11 @@ def read_names_bytes(path: PathLike, limit: int = MAX_NAMES_BYTES) -> bytes:
         with open(path, "rb") as fh:
             raw = fh.read(limit + 1)
     except OSError as e:
-        raise DataError(f"{path}: cannot read names file ({os_error_text(e)}); pass --names PATH") from e
+        raise DataError(f"{path}: cannot read names file ({os_error_text(e)}); give a names file that can be "
+                        f"read") from e
     if len(raw) > limit:
         raise DataError(f"{path}: the names file is larger than {limit // 2**20} MiB, the most bnfold reads; "
-                        f"pass a smaller file with --names PATH")
+                        f"give a smaller names file")
     return raw
 
 
@@ -140,7 +141,7 @@ def require_enough_names(count: int, path: PathLike, fractions: Fractions = DEFA
     shares = "/".join(f"{f:g}" for f in fractions)
     raise DataError(f"{path}: {count} {'name is' if count == 1 else 'names are'} too few: the {shares} train/dev/test "
                     f"split needs at least {minimum_names(fractions)} names so that no part is empty; "
-                    f"pass a larger names file with --names PATH")
+                    f"give a larger names file")
 
 
 @dataclass(frozen=True)
@@ -304,7 +305,7 @@ def fetch_names(dest: PathLike = DEFAULT_NAMES_PATH, url: str = NAMES_URL, sha25
                 max_bytes: int = MAX_DOWNLOAD_BYTES) -> Path:
     """Download names.txt, check its sha256, then write it atomically to dest (never a partial file)."""
     dest = Path(dest)
-    by_hand = f"download {url} by hand to {dest} (sha256 {sha256}) or pass --names PATH"
+    by_hand = f"download {url} by hand to {dest} (sha256 {sha256}), or give another names file"
     try:
         data = download(url, timeout=timeout, deadline=deadline, max_bytes=max_bytes)
     except DataError as e:
@@ -321,13 +322,13 @@ def file_sha256(path: PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def resolve_names_path(cli_path: PathLike | None = None, fetch: bool = True) -> Path:
-    """--names PATH, else $BNFOLD_NAMES, else data/names.txt, else fetch it there. An empty --names is refused,
-    not taken for a missing one."""
-    if cli_path is not None:
-        if not os.fspath(cli_path):
-            raise DataError("--names: the path is empty; give a names file such as data/names.txt")
-        return Path(cli_path)
+def resolve_names_path(path: PathLike | None = None, fetch: bool = True) -> Path:
+    """`path`, else $BNFOLD_NAMES, else data/names.txt, else fetch it there. An empty path is refused, not taken
+    for a missing one."""
+    if path is not None:
+        if not os.fspath(path):
+            raise DataError("the names file's path is empty; give a names file such as data/names.txt")
+        return Path(path)
     if os.environ.get("BNFOLD_NAMES"):
         return Path(os.environ["BNFOLD_NAMES"])
     if DEFAULT_NAMES_PATH.exists() or not fetch:

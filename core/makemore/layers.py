@@ -64,20 +64,22 @@ class BatchNorm1d(nn.Module):
     so gamma is scaled by sqrt(c) and eps by c; torch's running-stat update already uses v_u.
     """
 
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True, *,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None):
         super().__init__()
         self.eps = eps
         self.momentum = momentum
-        kw = {"dtype": dtype, "device": device}
-        self.gamma = nn.Parameter(torch.ones(dim, **kw)) if affine else None
-        self.beta = nn.Parameter(torch.zeros(dim, **kw)) if affine else None
-        self.register_buffer("running_mean", torch.zeros(dim, **kw))
-        self.register_buffer("running_var", torch.ones(dim, **kw))
+        self.gamma = nn.Parameter(torch.ones(dim, dtype=dtype, device=device)) if affine else None
+        self.beta = nn.Parameter(torch.zeros(dim, dtype=dtype, device=device)) if affine else None
+        self.register_buffer("running_mean", torch.zeros(dim, dtype=dtype, device=device))
+        self.register_buffer("running_var", torch.ones(dim, dtype=dtype, device=device))
 
     @property
     def dim(self) -> int:
-        return self.running_mean.shape[0]
+        return int(self.running_mean.shape[0])
 
     @property
     def affine(self) -> bool:
@@ -91,7 +93,7 @@ class BatchNorm1d(nn.Module):
             raise ValueError("BatchNorm1d in training needs a batch of at least 2 rows (the unbiased variance of 1 row "
                              "is undefined); call .eval() to use running stats")
         c = (n - 1) / n
-        gamma = self.gamma if self.affine else torch.ones_like(self.running_mean)
+        gamma = torch.ones_like(self.running_mean) if self.gamma is None else self.gamma
         return F.batch_norm(x, self.running_mean, self.running_var, gamma * math.sqrt(c), self.beta, True,
                             self.momentum, self.eps * c)
 

@@ -129,16 +129,18 @@ def e02_mlp(generator: torch.Generator, context_length: int = CONTEXT_LENGTH, em
     softmax is nearly uniform.
     """
     C = _embedding(generator, emb_size=emb_size)
-    layers = [
+    head = BatchNorm1d(VOCAB_SIZE)
+    layers: list[nn.Module] = [
         Linear(context_length * emb_size, n_hidden, bias=False, generator=generator), BatchNorm1d(n_hidden), Tanh(),
         Linear(n_hidden, n_hidden, bias=False, generator=generator), BatchNorm1d(n_hidden), Tanh(),
-        Linear(n_hidden, VOCAB_SIZE, bias=False, generator=generator), BatchNorm1d(VOCAB_SIZE),
+        Linear(n_hidden, VOCAB_SIZE, bias=False, generator=generator), head,
     ]
     with torch.no_grad():
         for layer in layers:
             if isinstance(layer, Linear):
-                layer.weight *= TANH_GAIN
-        layers[-1].gamma *= 0.1
+                layer.weight.mul_(TANH_GAIN)
+        assert head.gamma is not None
+        head.gamma.mul_(0.1)
     return CharMLP(C, layers, context_length, init_scheme="kaiming(5/3)")
 
 

@@ -278,24 +278,24 @@ def save(result: dict, name: str) -> Path:
 def load(name: str) -> dict:
     path = ratios_path(name)
     if not path.exists():
-        raise BnfoldError(f"{path}: no saved ratios named {name!r}; run `bnfold bench --save {name}` first")
+        raise BnfoldError(f"{path}: no saved ratios named {name!r}; save a run under that name first")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BnfoldError(f"{path}: unreadable ({e}); save it again with `bnfold bench --save {name}`") from e
+        raise BnfoldError(f"{path}: unreadable ({e}); save a run under that name again") from e
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("ratios"), dict):
-        raise BnfoldError(f"{path}: not a {FORMAT} file; save it again with `bnfold bench --save {name}`")
+        raise BnfoldError(f"{path}: not a {FORMAT} file; save a run under that name again")
     return data
 
 
-DEFAULT_THRESHOLD = 0.10  # what --compare marks as regressed when --fail does not say
+DEFAULT_THRESHOLD = 0.10  # the growth of a ratio that a comparison marks as regressed unless told otherwise
 
 
 def parse_threshold(text: str) -> float:
     """'10%' (or '10') -> 0.10."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*%?\s*", text)
     if not match:
-        raise BnfoldError(f"--fail takes a percentage such as 10%, got {text!r}")
+        raise BnfoldError(f"a threshold is a percentage such as 10%, got {text!r}")
     return float(match.group(1)) / 100
 
 

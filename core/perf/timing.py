@@ -97,7 +97,7 @@ def busy_warning() -> str | None:
     load = load_average()
     if load is not None and load >= (os.cpu_count() or 1) and torch.get_num_threads() > 1:
         return (f"the CPU is busy (load {load} on {os.cpu_count()} cores): multi-threaded timings can be far off; "
-                f"--threads 1 gives steadier ratios")
+                f"one thread gives steadier ratios")
     return None
 
 

@@ -213,12 +213,6 @@ def test_graph_rules_cover_every_change_within_D(name, a, b, ra, rb, scale, slac
     assert covered(change, bound)
 
 
-def test_every_rule_has_a_law():
-    """{rules named by the kind table} ⊆ {rules drawn above}: a new rule without a law fails here."""
-    assert {rule_name(kind) for kind in KINDS.values()} == set(RULE_TYPES)
-    assert all(isinstance(KINDS[t], ElementwiseKind) for t in RULE_TYPES["relu"])
-
-
 @pytest.mark.parametrize("name, fn, slope", [
     ("silu", F.silu, SILU_SLOPE),
     ("gelu", F.gelu, GELU_SLOPE),

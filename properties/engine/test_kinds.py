@@ -1,5 +1,5 @@
 """Laws of the layer-kind table (core.engine.kinds): each entry reads and rebuilds its layers faithfully, and every
-kind has a strategy that draws it."""
+kind has its rule, a strategy that draws it and its law."""
 
 from fractions import Fraction
 
@@ -7,9 +7,11 @@ import torch
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
+from core.engine.bound import rules
 from core.engine.bound.rounding import ETA64, U64, rounding_bound
 from core.engine.kinds import (
     KINDS,
+    ElementwiseKind,
     LinearKind,
     NormKind,
     fan_in,
@@ -21,6 +23,8 @@ from core.engine.kinds import (
     rebuild_as,
 )
 from core.makemore.layers import BatchNorm1d, Linear
+from properties.engine.test_bound_rules import rule_name
+from properties.engine.test_bound_spec import ELEMENTWISE_SPECS, MAP_SPECS
 from properties.strategies.kinds import KIND_STRATEGIES, inputs_for
 
 ROLE_PARTNER = {Linear: torch.nn.Linear, torch.nn.Linear: Linear, BatchNorm1d: torch.nn.BatchNorm1d,
@@ -34,8 +38,37 @@ def layers_and_inputs(types):
     return st.sampled_from(types).flatmap(lambda t: KIND_STRATEGIES[t]).flatmap(with_input)
 
 
-def test_every_kind_has_a_strategy():
-    """dom(KIND_STRATEGIES) = dom(KINDS): a new layer kind without a strategy would have no laws drawn for it."""
+def missing_parts(kinds: dict, strategies: dict, specs: dict) -> list[str]:
+    """What each registered kind lacks of the three every kind needs: a rule of core.engine.bound.rules, a strategy
+    that draws it, and its rule's documented formula (the law test_bound_spec holds it to)."""
+    missing = []
+    for layer_type, kind in sorted(kinds.items(), key=lambda item: str(item[0])):
+        rule = getattr(kind, "rule", None)
+        if getattr(rules, getattr(rule, "__name__", ""), None) is not rule:
+            missing.append(f"{layer_type.__name__}: a rule of core.engine.bound.rules")
+        if layer_type not in strategies:
+            missing.append(f"{layer_type.__name__}: a strategy in KIND_STRATEGIES")
+        if rule is not None and rule_name(kind) not in specs:
+            missing.append(f"{layer_type.__name__}: the law of its rule (a spec in test_bound_spec)")
+    return missing
+
+
+class Mish(torch.nn.Mish):
+    """A layer type no one has registered."""
+
+
+def test_every_kind_has_its_rule_its_strategy_and_its_law():
+    """∀ T ∈ dom(KINDS): KINDS[T].rule ∈ core.engine.bound.rules, T ∈ dom(KIND_STRATEGIES), and the rule has its spec
+    law: adding a layer kind means its entry, its rule, its strategy and its law, and a kind without any fails here.
+
+    A kind registered bare (here a Mish with a rule of its own and nothing else) is named with all it lacks.
+    """
+    specs = {**MAP_SPECS, **ELEMENTWISE_SPECS}
+    assert missing_parts(KINDS, KIND_STRATEGIES, specs) == []
+    bare = ElementwiseKind(Mish, lambda layer, x, D, u, eta: D, lambda layer: Mish())
+    assert missing_parts({**KINDS, Mish: bare}, KIND_STRATEGIES, specs) == [
+        "Mish: a rule of core.engine.bound.rules", "Mish: a strategy in KIND_STRATEGIES",
+        "Mish: the law of its rule (a spec in test_bound_spec)"]
     assert set(KIND_STRATEGIES) == set(KINDS)
 
 

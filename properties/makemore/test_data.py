@@ -169,10 +169,10 @@ def test_the_size_limit_admits_exactly_its_bytes(tmp_path):
     assert read_names_bytes(path, limit) == path.read_bytes()
     path.write_bytes(path.read_bytes() + b"a")
     with pytest.raises(DataError, match=re.escape(f"{path}: the names file is larger than 1 MiB, the most bnfold "
-                                                  f"reads; pass a smaller file with --names PATH")):
+                                                  f"reads; give a smaller names file")):
         read_names_bytes(path, limit)
-    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: cannot read names file (is a directory); pass "
-                                                  f"--names PATH")):
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: cannot read names file (is a directory); give a "
+                                                  f"names file that can be read")):
         read_names_bytes(tmp_path)
     (tmp_path / "empty.txt").write_bytes(b"")
     with pytest.raises(DataError, match="the names file is empty; expected one name per line"):

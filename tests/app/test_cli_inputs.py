@@ -62,8 +62,8 @@ def test_bad_numbers(name, tmp_path):
     (["bench", "--threads", "0"], "argument --threads"),
     (["bench", "--threads", "nan"], "argument --threads"),
     (["train", "--arch", "e03", "--out", "{tmp}/m.pt"], "invalid choice: 'e03'"),
-    (["eval", "{ckpt}", "--names", ""], "--names: the path is empty"),
-    (["train", "--arch", "e01", "--out", "{tmp}/m.pt", "--names", ""], "--names: the path is empty"),
+    (["eval", "{ckpt}", "--names", ""], "the names file's path is empty"),
+    (["train", "--arch", "e01", "--out", "{tmp}/m.pt", "--names", ""], "the names file's path is empty"),
     (["train", "--arch", "e01"], "required: --out"),
     (["frobnicate"], "invalid choice"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
@@ -173,7 +173,7 @@ def test_too_few_names_name_the_minimum(command, five_names, tmp_path, checkpoin
     assert result.code == 2, result.err
     assert result.err_lines[-1] == (f"bnfold: error: {five_names}: 5 names are too few: the 0.8/0.1/0.1 "
                                     f"train/dev/test split needs at least 6 names so that no part is empty; "
-                                    f"pass a larger names file with --names PATH")
+                                    f"give a larger names file (--names PATH chooses the names file)")
     assert "Traceback" not in result.err
     assert sorted(p.name for p in tmp_path.iterdir()) in (["five.txt"], ["five.txt", "run"])
     assert not (tmp_path / "run" / "report.json").exists()

@@ -113,15 +113,15 @@ def test_too_few_names_counts_them_in_words_under_the_split_asked_for():
 
 
 def test_the_names_file_is_looked_up_in_order(tmp_path, monkeypatch):
-    """--names PATH, else $BNFOLD_NAMES, else data/names.txt when it exists (or fetching is off), else fetched there;
-    an empty --names is refused, not read as a missing one."""
+    """The path given, else $BNFOLD_NAMES, else data/names.txt when it exists (or fetching is off), else fetched
+    there; an empty path is refused, not read as a missing one."""
     default = tmp_path / "data" / "names.txt"
     fetched = []
     monkeypatch.setattr(data, "DEFAULT_NAMES_PATH", default)
     monkeypatch.setattr(data, "fetch_names", lambda dest: fetched.append(dest) or dest)
     monkeypatch.setenv("BNFOLD_NAMES", str(tmp_path / "env.txt"))
     assert resolve_names_path("given.txt") == Path("given.txt")
-    with pytest.raises(DataError, match="^" + re.escape("--names: the path is empty; give a names file such as "
+    with pytest.raises(DataError, match="^" + re.escape("the names file's path is empty; give a names file such as "
                                                         "data/names.txt") + "$"):
         resolve_names_path("")
     assert resolve_names_path() == tmp_path / "env.txt"

@@ -81,7 +81,7 @@ def test_bad_names_are_refused(in_tmp, name):
 
 
 def test_missing_and_corrupt_saved_files_say_what_to_do(in_tmp):
-    with pytest.raises(bench.BnfoldError, match="--save nothing"):
+    with pytest.raises(bench.BnfoldError, match="no saved ratios named .nothing.; save a run under that name first"):
         bench.load("nothing")
     (in_tmp / ".benchmarks").mkdir()
     (in_tmp / ".benchmarks" / "ratios-bad.json").write_text("{not json")
