@@ -26,6 +26,11 @@ class MissingDependency(BnfoldError, ImportError):
     """An optional package is not installed (the message names the package and the extra that brings it)."""
 
 
+class UnsupportedInput(BnfoldError, ValueError):
+    """A fast path cannot take this input: a tensor of another shape, dtype or device than it was built or captured
+    for (the message says what it takes)."""
+
+
 class UnsupportedModel(BnfoldError, ValueError):
     """A fast path (FrozenChain, FusedMLP) cannot run this model or layer (the message names it and the fallback)."""
 

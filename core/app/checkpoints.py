@@ -108,7 +108,7 @@ def cmd_fold(args: argparse.Namespace) -> None:
     folded, report = fold(model)
     split = evaluation_split(checkpoint, args.seed, args.checkpoint)
     parts = load_evaluation_names(args.names, checkpoint, args.checkpoint, split)
-    dev = split_agreement(model, folded, parts["dev"])
+    dev = split_agreement(model, folded, parts["dev"], plan=report.plan)
     if not all(map(math.isfinite, (dev.loss_unfolded, dev.loss_folded, dev.max_abs_logit_diff))):
         raise CheckpointError(f"{args.checkpoint}: the dev loss or logits are not finite (unfolded "
                               f"{dev.loss_unfolded}, folded {dev.loss_folded}): the net overflows its dtype; "

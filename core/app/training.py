@@ -2,13 +2,12 @@
 library's guards (a fresh net whose loss is already nan, parameters that diverge), then an atomic checkpoint."""
 
 import argparse
-import math
 
 from core.app.devices import check_device
 from core.app.errors import UsageError, naming_option
 from core.app.outputs import check_output_file
 from core.app.process import one_line
-from core.errors import TrainingError
+from core.errors import ModelError, TrainingError
 from core.limits import BATCHNORM_MIN_BATCH
 
 E02_INIT = "kaiming(5/3)"  # what e02_mlp builds; --init cannot change it
@@ -26,13 +25,8 @@ def check_init(arch: str, init: str | None) -> str:
         return "zeros"
     from core.makemore.init import parse_scheme
 
-    try:
-        _, value = parse_scheme(init)
-    except (ValueError, OverflowError) as e:
-        reason = str(e) if isinstance(e, ValueError) else "its value overflows a float"
-        raise UsageError(f"--init {init}: {reason}") from None
-    if value is not None and not math.isfinite(value):
-        raise UsageError(f"--init {init}: its value must be a finite number")
+    with naming_option(before=f"--init {init}: ", errors=(ModelError,)):
+        parse_scheme(init)
     return init
 
 

@@ -346,7 +346,7 @@ def rebuild_as(layer: nn.Module, target: type) -> nn.Module:
             new = kind.rebuild(layer, source.blocks(layer).clone(), None if bias is None else bias.clone())
             return new.requires_grad_(bool(layer.weight.requires_grad))
         if isinstance(source, NormKind) and isinstance(kind, NormKind):
-            terms = NormTerms._make(t if t is None or isinstance(t, float) else t.clone() for t in source.terms(layer))
+            terms = NormTerms._make(t.clone() if isinstance(t, torch.Tensor) else t for t in source.terms(layer))
             return kind.build(terms, getattr(layer, "momentum", None))
         assert isinstance(kind, ElementwiseKind | MapKind)
         return kind.build(layer)

@@ -17,6 +17,7 @@ from torch import nn
 
 from core.engine.bound.loss import loss_bound
 from core.engine.bound.propagation import error_bound
+from core.engine.plan import Plan, plan_folds
 from core.makemore.data import CHUNK_ROWS, dataset_chunks
 from core.makemore.model import CharMLP
 
@@ -62,10 +63,12 @@ class FoldAgreement:
 
 
 @torch.no_grad()
-def fold_agreement(model: nn.Module, folded: nn.Module, X: torch.Tensor, Y: torch.Tensor) -> FoldAgreement:
-    """The losses and logits of `model` and its fold on (X, Y), both in eval, against their certified bounds."""
+def fold_agreement(model: nn.Module, folded: nn.Module, X: torch.Tensor, Y: torch.Tensor,
+                   plan: Plan | None = None) -> FoldAgreement:
+    """The losses and logits of `model` and its fold on (X, Y), both in eval, against their certified bounds (`plan`:
+    the one fold applied, as `error_bound` takes it)."""
     logits, folded_logits = model(X), folded(X)
-    bound = error_bound(model, X)
+    bound = error_bound(model, X, plan)
     diff = (logits.double() - folded_logits.double()).abs().cpu()
     return FoldAgreement(
         loss_unfolded=F.cross_entropy(logits.double(), Y).item(),
@@ -105,11 +108,13 @@ def combine_agreements(parts: Sequence[tuple[int, FoldAgreement]]) -> FoldAgreem
                          max(a.max_bound for _, a in parts), rows, len(parts))
 
 
-def split_agreement(model: CharMLP, folded: nn.Module, names: list[str],
-                    chunk_rows: int = CHUNK_ROWS) -> FoldAgreement:
-    """`fold_agreement` of the eval-mode model and its fold over every row of `names`, chunk_rows rows at a time."""
+def split_agreement(model: CharMLP, folded: nn.Module, names: list[str], chunk_rows: int = CHUNK_ROWS,
+                    plan: Plan | None = None) -> FoldAgreement:
+    """`fold_agreement` of the eval-mode model and its fold over every row of `names`, chunk_rows rows at a time, each
+    chunk bounded with one plan (the one given, else planned once here)."""
     model.eval()
     folded.eval()
-    parts = [(X.shape[0], fold_agreement(model, folded, X, Y))
+    plan = plan_folds(model.layers) if plan is None else plan
+    parts = [(X.shape[0], fold_agreement(model, folded, X, Y, plan))
              for X, Y in dataset_chunks(names, model.context_length, chunk_rows)]
     return combine_agreements(parts)

@@ -108,7 +108,7 @@ def run_e02(splits: Splits, steps: int = 100_000, batch_size: int = 64, lr: floa
     dev_X, dev_Y = (t.to(device) for t in splits["dev"])
     return E02Result(
         steps=steps,
-        dev=fold_agreement(model, folded, dev_X, dev_Y),
+        dev=fold_agreement(model, folded, dev_X, dev_Y, report.plan),
         bn_left=len(report.kept),
         losses=history.losses,
         unfolded=model,

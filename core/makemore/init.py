@@ -12,6 +12,7 @@ A scheme is named by a plain string, `name` or `name(x)` with x a number such as
 Only Linear layers are touched: the embedding C and any BatchNorm keep their values.
 """
 
+import math
 import re
 from collections.abc import Callable
 from fractions import Fraction
@@ -20,6 +21,7 @@ from typing import Protocol, TypeVar
 import torch
 from torch import nn
 
+from core.errors import ModelError
 from core.makemore.layers import Linear
 
 
@@ -100,22 +102,28 @@ _SCHEME_RE = re.compile(r"^\s*([a-z_]+)\s*(?:\(\s*([^()]*?)\s*\))?\s*$")
 
 
 def parse_scheme(scheme: str) -> tuple[str, float | None]:
-    """'constant(0.5)' -> ('constant', 0.5); 'kaiming(5/3)' -> ('kaiming', 1.666...); 'zeros' -> ('zeros', None)."""
+    """'constant(0.5)' -> ('constant', 0.5); 'kaiming(5/3)' -> ('kaiming', 1.666...); 'zeros' -> ('zeros', None).
+
+    ModelError for a name it does not know, a missing or extra value, or a value that is no finite number."""
     match = _SCHEME_RE.match(scheme) if isinstance(scheme, str) else None
     name, arg = match.groups() if match else (None, None)
     if name not in SCHEMES:
-        raise ValueError(f"unknown init scheme {scheme!r}; choose one of {', '.join(SCHEMES)} "
+        raise ModelError(f"unknown init scheme {scheme!r}; choose one of {', '.join(SCHEMES)} "
                          f"(constant takes a value: constant(0.5); kaiming and zero_last take a gain: kaiming(5/3))")
     if arg is None:
         if name == "constant":
-            raise ValueError(f"init scheme {scheme!r} needs a value, e.g. constant(0.5)")
+            raise ModelError(f"init scheme {scheme!r} needs a value, e.g. constant(0.5)")
         return name, None
     if name not in _TAKES_ARG:
-        raise ValueError(f"init scheme {name!r} takes no argument; write {name}")
+        raise ModelError(f"init scheme {name!r} takes no argument; write {name}")
     try:
         value = float(Fraction(arg))
     except (ValueError, ZeroDivisionError) as e:
-        raise ValueError(f"init scheme {scheme!r}: {arg!r} is not a number like 0.5 or 5/3") from e
+        raise ModelError(f"init scheme {scheme!r}: {arg!r} is not a number like 0.5 or 5/3") from e
+    except OverflowError as e:
+        raise ModelError(f"init scheme {scheme!r}: its value overflows a float") from e
+    if not math.isfinite(value):
+        raise ModelError(f"init scheme {scheme!r}: its value must be a finite number")
     return name, value
 
 

@@ -1,12 +1,14 @@
 """CharMLP: embedding table C plus a layer stack, and the E01 and E02 builders."""
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.engine.adapters import Adapter, register_adapter
 from core.engine.kinds import is_batchnorm
-from core.errors import FoldError
+from core.errors import FoldError, ModelError
 from core.makemore.layers import BatchNorm1d, Linear, Tanh
 
 VOCAB_SIZE = 27
@@ -72,8 +74,18 @@ class CharMLP(nn.Module):
             "emb_size": self.emb_size,
             "context_length": self.context_length,
             "init_scheme": self.init_scheme,
-            "layers": [layer.spec() for layer in self.layers],
+            "layers": [layer_spec(i, layer) for i, layer in enumerate(self.layers)],
         }
+
+
+def layer_spec(index: int, layer: nn.Module) -> dict[str, Any]:
+    """The spec a checkpoint records of a layer of the stack; ModelError for a layer that has none."""
+    spec = getattr(layer, "spec", None)
+    if not callable(spec):
+        raise ModelError(f"{type(layer).__name__} at index {index} has no spec(): a CharMLP's config holds the "
+                         f"notebook's layers only (core.makemore.layers)")
+    described: dict[str, Any] = spec()
+    return described
 
 
 def _layers_to_fold(model: CharMLP) -> nn.Sequential:

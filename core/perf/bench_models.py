@@ -7,7 +7,7 @@ The rows are ratios of medians, like every bench ratio:
   CPU deployment against torch's fuser;
 - folded / torch.fx fused and folded, channels-last / torch.fx fused, channels-last: the folds alone, in one
   layout. On resnet18 and mobilenet_v2 both fold the same pairs into the same program
-  (tests/test_fold_torchvision.py), so these are 1 up to the noise of the machine;
+  (tests/engine/test_fold_torchvision.py), so these are 1 up to the noise of the machine;
 - folded / unfolded.
 Keys read
 "cpu/torchvision B=<batch>: <model> <ours> / <reference>", so they sit apart from the E02 grid. `fold()`'s own

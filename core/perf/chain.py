@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.errors import BnfoldError, UnsupportedModel
+from core.errors import UnsupportedInput, UnsupportedModel
 from core.makemore.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
 from core.makemore.model import CharMLP
 
@@ -32,11 +32,6 @@ ACTIVATION_OPS: dict[type[nn.Module], tuple[Callable[[torch.Tensor], torch.Tenso
     Sigmoid: (torch.sigmoid, torch.Tensor.sigmoid_),
 }
 FREEZABLE = "core Linear, BatchNorm1d, Tanh, ReLU and Sigmoid layers"
-
-
-class UnsupportedInput(BnfoldError, ValueError):
-    """A fast path cannot take this input: a tensor of another shape, dtype or device than it was built or captured
-    for (the message says what it takes)."""
 
 
 def _detached(t: torch.Tensor | None) -> torch.Tensor | None:

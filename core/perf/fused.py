@@ -95,10 +95,10 @@ from core.engine.bound.propagation import error_bound
 from core.engine.bound.rounding import SAFETY, U32, rounding_bound, underflow, unit_roundoff
 from core.engine.bound.rules import propagate
 from core.engine.fold import fold
-from core.errors import BnfoldError, UnsupportedModel
+from core.errors import BnfoldError, UnsupportedInput, UnsupportedModel
 from core.makemore.layers import Linear, ReLU, Sigmoid, Tanh
 from core.makemore.model import CharMLP
-from core.perf.chain import Forward, FrozenChain, UnsupportedInput, capture, linear_terms
+from core.perf.chain import Forward, FrozenChain, capture, linear_terms
 
 try:
     import triton

@@ -20,7 +20,7 @@ from core.engine.bound.propagation import propagate_graph
 from core.engine.bound.rounding import SAFETY, TINY64
 from core.engine.bound.rules import GELU_SLOPE, SILU_SLOPE, propagate
 from core.engine.graph import FoldGraph
-from core.engine.kinds import KINDS, ElementwiseKind
+from core.engine.kinds import KINDS
 from properties.strategies.floats import tensors
 from properties.strategies.kinds import KIND_STRATEGIES, inputs_for
 

@@ -273,3 +273,42 @@ def test_error_bound_leaves_its_input_as_it_was_when_forward_writes_in_place(how
     assert torch.equal(X, before)
     with torch.no_grad():
         assert ((model(X.clone()) - folded(X.clone())).abs() <= bound).all()
+
+
+class ChunkedJoin(nn.Module):
+    """conv → BN, its channels split in two and joined again: torch.cat of one node whose value is a tuple."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = conv(2, 2), nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return torch.cat(self.bn(self.conv(x)).chunk(2, dim=1), dim=1)
+
+
+def test_a_join_of_a_split_carries_the_bound_of_each_part():
+    """cat(y.chunk(2)) is y moved back into place: its bound is the fold's own, element for element."""
+    model = with_statistics(ChunkedJoin())
+    X = torch.randn(2, 2, 3, 3, generator=g)
+    bound = error_bound(model, X)
+    alone = error_bound(nn.Sequential(model.conv, model.bn).eval(), X)
+    assert torch.equal(bound, alone)
+
+
+class TupleInput(nn.Module):
+    """conv → BN, then a layer called on a tuple holding the BN's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.pass_on = conv(2, 2), nn.BatchNorm2d(2), nn.Identity()
+
+    def forward(self, x):
+        return self.pass_on((self.bn(self.conv(x)), x))[0]
+
+
+def test_a_layer_called_on_a_tuple_downstream_of_a_fold_is_refused_naming_it():
+    """The rules bound layers of one tensor input: a layer given a tuple that holds a folded value is refused."""
+    with pytest.raises(BoundError) as info:
+        error_bound(with_statistics(TupleInput()), torch.randn(1, 2, 3, 3, generator=g))
+    assert str(info.value) == ("error_bound has no error model for Identity 'pass_on' called on a tuple: the rules "
+                               "bound layers of one tensor input")

@@ -1,6 +1,6 @@
 """E01 end to end: the label entropy floor, the notebook's own loop as the reference, and the run's record.
 
-The notebook check on names.txt (100k steps) is part of tests/test_reproduce_full.py, which runs E01 once
+The notebook check on names.txt (100k steps) is part of tests/app/test_reproduce_full.py, which runs E01 once
 for both.
 """
 

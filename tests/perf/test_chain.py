@@ -6,12 +6,12 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from core.engine.fold import fold
-from core.errors import UnsupportedModel
+from core.errors import UnsupportedInput, UnsupportedModel
 from core.makemore.data import random_rows
 from core.makemore.experiments import trained_e02
 from core.makemore.layers import BatchNorm1d, Linear, ReLU, Sigmoid, Tanh
 from core.makemore.model import CharMLP, e01_mlp
-from core.perf.chain import FrozenChain, UnsupportedInput, capture
+from core.perf.chain import FrozenChain, capture
 
 
 def small_e02(seed=0):

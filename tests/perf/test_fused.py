@@ -26,12 +26,11 @@ from torch import nn
 from core.engine.bound.rounding import U32, rounding_bound, underflow
 from core.engine.bound.rules import propagate
 from core.engine.fold import fold
-from core.errors import BnfoldError, UnsupportedModel
+from core.errors import BnfoldError, UnsupportedInput, UnsupportedModel
 from core.makemore.data import random_rows
 from core.makemore.experiments import trained_e02
 from core.makemore.layers import Linear, ReLU, Sigmoid, Tanh
 from core.perf import fused as fm
-from core.perf.chain import UnsupportedInput
 from core.perf.fused import (
     PRECISIONS,
     FusedMLP,

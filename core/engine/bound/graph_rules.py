@@ -144,11 +144,11 @@ def _propagate_node(graph: FoldGraph, node: fx.Node, modules: dict[str, nn.Modul
         if hooked(modules[str(target)]):
             raise BoundError(f"error_bound has no error model for {name}: it has a hook registered, which may change "
                             f"its output; remove the hook to bound the model")
-        return propagate(modules[str(target)], args[0], cast(torch.Tensor, arg_D[0]), name)
+        return propagate(modules[str(target)], *one_tensor(args, arg_D, name), name)
     key = target
     layers = FUNCTIONS if op == "call_function" else METHODS  # placeholders and get_attrs have no bound
     if key in layers:
-        return propagate(layers[key](*args[1:], **kwargs), args[0], cast(torch.Tensor, arg_D[0]), name)
+        return propagate(layers[key](*args[1:], **kwargs), *one_tensor(args, arg_D, name), name)
     if key in ADD:
         return _add_rule(args, kwargs, arg_D, u)
     if key in MUL:
@@ -161,9 +161,7 @@ def _propagate_node(graph: FoldGraph, node: fx.Node, modules: dict[str, nn.Modul
         D = arg_D[0]
         return getattr(D, target)(*args[1:], **kwargs) if op == "call_method" else target(D, *args[1:], **kwargs)
     if key in JOINS:
-        joined = cast(Sequence[fx.Node], node.args[0])
-        tensors = [Ds.get(a) if Ds.get(a) is not None else zeros_like_bound(env[a]) for a in joined]
-        return target(tensors, *args[1:], **kwargs)
+        return target(joined_bounds(node.args[0], env, Ds), *args[1:], **kwargs)
     raise BoundError(f"error_bound has no error model for {name}: give it a rule in core.engine.bound.graph_rules, "
                      f"or the function to the kind whose layer computes it (docs/design-conv.md says how)")
 
@@ -173,3 +171,22 @@ def _bound_or_zero(a: fx.node.Argument, env: dict[fx.Node, Any], Ds: dict[fx.Nod
         return 0  # a constant the output holds
     D = Ds.get(a)
     return zeros_like_bound(env[a]) if D is None else D
+
+
+def one_tensor(args: tuple[Any, ...], arg_D: tuple[Bound, ...], name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂, D) of a layer's one input; BoundError when the input is no tensor (a tuple or list of them)."""
+    x, D = args[0], arg_D[0]
+    if not isinstance(x, torch.Tensor) or not isinstance(D, torch.Tensor):
+        raise BoundError(f"error_bound has no error model for {name} called on a {type(x).__name__}: the rules bound "
+                         f"layers of one tensor input")
+    return x, D
+
+
+def joined_bounds(joined: fx.node.Argument, env: dict[fx.Node, Any], Ds: dict[fx.Node, Bound]) -> list[Bound]:
+    """The bounds of the inputs of a join (cat, stack): one per input, 0 where an input does not differ. The inputs
+    are a list of nodes, or one node whose value is a tuple or list (torch.cat(x.chunk(2)))."""
+    if isinstance(joined, fx.Node):
+        D = Ds.get(joined)
+        return list(zeros_like_bound(env[joined]) if D is None else D)
+    nodes = cast(Sequence[fx.Node], joined)
+    return [zeros_like_bound(env[a]) if Ds.get(a) is None else Ds[a] for a in nodes]
