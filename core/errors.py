@@ -14,6 +14,10 @@ class FoldError(BnfoldError, ValueError):
     """A BatchNorm cannot be folded, or a model cannot be read as layers (the message names the layer and the fix)."""
 
 
+class CertificateError(BnfoldError, ValueError):
+    """A folded model's certificate does not hold (the message names the fold or module that fails it)."""
+
+
 class BoundError(BnfoldError, ValueError):
     """error_bound has no error model for a layer or node of the model (the message names it and the way out)."""
 

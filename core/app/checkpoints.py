@@ -13,6 +13,8 @@ from core.atomic import StrPath
 from core.errors import CheckpointError
 from core.limits import SAMPLE_CHUNK
 
+CERTIFY_ROWS = 4096  # dev rows the certificate checks every fold on
+
 if TYPE_CHECKING:
     from core.makemore.checkpoint import Checkpoint
     from core.makemore.data import Split
@@ -99,8 +101,10 @@ def cmd_fold(args: argparse.Namespace) -> None:
     check_output_file(args.out, "-o", {"the checkpoint being folded": args.checkpoint,
                                        "the names file": resolve_names_path(args.names, fetch=False)})
 
+    from core.engine.certify import certify
     from core.engine.fold import fold
     from core.makemore.checkpoint import save
+    from core.makemore.data import dataset_chunks
     from core.makemore.evaluate import split_agreement
 
     checkpoint = load_usable_checkpoint(args.checkpoint, "folding it")
@@ -113,10 +117,20 @@ def cmd_fold(args: argparse.Namespace) -> None:
         raise CheckpointError(f"{args.checkpoint}: the dev loss or logits are not finite (unfolded "
                               f"{dev.loss_unfolded}, folded {dev.loss_folded}): the net overflows its dtype; "
                               f"fold a float32 or float64 copy")
+    X, _ = next(dataset_chunks(parts["dev"], model.context_length, CERTIFY_ROWS))
+    certificate = certify(model, folded, X, report)
+    text = (f"{report}\n"
+            f"on the first {X.shape[0]} dev rows: {certificate}\n"
+            f"dev loss: unfolded {dev.loss_unfolded:.10f}, folded {dev.loss_folded:.10f} "
+            f"(certified |Δ| <= {dev.loss_bound:.3e})\n"
+            f"max |Δlogit| on dev: {dev.max_abs_logit_diff:.3e} (certified bound {dev.max_bound:.3e})")
+    if not certificate.holds:
+        print_result({"report": report.as_dict(), "certificate": certificate.as_dict()}, text, args.json)
+        certificate.require()  # nothing is saved
     save(cast("CharMLP", folded), args.out, split=checkpoint.split if checkpoint.split_recorded else None,
          names_sha256=checkpoint.names_sha256)  # fold returns a net of its input's type
-    print(report)
-    print(f"dev loss: unfolded {dev.loss_unfolded:.10f}, folded {dev.loss_folded:.10f} "
-          f"(certified |Δ| <= {dev.loss_bound:.3e})")
-    print(f"max |Δlogit| on dev: {dev.max_abs_logit_diff:.3e} (certified bound {dev.max_bound:.3e})")
-    print(f"saved {one_line(args.out)}")
+    data = {"report": report.as_dict(), "certificate": certificate.as_dict(), "certified_rows": X.shape[0],
+            "dev": {"loss_unfolded": dev.loss_unfolded, "loss_folded": dev.loss_folded, "loss_bound": dev.loss_bound,
+                    "max_abs_logit_diff": dev.max_abs_logit_diff, "max_bound": dev.max_bound, "rows": dev.rows},
+            "saved": str(args.out)}
+    print_result(data, f"{text}\nsaved {one_line(args.out)}", args.json)

@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=rounds_arg, default=9,
                    help="with --torchvision: interleaved timing rounds (default 9)")
     p.add_argument("--threads", type=threads_arg, default=None, help="torch CPU threads (default: torch's own)")
+    add_json_arg(p)
     p.set_defaults(func=fold_command)
 
     p = sub.add_parser("reproduce", help="run E01 and E02 with the notebook's recipe; write reports and plots")

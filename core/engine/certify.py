@@ -31,7 +31,7 @@ from core.engine.fold import FoldReport
 from core.engine.graph import FoldGraph, attribute, flattens_from_1
 from core.engine.kinds import HOOK_ATTRIBUTES, affine_types, fan_in, is_batchnorm, norm_width
 from core.engine.plan import Plan, Step, plan_steps
-from core.errors import FoldError
+from core.errors import BoundError, CertificateError, FoldError
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,14 @@ class Certificate:
     pairs: tuple[PairCheck, ...]
     differences: tuple[str, ...]
     observed: float  # max |model(X) − folded(X)|
-    bound: float  # the largest whole-model bound
-    end_to_end: bool  # |model(X) − folded(X)| ≤ bound, elementwise
+    bound: float | None  # the largest whole-model bound, None where a layer downstream of a fold has no rule
+    end_to_end: bool | None  # |model(X) − folded(X)| ≤ bound, elementwise (None: no bound to compare with)
     accuracy_ratio: float | None
+    unbounded: str = ""  # why there is no whole-model bound
 
     @property
     def holds(self) -> bool:
-        return all(p.holds for p in self.pairs) and not self.differences and self.end_to_end
+        return all(p.holds for p in self.pairs) and not self.differences and self.end_to_end is not False
 
     @property
     def worst(self) -> PairCheck | None:
@@ -97,10 +98,25 @@ class Certificate:
             lines.append("  everything no fold replaced: equal to the original")
         accuracy = "—" if self.accuracy_ratio is None else f"{self.accuracy_ratio:.3g}"
         lines.append(f"  accuracy: max |folded − float64 model| / max |model − float64 model| = {accuracy}")
-        within = "within" if self.end_to_end else "NOT within"
-        lines.append(f"  whole-model bound (sound, loose through depth): max |Δ| {self.observed:.3e} {within} "
-                     f"{self.bound:.3e}")
+        if self.bound is None:
+            lines.append(f"  whole-model bound: none ({self.unbounded}); max |Δ| {self.observed:.3e}")
+        else:
+            within = "within" if self.end_to_end else "NOT within"
+            lines.append(f"  whole-model bound (sound, loose through depth): max |Δ| {self.observed:.3e} {within} "
+                         f"{self.bound:.3e}")
         return "\n".join(lines)
+
+    def failure(self) -> str:
+        """What fails the certificate, in one line ("" when it holds)."""
+        failing = [f"{p.describe()} (slack {p.slack:.3g})" for p in self.pairs if not p.holds]
+        if self.end_to_end is False:
+            failing.append(f"max |Δ| {self.observed:.3e} exceeds the whole-model bound")
+        return "; ".join(failing + list(self.differences))
+
+    def require(self) -> None:
+        """CertificateError naming what fails, unless the certificate holds."""
+        if not self.holds:
+            raise CertificateError(f"the folded model's certificate does not hold: {self.failure()}")
 
     def as_dict(self) -> dict[str, Any]:
         """The certificate as plain data (strict JSON: no nan or inf, those become None)."""
@@ -116,7 +132,7 @@ class Certificate:
             "median_slack": number(self.median_slack),
             "differences": list(self.differences),
             "whole_model": {"observed": number(self.observed), "bound": number(self.bound),
-                            "holds": self.end_to_end},
+                            "holds": self.end_to_end, "unbounded": self.unbounded or None},
             "accuracy_ratio": number(self.accuracy_ratio),
         }
 
@@ -163,8 +179,9 @@ def certify(model: nn.Module, folded: nn.Module, X: Any, report: FoldReport | No
     pairs = tuple(check_fold(fold, original, target, match, env) for fold in folds)
     replaced = {f.layer for f in folds} | set(removed_bns(original, match))
     differences += compare_untouched(original, target, match, replaced)
-    observed, bound, end_to_end = whole_model(model, folded, X, plan)
-    return Certificate(pairs, tuple(differences), observed, bound, end_to_end, accuracy_ratio(model, folded, X))
+    observed, bound, end_to_end, unbounded = whole_model(model, folded, X, plan)
+    return Certificate(pairs, tuple(differences), observed, bound, end_to_end, accuracy_ratio(model, folded, X),
+                       unbounded)
 
 
 def align(original: FoldGraph, target: FoldGraph,
@@ -343,17 +360,21 @@ def compare_untouched(original: FoldGraph, target: FoldGraph, match: dict[fx.Nod
     return differences
 
 
-def whole_model(model: nn.Module, folded: nn.Module, X: Any, plan: Plan) -> tuple[float, float, bool]:
-    """(max |model(X) − folded(X)|, the largest whole-model bound, whether the difference is within it everywhere)."""
-    bound = error_bound(model, X, plan)
+def whole_model(model: nn.Module, folded: nn.Module, X: Any,
+                plan: Plan) -> tuple[float, float | None, bool | None, str]:
+    """(max |model(X) − folded(X)|, the largest whole-model bound, whether the difference is within it everywhere,
+    and why there is no bound: a layer downstream of a fold without an error model leaves the whole model unbounded,
+    while each fold is still checked where it stands)."""
     inputs = X if isinstance(X, tuple) else (X,)
-    observed, largest, within = 0.0, 0.0, True
-    for a, b, B in zip(leaves(model(*inputs)), leaves(folded(*inputs)), leaves(bound)):
-        diff = (a.double() - b.double()).abs().cpu()
-        if diff.numel():
-            observed, largest = max(observed, diff.max().item()), max(largest, B.max().item())
-        within = within and bool((diff <= B).all())
-    return observed, largest, within
+    differences = [(a.double() - b.double()).abs().cpu() for a, b in zip(leaves(model(*inputs)),
+                                                                         leaves(folded(*inputs)))]
+    observed = max((d.max().item() for d in differences if d.numel()), default=0.0)
+    try:
+        bound = leaves(error_bound(model, X, plan))
+    except BoundError as e:
+        return observed, None, None, str(e)
+    largest = max((B.max().item() for B in bound if B.numel()), default=0.0)
+    return observed, largest, all(bool((d <= B).all()) for d, B in zip(differences, bound)), ""
 
 
 def leaves(value: Any) -> list[torch.Tensor]:

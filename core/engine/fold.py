@@ -7,8 +7,10 @@ the rules.
 """
 
 import copy
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -17,7 +19,7 @@ from core.engine.adapters import adapter_for
 from core.engine.algebra import AFTER
 from core.engine.bound.pair import pair_factor
 from core.engine.bound.rounding import convolves, unit_roundoff
-from core.engine.graph import attribute
+from core.engine.graph import attribute, refuse_hooked_root
 from core.engine.kinds import fan_in
 from core.engine.plan import Plan, plan_folds
 
@@ -64,6 +66,11 @@ class FoldReport:
         lines += [f"  kept: {k.reason}" for k in self.kept]
         return "\n".join(lines)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain data: each fold's fields, and each kept BatchNorm with its reason."""
+        return {"folded": [dataclasses.asdict(p) for p in self.folded],
+                "kept": [dataclasses.asdict(k) for k in self.kept]}
+
 
 def fold(model: nn.Module) -> tuple[nn.Module, FoldReport]:
     """(folded, FoldReport): the model with every foldable BN folded, and what was folded and kept, with why.
@@ -78,6 +85,7 @@ def fold(model: nn.Module) -> tuple[nn.Module, FoldReport]:
     with torch.inference_mode(False):  # ordinary tensors even when called under inference mode
         adapter = adapter_for(model)
         if adapter is not None:
+            refuse_hooked_root(model)
             folded_inner, report = fold(adapter.inner(model))
             return adapter.wrap(model, folded_inner), report
         plan = plan_folds(model)

@@ -37,6 +37,15 @@ def unfoldable(layer: nn.Module) -> str | None:
     return None
 
 
+def refuse_hooked_root(model: nn.Module) -> None:
+    """FoldError for a model with a hook registered on itself: torch.fx traces its forward, not its call, so the hook
+    would be lost (a hook on a layer inside is kept: that layer stays one call)."""
+    if hooked(model):
+        raise FoldError(f"{type(model).__name__} has a hook registered on the model itself, which torch.fx does not "
+                        f"trace, so its fold would compute without it: remove the hook, fold, and register it on the "
+                        f"folded model")
+
+
 def flattens_from_1(node: fx.Node, module: nn.Module | None) -> bool:
     """node is a Flatten of all dims from 1 on (nn.Flatten(), torch.flatten(x, 1), x.flatten(1))."""
     if node.op == "call_module":
@@ -72,6 +81,8 @@ class FoldGraph:
         """The model as torch.fx traces it (a lone layer as the one layer of a Sequential, named "0"); FoldError if
         it cannot be traced."""
         root = nn.Sequential(model) if isinstance(model, kind_types()) or is_batchnorm(model) else model
+        if root is model:
+            refuse_hooked_root(model)
         try:
             graph = LayerTracer().trace(root)
         except Exception as e:  # torch.fx raises TraceError, TypeError, RuntimeError, ... on untraceable code

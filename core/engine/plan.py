@@ -82,6 +82,7 @@ class Planner:
     def __init__(self, graph: FoldGraph):
         self.graph = graph
         self.modules = graph.modules
+        self.read_elsewhere = read_elsewhere(graph)
 
     def steps(self) -> tuple[list[Step], list[tuple[str, str]]]:
         """(single folds in the order they apply, [(name, reason)] per kept BatchNorm)."""
@@ -126,21 +127,19 @@ class Planner:
 
     def bn_problem(self, node: fx.Node) -> str | None:
         """Why the BatchNorm at node cannot fold whatever its neighbours, or None."""
-        calls = self.graph.calls[str(node.target)]
-        why = unfoldable(self.module(node))
-        if why is None and calls > 1:
-            why = f"is called at {calls} places in forward (one module, shared)"
+        why = self.layer_problem(node)
         if why is None and not node.args:  # bn(input=x): a BatchNorm takes one input, so it is this or bn(x)
             why = "is not called with its input as its one positional argument, where fold reads it"
         return why
 
     def layer_problem(self, node: fx.Node) -> str | None:
-        """Why the affine layer at node cannot take a fold, or None."""
+        """Why the layer or BatchNorm at node cannot take part in a fold, or None: calling it may differ from its
+        kind's map, or its tensors serve more than this one call."""
+        target = str(node.target)
         why = unfoldable(self.module(node))
-        calls = self.graph.calls[str(node.target)]
-        if why is None and calls > 1:
-            why = f"is called at {calls} places in forward (one module, shared)"
-        return why
+        if why is None and self.graph.calls[target] > 1:
+            why = f"is called at {self.graph.calls[target]} places in forward (one module, shared)"
+        return why if why is not None else self.read_elsewhere.get(target)
 
     def after_partner(self, head: fx.Node) -> tuple[fx.Node | None, str]:
         """(producer, "") if the run starting at head folds after its producer, else (None, why not)."""
@@ -214,3 +213,28 @@ class Planner:
                           f"model, traced from forward, does not hold it)")
             hidden.append((name, reason))
         return hidden
+
+
+def read_elsewhere(graph: FoldGraph) -> dict[str, str]:
+    """{called module: how forward reads its tensors besides calling it}: a get_attr of one of them (say
+    x.to(self.conv.weight.dtype)), or a tensor it shares with another module (a tied weight). Folding would give such
+    a module new tensors, while the other reader keeps the old ones."""
+    found: dict[str, str] = {}
+    for node in graph.nodes:
+        if node.op != "get_attr":
+            continue
+        attribute = str(node.target)
+        for name in graph.modules:
+            if attribute.startswith(name + ".") and name not in found:
+                found[name] = f"has its tensor '{attribute}' read elsewhere in forward, not only by its call"
+    owners: dict[int, list[str]] = {}
+    for name, tensor in [*graph.root.named_parameters(remove_duplicate=False),
+                         *graph.root.named_buffers(remove_duplicate=False)]:
+        owners.setdefault(id(tensor), []).append(name)
+    for names in owners.values():
+        for name in names:
+            module, _, _ = name.rpartition(".")
+            others = [other for other in names if other.rpartition(".")[0] != module]
+            if module in graph.modules and others and module not in found:
+                found[module] = f"shares its tensor '{name}' with '{others[0]}' (tied), which keeps reading it"
+    return found

@@ -95,6 +95,7 @@ from core.engine.bound.propagation import error_bound
 from core.engine.bound.rounding import SAFETY, U32, rounding_bound, underflow, unit_roundoff
 from core.engine.bound.rules import propagate
 from core.engine.fold import fold
+from core.engine.kinds import hooked
 from core.errors import BnfoldError, UnsupportedInput, UnsupportedModel
 from core.makemore.layers import Linear, ReLU, Sigmoid, Tanh
 from core.makemore.model import CharMLP
@@ -180,13 +181,18 @@ def _linear_activations(layers: Iterable[nn.Module]) -> list[LinearActivation]:
     """The Linear/activation pairs of a folded net, or UnsupportedModel naming the first layer that is neither."""
     pairs: list[LinearActivation] = []
     for i, layer in enumerate(layers):
+        if hooked(layer):
+            raise UnsupportedModel(f"layer {i} ({type(layer).__name__}) has a hook registered, which the kernel would "
+                                   f"not run: remove it, or {FALLBACK}")
         code = ACTIVATION_CODES.get(type(layer))
-        if isinstance(layer, (Linear, nn.Linear)):
+        if isinstance(layer, (Linear, nn.Linear)) and type(layer) in (Linear, nn.Linear):
             pairs.append(LinearActivation(*linear_terms(layer), activation=0, linear=layer, after=None))
         elif code is not None and pairs and pairs[-1].after is None:
             pairs[-1] = replace(pairs[-1], activation=code, after=layer)
         else:
             what = "a second activation" if code is not None and pairs else type(layer).__name__
+            if code is None and isinstance(layer, (Linear, nn.Linear)):
+                what += f", a subclass of {type(layer).__mro__[1].__name__} whose forward may differ"
             raise UnsupportedModel(f"FusedMLP takes Linear layers, each followed by at most one Tanh/ReLU/Sigmoid; "
                                    f"layer {i} is {what}: fold the BatchNorms first (core.engine.fold.fold), "
                                    f"or {FALLBACK}")
@@ -197,11 +203,15 @@ def _linear_activations(layers: Iterable[nn.Module]) -> list[LinearActivation]:
 
 def _net(folded: nn.Module) -> tuple[torch.Tensor | None, int | None, list[LinearActivation]]:
     """(C or None, context length or None, Linear/activation pairs) of a folded CharMLP or nn.Sequential."""
-    if isinstance(folded, CharMLP):
+    if hooked(folded) or type(folded) in (CharMLP, nn.Sequential) and hooked(getattr(folded, "layers", folded)):
+        raise UnsupportedModel(f"the {type(folded).__name__} has a hook registered, which the kernel would not run: "
+                               f"remove it, or {FALLBACK}")
+    if type(folded) is CharMLP:
         return folded.C.detach(), folded.context_length, _linear_activations(folded.layers)
-    if isinstance(folded, nn.Sequential):
+    if type(folded) is nn.Sequential:
         return None, None, _linear_activations(folded)
-    raise UnsupportedModel(f"FusedMLP takes a folded CharMLP or torch.nn.Sequential, not a {type(folded).__name__}: "
+    raise UnsupportedModel(f"FusedMLP takes a folded CharMLP or torch.nn.Sequential (exactly those types), not a "
+                           f"{type(folded).__name__}: "
                            f"{FALLBACK}")
 
 

@@ -1,15 +1,19 @@
-"""Laws of what fold trusts: only layers whose exact type and behaviour it knows take part in a fold, and the
-folded model's tensors are ordinary, trainable or frozen as their sources were."""
+"""Laws of what fold trusts: only layers whose exact type and behaviour it knows, whose tensors serve their call alone,
+take part in a fold; a model's own hooks are refused; and the folded model's tensors are ordinary, trainable or
+frozen as their sources were."""
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
+from core.engine.certify import certify
 from core.engine.fold import fold
 from core.engine.kinds import is_linear
+from core.errors import FoldError
 from properties.strategies.models import model_cases
+from properties.strategies.trust import HookCase, RereadCase, hook_cases, reread_cases
 
 
 def linears_of(model):
@@ -100,3 +104,43 @@ def test_layers_fold_cannot_prove_are_kept_and_reported(build, reason):
     x = torch.randn(5, 3, generator=g)
     with torch.no_grad():
         assert torch.equal(folded(x), model(x))
+
+
+@given(reread_cases())
+@example(RereadCase("dtype", 2, *(torch.ones(2, 2), torch.ones(2), torch.ones(4, 2)), torch.ones(1, 2, 2, 2)))
+@example(RereadCase("shape", 0, *(torch.ones(3, 3), torch.zeros(3), torch.ones(4, 3)), torch.ones(2, 3)))
+@example(RereadCase("tied_function", 0, *(torch.eye(2), torch.ones(2), torch.ones(4, 2)), torch.ones(1, 2)))
+def test_a_pair_whose_tensors_forward_reads_elsewhere_is_kept(case):
+    """A layer or BatchNorm whose tensors forward reads besides calling it (x.to(conv.weight.dtype),
+    y * lin.weight.shape[0], F.linear(y, lin.weight), bn.weight, a module tied to the weight) takes part in no
+    fold: fold(m)(x) = m(x), torch.equal, and the report says what reads it.
+
+    Folding gives the folded layer new tensors; the other reader would keep the original weight beside the
+    folded bias (a silently wrong model), or lose the tie.
+    """
+    model, x = case.build()
+    folded, report = fold(model)
+    assert report.folded == () and len(report.kept) == 1
+    assert "read elsewhere in forward" in report.kept[0].reason or "(tied)" in report.kept[0].reason
+    with torch.no_grad():
+        assert torch.equal(folded(x), model(x))
+
+
+@given(hook_cases())
+@example(HookCase("model", "forward", 10.0, torch.eye(2), torch.ones(2), torch.ones(4, 2), torch.ones(1, 2)))
+def test_a_hook_at_any_level_is_kept_with_its_layer_or_refused_on_the_model(case):
+    """A hook on the model itself ⇒ FoldError (torch.fx traces forward, not the hook); a hook on a block, the layer
+    or the BatchNorm ⇒ that pair takes part in no fold; on the activation ⇒ the pair folds. Whatever folds, the
+    certificate holds: fold(m) computes m, hooks included.
+
+    A hooked module stays one call in the trace, so its hook runs in the folded model as in m; only the model's own
+    hooks would be lost, so fold refuses them rather than drop them.
+    """
+    model, x = case.build()
+    if case.place == "model":
+        with pytest.raises(FoldError, match="has a hook registered on the model itself"):
+            fold(model)
+        return
+    folded, report = fold(model)
+    assert len(report.folded) == (case.place == "activation")
+    assert certify(model, folded, x, report).holds

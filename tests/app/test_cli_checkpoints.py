@@ -8,6 +8,7 @@ import torch
 
 from core.makemore.checkpoint import load_checkpoint
 from core.makemore.data import Split, synthetic_names
+from core.makemore.model import CharMLP
 from tests.app.cli_runner import assert_one_line_error, run_cli, run_main
 from tests.makemore.test_checkpoint import RunsCode
 
@@ -56,6 +57,38 @@ def test_fold_uses_the_recorded_split_and_keeps_it(trained, small_names, tmp_pat
     assert load_checkpoint(out).split == Split(7)
     warned = run_main("fold", trained, "-o", out, "--names", small_names, "--seed", "9")
     assert warned.code == 0 and "--seed 9 differs from the split seed 7" in warned.err
+
+
+def test_fold_prints_the_certificate_and_gives_it_as_json(trained, small_names, tmp_path):
+    """The folded checkpoint's certificate on the dev rows: its text after the report, and the same as data."""
+    text = run_main("fold", trained, "-o", tmp_path / "a.pt", "--names", small_names)
+    data = run_main("fold", trained, "-o", tmp_path / "b.pt", "--names", small_names, "--json")
+    assert text.code == data.code == 0, text.err + data.err
+    assert "certificate: holds" in text.out and "3 folded layer(s) checked on the real activations" in text.out
+    result = strict_json(data.out)
+    assert result["certificate"]["holds"] and [p["layer"] for p in result["certificate"]["pairs"]] == ["0", "3", "6"]
+    assert [p["bn"] for p in result["report"]["folded"]] == ["1", "4", "7"] and result["saved"] == str(tmp_path / "b.pt")
+
+
+def test_a_fold_that_fails_its_certificate_is_not_saved(trained, small_names, tmp_path, monkeypatch):
+    """fold gone wrong (the BatchNorm's mean dropped from the first fold): the certificate fails naming that fold,
+    exit 2, and no checkpoint is written."""
+    from core.engine import fold as engine_fold
+    from properties.plants import plant
+
+    right = engine_fold.fold
+
+    def mean_dropped(model):
+        folded, report = right(model)
+        if not isinstance(model, CharMLP):  # fold folds a CharMLP's layer stack through its adapter
+            return folded, report
+        layers = plant(report.plan, folded.layers, "0", "mean_dropped", (0, 1))
+        return CharMLP(folded.C.detach(), list(layers), folded.context_length, folded.init_scheme), report
+
+    monkeypatch.setattr(engine_fold, "fold", mean_dropped)
+    result = run_main("fold", trained, "-o", tmp_path / "f.pt", "--names", small_names)
+    assert_one_line_error(result, "the folded model's certificate does not hold: 1 into 0")
+    assert "certificate: FAILS" in result.out and not (tmp_path / "f.pt").exists()
 
 
 def test_legacy_checkpoint_says_it_uses_the_default_split(checkpoints, small_names):

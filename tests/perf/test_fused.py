@@ -15,6 +15,8 @@ import sys
 
 import pytest
 import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 CUDA = torch.cuda.is_available()
 if not CUDA:
@@ -185,7 +187,7 @@ def test_out_of_range_ids_give_nan_rows(e02):
     (lambda model, folded: nn.Sequential(Tanh()), "fp32", "layer 0 is Tanh.*FrozenChain"),
     (lambda model, folded: nn.Sequential(), "fp32", "at least one Linear layer.*FrozenChain"),
     (lambda model, folded: nn.ModuleList([Linear(2, 2, generator=torch.Generator())]), "fp32",
-     "CharMLP or torch.nn.Sequential, not a ModuleList.*FrozenChain"),
+     "CharMLP or torch.nn.Sequential \\(exactly those types\\), not a ModuleList.*FrozenChain"),
     (lambda model, folded: folded, "fp16", r"no precision 'fp16'.*one of \('fp32', 'tf32', 'bf16'\)"),
 ], ids=["batchnorm", "five-linears", "too-wide", "float64", "two-activations", "no-linear-first", "empty",
         "module-list", "precision"])
@@ -193,6 +195,48 @@ def test_refusals_name_the_layer_and_the_way_out(e02, make, precision, message):
     """A net FusedMLP cannot run raises UnsupportedModel (a BnfoldError) that says why and what to use instead."""
     with pytest.raises(UnsupportedModel, match=message):
         FusedMLP(make(*e02), precision)
+
+
+class OffsetLinear(Linear):
+    """A Linear whose forward adds 1: a plain Linear's kernel would drop it."""
+
+    def forward(self, x):
+        return super().forward(x) + 1
+
+
+class PlainTanh(Tanh):
+    """A Tanh subclass: its forward may differ, so it is no Tanh to the kernel."""
+
+
+def altered(net: nn.Sequential, index: int, how: str) -> nn.Sequential:
+    """net with layer `index` made a subclass of its type (same tensors) or given a forward hook that doubles it."""
+    layer = net[index]
+    if how == "hook":
+        layer.register_forward_hook(lambda module, inputs, out: out * 2)
+        return net
+    twin = OffsetLinear.from_tensors(layer.weight, layer.bias) if isinstance(layer, Linear) else PlainTanh()
+    net[index] = twin
+    return net
+
+
+@given(depth=st.integers(1, 3), index=st.integers(0, 5), how=st.sampled_from(("hook", "subclass")))
+@example(depth=1, index=0, how="subclass")
+@example(depth=1, index=0, how="hook")
+def test_only_exact_layer_types_without_hooks_are_fused(depth, index, how):
+    """FusedMLP(net) for a net whose layer k is a subclass of Linear or Tanh, or carries a hook ⇒ UnsupportedModel
+    naming layer k; the kernel runs the plain maps only, so such a layer would be computed as something else.
+
+    A subclass may override forward (OffsetLinear adds 1), a hook may change the output (doubles it): fold keeps
+    such layers out of every fold for the same reason.
+    """
+    net = sequential((3,) * (depth + 1), (Tanh,) * depth)
+    k = index % len(net)
+    with pytest.raises(UnsupportedModel, match=f"layer {k} "):
+        FusedMLP(altered(net, k, how))
+    hooked_net = sequential((3, 3), (Tanh,))
+    hooked_net.register_forward_hook(lambda module, inputs, out: out * 2)
+    with pytest.raises(UnsupportedModel, match="the Sequential has a hook registered"):
+        FusedMLP(hooked_net)
 
 
 def test_input_mode_is_for_a_charmlp_only():
