@@ -208,3 +208,161 @@ def test_loss_bound_is_reached_at_the_corner(case):
     bound = loss_bound(z, B, Y)
     note(f"change {change:.9e}, bound {bound:.9e}")
     assert change <= bound <= change * (1 + 1e-6)
+
+
+# Each rule's bound attained: on a case built where the map's slope is largest (signs aligned, an interval across
+# the steepest point, a clamp reached), the exact change of the map, |L(x̂') − L(x̂)| in float64, is within a stated
+# factor of the rule's bound R(L, x̂, D) with D = |x̂' − x̂|, u and η of float32. The moves are large beside the
+# rounding allowances (D ≥ 2⁻⁸ on values of magnitude ≤ 4), so R is its slope part up to a few in 10⁴, and the
+# curvature of tanh, sigmoid, hardswish and the gates over D costs under 1 %: a factor 1.02 holds, and a slope made
+# larger by 2 % (or a clamp, a flat region, a max taken too wide) fails. The rounding allowances themselves are
+# pinned by the spec laws (test_bound_spec.py), since no kernel comes near them.
+
+TIGHT_FACTOR = 1.02
+moves = st.floats(2.0**-8, 2.0**-5)  # D: small enough that curvature is negligible, large beside rounding
+spots = st.floats(-4, 4, allow_nan=False)
+scales = st.floats(0.5, 2).flatmap(lambda v: st.sampled_from((v, -v)))
+
+
+def at(values) -> torch.Tensor:
+    return torch.tensor([values], dtype=F64)
+
+
+@st.composite
+def affine_case(draw):
+    """Linear(n, 1) with |W_i| ∈ [1/2, 2]: x̂' = x̂ + D·sign(W) moves every product the same way."""
+    n = draw(st.integers(1, 8))
+    W, b = [draw(scales) for _ in range(n)], draw(spots)
+    layer = nn.Linear(n, 1, dtype=F64)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([W], dtype=F64))
+        layer.bias.fill_(b)
+    x, d = at([draw(spots) for _ in range(n)]), draw(moves)
+    return layer, x, x + d * torch.sign(layer.weight.detach())
+
+
+@st.composite
+def batchnorm_case(draw):
+    bn = nn.BatchNorm1d(1, dtype=F64).eval()
+    with torch.no_grad():
+        bn.running_mean.fill_(draw(spots))
+        bn.running_var.fill_(draw(st.floats(0.25, 4)))
+        bn.weight.fill_(draw(scales))
+        bn.bias.fill_(draw(spots))
+    x = at([draw(spots)])
+    return bn, x, x + draw(moves)
+
+
+def across(center: float, d: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x̂, x̂') = (center − d/2, center + d/2): an interval around the point of largest slope."""
+    return at([center - d / 2]), at([center + d / 2])
+
+
+@st.composite
+def squashing_case(draw, layer_type):
+    """tanh or sigmoid: across 0 (largest slope), or from −a to a (the output's range, the clamp)."""
+    if draw(st.booleans()):
+        return (layer_type(), *across(0.0, draw(moves)))
+    a = draw(st.floats(20, 40))
+    return layer_type(), at([-a]), at([a])
+
+
+@st.composite
+def piecewise_case(draw, layer_type):
+    """ReLU, ReLU6 or Hardtanh(lo, hi): inside (slope 1); for a clamp of both ends, across the whole range (the
+    outputs differ by hi − lo); or ending exactly on the lower flat region's edge (both outputs equal: the bound must
+    be 0). lo and hi are multiples of 1/4, which every float dtype holds, as the rule's thresholds assume."""
+    if layer_type is nn.Hardtanh:
+        layer = nn.Hardtanh(draw(st.integers(-16, -2)) / 4, draw(st.integers(2, 16)) / 4)
+    else:
+        layer = layer_type()
+    lo = 0.0 if layer_type is nn.ReLU else layer.min_val
+    hi = 4.0 if layer_type is nn.ReLU else layer.max_val
+    d = draw(moves)
+    where = draw(st.sampled_from(("inside", "flat") if layer_type is nn.ReLU else ("inside", "across", "flat")))
+    if where == "inside":
+        return (layer, *across((lo + hi) / 2, d))
+    if where == "across":
+        return layer, at([lo - d]), at([hi + d])
+    return layer, at([lo - d]), at([lo])
+
+
+@st.composite
+def leaky_relu_case(draw):
+    """The side of 0 whose slope is larger: x̂ > 0 for |a| ≤ 1, x̂ < 0 for |a| > 1."""
+    a = draw(st.floats(-2, 2))
+    d, spot = draw(moves), draw(st.floats(0.5, 4))
+    side = -1.0 if abs(a) > 1 else 1.0
+    return nn.LeakyReLU(a), at([side * spot]), at([side * spot + d])
+
+
+@st.composite
+def hardswish_case(draw):
+    """Just below 3, where f' = (2x + 3)/6 reaches its largest value 3/2."""
+    d = draw(moves)
+    return nn.Hardswish(), at([3.0 - d]), at([3.0])
+
+
+@st.composite
+def hardsigmoid_case(draw):
+    d = draw(moves)
+    return (nn.Hardsigmoid(), *across(draw(st.floats(-2.5, 2.5)), d))
+
+
+GATE_ARGMAX = {"silu": 2.399357280515467, "gelu": 2.0**0.5}  # where |f'| is largest (docs/design-conv.md §6)
+
+
+@st.composite
+def gate_case(draw, name):
+    """SiLU or GELU across the point of largest slope."""
+    layer = nn.SiLU() if name == "silu" else nn.GELU(draw(st.sampled_from(("none", "tanh"))))
+    return (layer, *across(GATE_ARGMAX[name], draw(moves)))
+
+
+@st.composite
+def shift_case(draw, build):
+    """A layer that passes, picks or averages values: every input moved by the same D moves each output by D."""
+    layer = build(draw)
+    x = torch.tensor([[[draw(spots) for _ in range(4)]]], dtype=F64)
+    return layer, x, x + draw(moves)
+
+
+TIGHT_CASES = {
+    "affine": affine_case(),
+    "batchnorm": batchnorm_case(),
+    "tanh": squashing_case(nn.Tanh),
+    "sigmoid": squashing_case(nn.Sigmoid),
+    "relu": piecewise_case(nn.ReLU),
+    "hardtanh": st.sampled_from((nn.ReLU6, nn.Hardtanh)).flatmap(piecewise_case),
+    "leaky_relu": leaky_relu_case(),
+    "hardswish": hardswish_case(),
+    "hardsigmoid": hardsigmoid_case(),
+    "silu": gate_case("silu"),
+    "gelu": gate_case("gelu"),
+    "identity": shift_case(lambda draw: nn.Identity()),
+    "dropout": shift_case(lambda draw: nn.Dropout(draw(st.floats(0, 0.9))).eval()),
+    "max_pool": shift_case(lambda draw: nn.MaxPool1d(draw(st.integers(1, 4)))),
+    "avg_pool": shift_case(lambda draw: nn.AvgPool1d(draw(st.integers(1, 4)))),
+    "adaptive_avg_pool": shift_case(lambda draw: nn.AdaptiveAvgPool1d(draw(st.integers(1, 4)))),
+    "move": shift_case(lambda draw: nn.Flatten(draw(st.integers(0, 1)))),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(TIGHT_CASES))
+@given(data=st.data())
+def test_each_rule_is_attained_within_its_stated_factor(rule, data):
+    """change ≤ R(L, x̂, D) ≤ 1.02·change, change = |L(x̂') − L(x̂)| of the map in float64, on a case built where the
+    rule's slope is attained (u, η of float32); where both outputs are equal (a flat region), R = 0.
+
+    The section comment above says why: D is large beside every rounding allowance, so R is the rule's slope part,
+    and each case sits where the map's slope is that slope.
+    """
+    layer, x, x2 = data.draw(TIGHT_CASES[rule])
+    kind = KINDS[type(layer)]
+    D = (x2 - x).abs()
+    with torch.no_grad():
+        change = (layer(x2) - layer(x)).abs()
+        bound = kind.rule(layer, x, D, ieee_unit_roundoff(F32), torch.finfo(F32).smallest_normal * 2.0**-23)
+    note(f"{layer}: x̂ {x.flatten().tolist()}, D {D.flatten().tolist()}, change {change.flatten().tolist()}, "
+         f"bound {bound.flatten().tolist()}")
+    assert (change <= bound).all() and (bound <= TIGHT_FACTOR * change).all()

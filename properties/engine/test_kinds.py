@@ -25,6 +25,7 @@ from core.engine.kinds import (
 from core.makemore.layers import BatchNorm1d, Linear
 from properties.engine.test_bound_rules import rule_name
 from properties.engine.test_bound_spec import ELEMENTWISE_SPECS, MAP_SPECS
+from properties.engine.test_bound_tightness import TIGHT_CASES
 from properties.strategies.kinds import KIND_STRATEGIES, inputs_for
 
 ROLE_PARTNER = {Linear: torch.nn.Linear, torch.nn.Linear: Linear, BatchNorm1d: torch.nn.BatchNorm1d,
@@ -38,9 +39,10 @@ def layers_and_inputs(types):
     return st.sampled_from(types).flatmap(lambda t: KIND_STRATEGIES[t]).flatmap(with_input)
 
 
-def missing_parts(kinds: dict, strategies: dict, specs: dict) -> list[str]:
-    """What each registered kind lacks of the three every kind needs: a rule of core.engine.bound.rules, a strategy
-    that draws it, and its rule's documented formula (the law test_bound_spec holds it to)."""
+def missing_parts(kinds: dict, strategies: dict, specs: dict, tight: dict) -> list[str]:
+    """What each registered kind lacks of what every kind needs: a rule of core.engine.bound.rules, a strategy that
+    draws it, and its rule's laws: the documented formula (test_bound_spec) and a case where the rule is attained
+    (test_bound_tightness)."""
     missing = []
     for layer_type, kind in sorted(kinds.items(), key=lambda item: str(item[0])):
         rule = getattr(kind, "rule", None)
@@ -50,6 +52,8 @@ def missing_parts(kinds: dict, strategies: dict, specs: dict) -> list[str]:
             missing.append(f"{layer_type.__name__}: a strategy in KIND_STRATEGIES")
         if rule is not None and rule_name(kind) not in specs:
             missing.append(f"{layer_type.__name__}: the law of its rule (a spec in test_bound_spec)")
+        if rule is not None and rule_name(kind) not in tight:
+            missing.append(f"{layer_type.__name__}: a case where its rule is attained (test_bound_tightness)")
     return missing
 
 
@@ -59,16 +63,18 @@ class Mish(torch.nn.Mish):
 
 def test_every_kind_has_its_rule_its_strategy_and_its_law():
     """∀ T ∈ dom(KINDS): KINDS[T].rule ∈ core.engine.bound.rules, T ∈ dom(KIND_STRATEGIES), and the rule has its spec
-    law: adding a layer kind means its entry, its rule, its strategy and its law, and a kind without any fails here.
+    law and its tightness case: adding a layer kind means its entry, its rule, its strategy and its laws, and a kind
+    without any fails here.
 
     A kind registered bare (here a Mish with a rule of its own and nothing else) is named with all it lacks.
     """
     specs = {**MAP_SPECS, **ELEMENTWISE_SPECS}
-    assert missing_parts(KINDS, KIND_STRATEGIES, specs) == []
+    assert missing_parts(KINDS, KIND_STRATEGIES, specs, TIGHT_CASES) == []
     bare = ElementwiseKind(Mish, lambda layer, x, D, u, eta: D, lambda layer: Mish())
-    assert missing_parts({**KINDS, Mish: bare}, KIND_STRATEGIES, specs) == [
+    assert missing_parts({**KINDS, Mish: bare}, KIND_STRATEGIES, specs, TIGHT_CASES) == [
         "Mish: a rule of core.engine.bound.rules", "Mish: a strategy in KIND_STRATEGIES",
-        "Mish: the law of its rule (a spec in test_bound_spec)"]
+        "Mish: the law of its rule (a spec in test_bound_spec)",
+        "Mish: a case where its rule is attained (test_bound_tightness)"]
     assert set(KIND_STRATEGIES) == set(KINDS)
 
 
