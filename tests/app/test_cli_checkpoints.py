@@ -67,7 +67,8 @@ def test_fold_prints_the_certificate_and_gives_it_as_json(trained, small_names, 
     assert "certificate: holds" in text.out and "3 folded layer(s) checked on the real activations" in text.out
     result = strict_json(data.out)
     assert result["certificate"]["holds"] and [p["layer"] for p in result["certificate"]["pairs"]] == ["0", "3", "6"]
-    assert [p["bn"] for p in result["report"]["folded"]] == ["1", "4", "7"] and result["saved"] == str(tmp_path / "b.pt")
+    assert [p["bn"] for p in result["report"]["folded"]] == ["1", "4", "7"]
+    assert result["saved"] == str(tmp_path / "b.pt")
 
 
 def test_a_fold_that_fails_its_certificate_is_not_saved(trained, small_names, tmp_path, monkeypatch):
