@@ -26,6 +26,11 @@ class ModelError(BnfoldError, ValueError):
     """A model cannot be built as asked (an unknown architecture name, say)."""
 
 
+class ExportError(BnfoldError, ValueError):
+    """A folded model cannot be written as asked (a file type bnfold does not write, a model torch's exporter refuses),
+    or its exported file does not compute it (the message names the file and the layer)."""
+
+
 class MissingDependency(BnfoldError, ImportError):
     """An optional package is not installed (the message names the package and the extra that brings it)."""
 
