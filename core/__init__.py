@@ -12,6 +12,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from core.deploy import OnnxCheck as OnnxCheck
+    from core.deploy import export as export
     from core.engine.bound.loss import loss_bound as loss_bound
     from core.engine.bound.propagation import error_bound as error_bound
     from core.engine.certify import Certificate as Certificate
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from core.engine.plan import plan_folds as plan_folds
     from core.errors import BnfoldError as BnfoldError
     from core.errors import BoundError as BoundError
+    from core.errors import ExportError as ExportError
     from core.errors import FoldError as FoldError
 
 __version__ = "0.1.0"
@@ -34,6 +37,7 @@ PUBLIC = {  # name -> the module that defines it
     "loss_bound": "core.engine.bound.loss", "plan_folds": "core.engine.plan", "Plan": "core.engine.plan",
     "certify": "core.engine.certify", "Certificate": "core.engine.certify", "PairCheck": "core.engine.certify",
     "BnfoldError": "core.errors", "BoundError": "core.errors", "FoldError": "core.errors",
+    "ExportError": "core.errors", "export": "core.deploy", "OnnxCheck": "core.deploy",
 }
 __all__ = sorted(PUBLIC)
 

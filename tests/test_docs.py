@@ -36,15 +36,17 @@ def test_the_readme_quick_start_is_two_commands_and_ci_runs_the_second():
     assert (ROOT / ".ci" / "run").read_text(encoding="utf-8").rstrip().splitlines()[-1] == commands[1]
 
 
-def test_the_readme_snippet_folds_and_certifies_as_it_says():
-    """The "Fold your own model" snippet, run verbatim, leaves a folded model whose certificate holds."""
+def test_the_readme_snippet_folds_certifies_and_exports_as_it_says(tmp_path, monkeypatch):
+    """The "Fold your own model" snippet, run verbatim, leaves a folded model whose certificate holds, and an ONNX
+    file that computes it."""
+    monkeypatch.chdir(tmp_path)
     snippet = code_block(section(README.read_text(encoding="utf-8"), "## Fold your own model"), "python")
     namespace: dict = {}
     with torch.random.fork_rng(devices=[]):  # the snippet draws weights and inputs from the global RNG
         torch.manual_seed(0)
         exec(compile(snippet, "README.md", "exec"), namespace)
     certificate = namespace["certificate"]
-    assert certificate.holds and len(certificate.pairs) == 20
+    assert certificate.holds and len(certificate.pairs) == 20 and (tmp_path / "folded.onnx").exists()
 
 
 def design_tree() -> set[str]:

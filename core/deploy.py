@@ -1,7 +1,8 @@
 """A folded model written for deployment, and the written file checked against it.
 
 `export(model, example, path)` writes a torch.export program (`.pt2`) or an ONNX file (`.onnx`, through torch's own
-exporter), atomically. `onnx_check(model, path, example)` runs the ONNX file in ONNX Runtime and compares it with
+exporter), atomically, an ONNX file only once it is checked. `onnx_check(model, path, example)` runs the ONNX file in
+ONNX Runtime and compares it with
 the model layer by layer: every Linear and convolution's output is exposed as an output of the file, and the model
 is run in torch with each of those values taken from ONNX Runtime. Between two such layers both runs see the same
 inputs, so their difference is only each side's rounding, which the rules of `core.engine.bound` bound with D = 0
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from core.atomic import atomic_write_bytes
+from core.atomic import atomic_path, atomic_write_bytes
 from core.engine.bound.graph_rules import propagate_node, zeros_like_bound
 from core.engine.bound.propagation import inner_and_inputs
 from core.engine.graph import FoldGraph, Stage
@@ -53,13 +54,20 @@ def check_suffix(path: str | Path) -> str:
     return suffix
 
 
-def export(model: nn.Module, example: Any, path: str | Path) -> Path:
+def export(model: nn.Module, example: Any, path: str | Path) -> "OnnxCheck | None":
     """Write `model` run on `example` (a tensor or a tuple of them) to `path`, atomically: a torch.export program for
-    .pt2, an ONNX file for .onnx. ExportError for another suffix or a model the exporter refuses."""
-    suffix = check_suffix(path)
-    data = program_bytes(model, example) if suffix == ".pt2" else onnx_model(model, example).SerializeToString()
-    atomic_write_bytes(path, data)
-    return Path(path)
+    .pt2; for .onnx an ONNX file, checked in ONNX Runtime before it replaces anything (`onnx_check`), the check
+    returned. ExportError for another suffix, a model the exporter refuses, or an ONNX file that does not compute the
+    model; then nothing is written."""
+    if check_suffix(path) == ".pt2":
+        atomic_write_bytes(path, program_bytes(model, example))
+        return None
+    data = onnx_model(model, example).SerializeToString()
+    with atomic_path(path) as temporary:
+        temporary.write_bytes(data)
+        check = onnx_check(model, temporary, example, named=str(path))
+        check.require()
+    return check
 
 
 def program_bytes(model: nn.Module, example: Any) -> bytes:
@@ -136,8 +144,9 @@ class OnnxCheck:
 
 
 @torch.no_grad()
-def onnx_check(model: nn.Module, path: str | Path, example: Any) -> OnnxCheck:
-    """The ONNX file at `path` run by ONNX Runtime on `example` against `model` (module docstring)."""
+def onnx_check(model: nn.Module, path: str | Path, example: Any, named: str | None = None) -> OnnxCheck:
+    """The ONNX file at `path` (reported as `named`, by default the path) run by ONNX Runtime on `example` against
+    `model` (module docstring)."""
     onnx = optional("onnx", "checking an ONNX file")
     ort = optional("onnxruntime", "checking an ONNX file")
     proto = onnx.load(str(path))
@@ -163,7 +172,7 @@ def onnx_check(model: nn.Module, path: str | Path, example: Any) -> OnnxCheck:
     end_to_end = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
     observed = max((float((a.double() - torch.from_numpy(b).double()).abs().max()) for a, b in
                     zip(leaves(model(*arguments(example))), end_to_end) if a.numel()), default=0.0)
-    return OnnxCheck(str(path), tuple(checks), observed)
+    return OnnxCheck(named or str(path), tuple(checks), observed)
 
 
 def layer_outputs(proto: Any, graph: FoldGraph, prefix: str) -> dict[fx.Node, str]:

@@ -1,4 +1,4 @@
-"""Exported files (core.export): a torch.export program that computes the folded model bit for bit, an ONNX file
+"""Exported files (core.deploy): a torch.export program that computes the folded model bit for bit, an ONNX file
 checked layer by layer in ONNX Runtime within the bounds of its own rounding, and refusals that name the file."""
 
 import functools
@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-import core.export
+import core.deploy
+from core.deploy import export, onnx_check
 from core.engine.fold import fold
 from core.errors import ExportError, MissingDependency
-from core.export import export, onnx_check
 from core.makemore.model import e02_mlp
 from core.vision import build, images
 
@@ -25,8 +25,8 @@ def resnet18():
 
 def test_a_torch_export_program_computes_the_folded_model_bit_for_bit(tmp_path):
     folded, X = resnet18()
-    path = export(folded, X, tmp_path / "folded.pt2")
-    program = torch.export.load(str(path))
+    assert export(folded, X, tmp_path / "folded.pt2") is None
+    program = torch.export.load(str(tmp_path / "folded.pt2"))
     with torch.no_grad():
         assert torch.equal(program.module()(X), folded(X))
 
@@ -36,10 +36,10 @@ def test_an_onnx_file_computes_the_folded_model_layer_by_layer(tmp_path):
     Runtime; the check says so, with the largest |Δ| end to end."""
     pytest.importorskip("onnxruntime")
     folded, X = resnet18()
-    check = onnx_check(folded, export(folded, X, tmp_path / "folded.onnx"), X)
+    check = export(folded, X, tmp_path / "folded.onnx")
+    assert check == onnx_check(folded, tmp_path / "folded.onnx", X)
     assert check.holds and len(check.layers) == 21 + 1
     assert "computes the folded model: 21 layer(s) and the outputs checked" in str(check)
-    check.require()
 
 
 def test_a_charmlp_exports_and_checks_through_its_adapter(tmp_path):
@@ -48,7 +48,7 @@ def test_a_charmlp_exports_and_checks_through_its_adapter(tmp_path):
     model = e02_mlp(torch.Generator().manual_seed(0)).eval()
     folded, _ = fold(model)
     X = torch.randint(0, 27, (16, 4), generator=torch.Generator().manual_seed(1))
-    check = onnx_check(folded, export(folded, X, tmp_path / "e02.onnx"), X)
+    check = export(folded, X, tmp_path / "e02.onnx")
     assert check.holds and [c.name for c in check.layers] == ["Linear '0'", "Linear '2'", "Linear '4'", "the outputs"]
 
 
@@ -58,7 +58,8 @@ def test_an_onnx_file_that_differs_from_the_model_fails_naming_the_layer(tmp_pat
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     folded, X = resnet18()
-    path = export(folded, X, tmp_path / "folded.onnx")
+    path = tmp_path / "folded.onnx"
+    export(folded, X, path)
     proto = onnx.load(str(path))
     weight = next(t for t in proto.graph.initializer if t.name == "conv1.weight")
     values = onnx.numpy_helper.to_array(weight).copy()
@@ -97,8 +98,29 @@ def test_a_missing_onnx_package_names_the_extra(monkeypatch, tmp_path):
     def missing(name):
         raise ImportError(f"No module named {name!r}")
 
-    monkeypatch.setattr(core.export.importlib, "import_module", missing)
+    monkeypatch.setattr(core.deploy.importlib, "import_module", missing)
     folded, X = resnet18()
     with pytest.raises(MissingDependency, match=r"an ONNX export needs the package onnx, which is not installed: "
                                                 r"pip install 'bnfold\[onnx\]'"):
         export(folded, X, tmp_path / "folded.onnx")
+
+
+def test_an_onnx_export_that_fails_its_check_writes_nothing(tmp_path, monkeypatch):
+    """An ONNX file that does not compute the model (here the Linear's bias is all ones) is refused before it replaces
+    anything, naming the layer: the old file stays."""
+    pytest.importorskip("onnxruntime")
+    folded, X = resnet18()
+    made = core.deploy.onnx_model
+
+    def off(model, example):
+        proto = made(model, example)
+        bias = next(t for t in proto.graph.initializer if t.name == "fc.bias")
+        bias.raw_data = torch.ones(len(bias.raw_data) // 4).numpy().tobytes()
+        return proto
+
+    monkeypatch.setattr(core.deploy, "onnx_model", off)
+    path = tmp_path / "folded.onnx"
+    path.write_bytes(b"the old file")
+    with pytest.raises(ExportError, match="folded.onnx does not compute the folded model in ONNX Runtime: Linear 'fc'"):
+        export(folded, X, path)
+    assert path.read_bytes() == b"the old file" and sorted(p.name for p in tmp_path.iterdir()) == ["folded.onnx"]
