@@ -3,7 +3,8 @@
 The new bytes go to a hidden sibling `.NAME.PID-TOKEN.tmp`, created with mode 0666 less the umask
 (or with the mode and owner of the file it replaces), flushed to disk, then renamed over NAME. A
 symlink is written through: its target is replaced and the link stays a link. Temporaries that a
-killed writer left behind are removed by the next write to the same file. `probe_create` shows, before
+killed writer left behind are removed by the next write to the same file: only names of exactly that
+form (PID in decimal, TOKEN 16 lower-case hex digits), never another file. `probe_create` shows, before
 any work, whether a file can be created beside a target.
 """
 
@@ -24,7 +25,9 @@ TOKEN_BYTES = 8  # the random part of a temporary's name: 16 hex digits
 PID_DIGITS = 10  # room kept for the writer's pid, whatever this process's pid is (so the stem never depends on it)
 FALLBACK_NAME_MAX = 255  # bytes; POSIX file systems report theirs through pathconf
 STALE_AFTER_S = 24 * 3600  # a temporary this old is stale even if its writer's pid is alive (pid reuse)
-_WRITER = re.compile(r"(\d+)-[0-9a-f]+")  # the PID-TOKEN part of our own temporaries
+# The PID-TOKEN part of a temporary `temp_path` names, exactly: the writer's pid as os.getpid() writes it (no leading
+# zero, at most PID_DIGITS digits) and TOKEN_BYTES random bytes in lower-case hex. ASCII digits only.
+_WRITER = re.compile(rf"([1-9][0-9]{{0,{PID_DIGITS - 1}}})-[0-9a-f]{{{2 * TOKEN_BYTES}}}", re.ASCII)
 StrPath = str | os.PathLike[str]
 
 
@@ -71,8 +74,9 @@ def _writer_alive(pid: int) -> bool:
 
 
 def stale_temps(target: Path) -> list[Path]:
-    """Temporaries of `target` left by writers that died: ours whose pid is gone (or older than a day), and any
-    other hidden `.NAME.X.tmp` sibling (the form older versions wrote)."""
+    """Temporaries of `target` left by writers that died: regular files named exactly as `temp_path` names them,
+    `.NAME.PID-TOKEN.tmp`, whose pid is gone (or that are older than a day). No other file is ever listed: a hidden
+    `.NAME.notes.tmp` of the user's, say, is not bnfold's."""
     prefix = f".{temp_stem(target.name, name_max(target.parent))}."
     try:
         siblings = list(os.scandir(target.parent))
@@ -83,18 +87,17 @@ def stale_temps(target: Path) -> list[Path]:
         name = entry.name
         if not (name.startswith(prefix) and name.endswith(TEMP_SUFFIX)):
             continue
-        tail = name[len(prefix) : -len(TEMP_SUFFIX)]
-        if not tail or "." in tail:
-            continue  # a temporary of another file whose name starts like this one
+        writer = _WRITER.fullmatch(name[len(prefix) : -len(TEMP_SUFFIX)])
+        if writer is None:
+            continue  # not a name bnfold writes (or a temporary of another file whose name starts like this one)
         try:
             info = entry.stat(follow_symlinks=False)
         except OSError:
             continue
         if not stat.S_ISREG(info.st_mode):
             continue
-        writer = _WRITER.fullmatch(tail)
         fresh = time.time() - info.st_mtime < STALE_AFTER_S
-        if writer and fresh and _writer_alive(int(writer.group(1))):
+        if fresh and _writer_alive(int(writer.group(1))):
             continue  # another process is writing this file right now
         stale.append(Path(entry.path))
     return stale

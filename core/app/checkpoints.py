@@ -53,11 +53,11 @@ def evaluation_split(checkpoint: "Checkpoint", seed: int | None, checkpoint_path
 def load_evaluation_names(names: str | None, checkpoint: "Checkpoint", checkpoint_path: StrPath,
                           split: "Split") -> dict[str, list[str]]:
     """{part: names} for `split`, warning when the names file is not the one the checkpoint was trained on."""
-    from core.makemore.data import file_sha256, load_split, resolve_names_path
+    from core.makemore.data import load_split, resolve_names_path
 
     path = resolve_names_path(names)
-    _, parts = load_split(path, split)
-    if checkpoint.names_sha256 is not None and file_sha256(path) != checkpoint.names_sha256:
+    names_file, parts = load_split(path, split)
+    if checkpoint.names_sha256 is not None and names_file.sha256 != checkpoint.names_sha256:
         warn(f"{path} is not the names file {checkpoint_path} was trained on (its sha256 differs): "
              f"the parts hold other names; pass --names with the training file")
     return parts
@@ -86,11 +86,20 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import torch
 
     checkpoint = load_usable_checkpoint(args.checkpoint, "sampling from it")
+    model = checkpoint.model
+    dtype = str(model.C.dtype).removeprefix("torch.")
+
+    def require_finite_logits(module: object, inputs: object, logits: "torch.Tensor") -> None:
+        if not bool(torch.isfinite(logits).all()):  # softmax would give nan probabilities, which cannot be drawn from
+            raise CheckpointError(f"{args.checkpoint}: the logits are not finite while sampling: the net's forward "
+                                  f"overflows its dtype ({dtype}); sample from a float32 or float64 copy")
+
     generator = torch.Generator().manual_seed(args.seed)
-    for start in range(0, args.n, SAMPLE_CHUNK):
-        names = checkpoint.model.sample(min(SAMPLE_CHUNK, args.n - start), generator=generator)
-        sys.stdout.write("".join(f"{name}\n" for name in names))
-        sys.stdout.flush()
+    with model.register_forward_hook(require_finite_logits):
+        for start in range(0, args.n, SAMPLE_CHUNK):
+            names = model.sample(min(SAMPLE_CHUNK, args.n - start), generator=generator)
+            sys.stdout.write("".join(f"{name}\n" for name in names))
+            sys.stdout.flush()
 
 
 def cmd_fold(args: argparse.Namespace) -> None:
@@ -98,6 +107,11 @@ def cmd_fold(args: argparse.Namespace) -> None:
 
     if args.checkpoint is None or args.out is None:
         raise UsageError("fold needs a checkpoint and -o/--out (or --torchvision NAME)")
+    for option, value in (("--image-size", args.image_size), ("--bound-size", args.bound_size),
+                          ("--rounds", args.rounds), ("--threads", args.threads)):
+        if value is not None:  # refused, not ignored
+            raise UsageError(f"{option} applies to fold --torchvision only; a checkpoint is folded and certified on "
+                             f"its dev names, with no images and no timing: drop {option}")
     check_output_file(args.out, "-o", {"the checkpoint being folded": args.checkpoint,
                                        "the names file": resolve_names_path(args.names, fetch=False)})
 

@@ -8,6 +8,7 @@ only once the arguments have parsed, so a mistyped option fails at once.
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +24,8 @@ from core.app.arguments import (
     threads_arg,
 )
 from core.app.checkpoints import cmd_eval, cmd_fold, cmd_sample
-from core.app.fold_torchvision import cmd_fold_torchvision
+from core.app.errors import UsageError
+from core.app.fold_torchvision import BOUND_SIZE, IMAGE_SIZE, ROUNDS, cmd_fold_torchvision
 from core.app.names import cmd_data
 from core.app.process import (
     EXIT_BAD_INPUT,
@@ -52,7 +54,7 @@ def add_json_arg(p: argparse.ArgumentParser) -> None:
 
 def fold_command(args: argparse.Namespace) -> None:
     """`fold CHECKPOINT -o OUT`, or `fold --torchvision NAME`."""
-    if args.torchvision:
+    if args.torchvision is not None:
         cmd_fold_torchvision(args)
     else:
         cmd_fold(args)
@@ -101,13 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_names_arg(p)
     p.add_argument("--torchvision", metavar="NAME", help="fold torchvision's NAME (e.g. resnet18) with random weights "
                                                          "instead of a checkpoint; needs torchvision")
-    p.add_argument("--image-size", type=image_size_arg, default=224,
-                   help="with --torchvision: image size of the timing (default 224)")
-    p.add_argument("--bound-size", type=image_size_arg, default=64,
-                   help="with --torchvision: image size of the max |Δ| vs bound check (default 64)")
-    p.add_argument("--rounds", type=rounds_arg, default=9,
-                   help="with --torchvision: interleaved timing rounds (default 9)")
-    p.add_argument("--threads", type=threads_arg, default=None, help="torch CPU threads (default: torch's own)")
+    p.add_argument("--image-size", type=image_size_arg, default=None,
+                   help=f"with --torchvision: image size of the timing (default {IMAGE_SIZE})")
+    p.add_argument("--bound-size", type=image_size_arg, default=None,
+                   help=f"with --torchvision: image size of the max |Δ| vs bound check (default {BOUND_SIZE})")
+    p.add_argument("--rounds", type=rounds_arg, default=None,
+                   help=f"with --torchvision: interleaved timing rounds (default {ROUNDS})")
+    p.add_argument("--threads", type=threads_arg, default=None,
+                   help="with --torchvision: torch CPU threads (default: torch's own)")
     add_json_arg(p)
     p.set_defaults(func=fold_command)
 
@@ -132,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail", metavar="PCT",
                    help="with --compare: exit 1 if any ratio grew by more than PCT (e.g. 10%%)")
     p.add_argument("--names", metavar="PATH", help="names.txt (default: $BNFOLD_NAMES, else data/names.txt, else "
-                                                   "synthetic names; bench never downloads)")
+                                                   "synthetic names if it is missing; bench never downloads)")
     p.set_defaults(func=cmd_bench)
 
     return parser
@@ -150,6 +153,9 @@ def run(argv: Sequence[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
         except SystemExit as e:  # --help (0) or a usage error, already reported in one line (2)
             return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+        if sys.stdout is None:  # started with standard output closed (>&-)
+            raise UsageError("standard output is closed; bnfold writes its results there: redirect it to a file "
+                             "(> FILE), or to /dev/null to discard them")
         args.func(args)
         sys.stdout.flush()
     except KeyboardInterrupt:
@@ -169,7 +175,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         report_error(str(e))
         return EXIT_BAD_INPUT
     except MemoryError:
-        report_error("out of memory; use a smaller input (--names, --batch-size, -n)")
+        report_error(f"out of memory; {memory_hint(args)}")
+        return EXIT_BAD_INPUT
+    except RuntimeError as e:  # torch's allocators raise RuntimeError (or OutOfMemoryError), not MemoryError
+        if not out_of_memory(e):
+            if os.environ.get("BNFOLD_DEBUG"):
+                raise
+            report_error(bug_line(e))
+            return EXIT_BAD_INPUT
+        report_error(f"out of memory{allocation(e)}; {memory_hint(args)}")
         return EXIT_BAD_INPUT
     except OSError as e:
         if e.filename:
@@ -181,11 +195,57 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if os.environ.get("BNFOLD_DEBUG"):
             raise
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        report_error(f"unexpected {type(e).__name__}{': ' + detail if detail else ''} "
-                     f"(a bug; BNFOLD_DEBUG=1 shows the traceback)")
+        report_error(bug_line(e))
         return EXIT_BAD_INPUT
     return 0
+
+
+def bug_line(error: Exception) -> str:
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return (f"unexpected {type(error).__name__}{': ' + detail if detail else ''} "
+            f"(a bug; BNFOLD_DEBUG=1 shows the traceback)")
+
+
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|out of memory|not enough memory", re.IGNORECASE)
+_TRIED = re.compile(r"tried to allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]i?B)", re.IGNORECASE)
+
+
+def out_of_memory(error: RuntimeError) -> bool:
+    """Whether a RuntimeError is an allocator's failure: torch's OutOfMemoryError (CUDA), or the CPU allocator's
+    "can't allocate memory" (which torch raises as a plain RuntimeError)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return (oom is not None and isinstance(error, oom)) or bool(_OUT_OF_MEMORY.search(str(error)))
+
+
+def allocation(error: RuntimeError) -> str:
+    """' (an allocation of 8.6 GB failed)' from the allocator's message, or '' when it names no size."""
+    match = _TRIED.search(str(error))
+    if not match:
+        return ""
+    number, unit = float(match.group(1)), match.group(2).upper()
+    scale = {"BYTES": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+             "TIB": 2**40}[unit]
+    return f" (an allocation of {number * scale / 1e9:.1f} GB failed)"
+
+
+MEMORY_HINTS = {  # what each command can make smaller
+    "train": "a smaller --batch-size or names file (--names)",
+    "eval": "a smaller names file (--names)",
+    "sample": "a smaller -n",
+    "fold": "a smaller names file (--names)",
+    "reproduce": "a smaller names file (--names)",
+    "bench": "--quick, or a smaller names file (--names)",
+    "data": "a smaller names file (--names)",
+}
+
+
+def memory_hint(args: argparse.Namespace | None) -> str:
+    """What to make smaller, for the command that ran out of memory."""
+    command = getattr(args, "command", None)
+    if command == "fold" and getattr(args, "torchvision", None) is not None:
+        return "give a smaller --image-size or --bound-size, or a smaller model"
+    return f"use {MEMORY_HINTS.get(command or '', 'a smaller input')}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,8 @@ def check_device(text: str) -> str:
     """`text` if it names a device this machine has (cpu, cuda, cuda:N, mps), else a UsageError saying why."""
     if text == "cpu":
         return text
+    if not text.strip():
+        raise UsageError(f"--device: the device name is empty; use cpu, cuda, cuda:N or mps (got {text!r})")
     import torch
 
     try:

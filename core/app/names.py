@@ -9,18 +9,17 @@ def cmd_data(args: argparse.Namespace) -> None:
     from core.makemore.data import (
         NAMES_SHA256,
         Vocab,
-        file_sha256,
-        load_names,
+        read_names,
         require_enough_names,
         resolve_names_path,
         split_sizes,
     )
 
     path = resolve_names_path(args.names)
-    names = load_names(path)
+    read = read_names(path)  # once: the checksum is of the bytes the names came from (a pipe has no second read)
+    names, digest = read.names, read.sha256
     require_enough_names(len(names), path)
     sizes = dict(zip(("train", "dev", "test"), split_sizes(len(names)), strict=True))
-    digest = file_sha256(path)
     data = {"path": str(path), "names": len(names), "vocab_size": Vocab().size, "splits": sizes,
             "sha256": digest, "checksum_ok": digest == NAMES_SHA256}
     text = (f"{path}: {len(names)} names, vocab {Vocab().size}, "

@@ -43,6 +43,9 @@ def check_output_file(path: StrPath, option: str, protected: Mapping[str, StrPat
             raise UsageError(f"{option} {text}: is not a regular file (a device, pipe or socket); "
                              f"bnfold writes only regular files: choose a file path")
         if not os.access(target, os.W_OK):
+            if read_only_file_system(target):
+                raise UsageError(f"{option} {text}: is on a read-only file system, where no file can be replaced; "
+                                 f"choose a path on a writable one")
             raise UsageError(f"{option} {text}: the file is read-only; make it writable (chmod u+w) "
                              f"or choose another path")
     parent = target.parent
@@ -57,21 +60,41 @@ def check_output_file(path: StrPath, option: str, protected: Mapping[str, StrPat
     try:
         probe_create(target)
     except OSError as e:
+        if e.errno == errno.EROFS or read_only_file_system(parent):
+            raise UsageError(f"{option} {text}: {parent} is on a read-only file system; choose a path on a writable "
+                             f"one") from e
         raise UsageError(f"{option} {text}: cannot create files in {parent} ({os_error_text(e)}); "
                          f"choose a writable place") from e
     return target
 
 
-def check_output_dir(path: StrPath, option: str, names: StrPath | None, report: str) -> Path:
-    """reproduce's directory of reports at `path`, made if missing, in which `report` (the file written last) can be
-    written; never a file such as the names file. What is already there is left alone until the run replaces it."""
+def read_only_file_system(path: StrPath) -> bool:
+    """Whether `path` lies on a file system mounted read-only (where chmod cannot help): statvfs's ST_RDONLY."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs on this platform, or the path is gone
+        return False
+
+
+REPORTS = "reproduce writes a directory of reports and plots: choose a directory path"
+
+
+def check_output_dir(path: StrPath, option: str, names: StrPath | None, report: str, purpose: str = REPORTS) -> Path:
+    """A directory of outputs at `path` (reproduce's reports, bench's saved ratios), made if missing, in which
+    `report` (the file written last) can be written; never a file such as the names file. What is already there is
+    left alone until the run replaces it. `purpose` says, in a refusal, why `path` must be a directory."""
+    text = os.fspath(path)
+    if not text:
+        raise UsageError(f"{option}: the path is empty; give a directory path such as runs/first")
     if os.path.lexists(path) and not os.path.isdir(path):
         what = "the names file" if names is not None and same_file(path, names) else "a file"
-        raise UsageError(f"{option} {path}: is {what}, not a directory; reproduce writes a directory of reports "
-                         f"and plots: choose a directory path")
+        raise UsageError(f"{option} {path}: is {what}, not a directory; {purpose}")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
+        if e.errno == errno.EROFS:
+            raise UsageError(f"{option} {path}: cannot be created on a read-only file system; choose a path on a "
+                             f"writable one") from e
         raise UsageError(f"{option} {path}: cannot create this directory ({os_error_text(e)}); "
                          f"choose a writable place") from e
     check_output_file(os.path.join(path, report), option)

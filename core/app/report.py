@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from core.atomic import atomic_path, atomic_write_text  # noqa: E402
+from core.perf.timing import SPREAD_LIMIT  # noqa: E402
 
 SMOOTH = 1000  # steps per point of a loss curve, as in the makemore notebook
 REPORT_JSON = "report.json"  # written last, so a run that stops early leaves none of its own
@@ -117,12 +118,14 @@ def plot_speed(path: Path, speed: list[dict]) -> None:
                   label=f"unfolded (BatchNorm), {label}")
         ax.loglog(batches, [row[way]["folded_us"] for row in speed], "o-", color=colour, label=f"folded, {label}")
         for row in speed:
-            ax.annotate(f"{row[way]['speedup']:.2f}x", (row["batch"], row[way]["folded_us"]),
+            label_text = f"{row[way]['speedup']:.2f}x" if row[way].get("reliable", True) else "noise?"
+            ax.annotate(label_text, (row["batch"], row[way]["folded_us"]),
                         textcoords="offset points", xytext=offset, fontsize=8, color=colour)
     ax.margins(0.1)  # room for the speed-ups written beside the end points
     ax.set_xlabel("batch size")
     ax.set_ylabel("µs per eval forward (median)")
-    ax.set_title("E02 inference: folded vs unfolded, as modules and as frozen chains")
+    ax.set_title("E02 inference: folded vs unfolded, as modules and as frozen chains\n"
+                 f"(noise?: a median's spread exceeds {SPREAD_LIMIT:.0%} of it)", fontsize=10)
     ax.legend(fontsize=8)
     _save(fig, path)
 
@@ -141,10 +144,41 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
         ("E02 max bound", f"{e02['max_bound']:.3e}"),
         ("E02 BatchNorms left", str(e02["bn_left"])),
     ]
-    rows += [(f"speed-up at batch {row['batch']}, {label}",
-              f"{row[way]['speedup']:.2f}x ({row[way]['unfolded_us']:.0f} → {row[way]['folded_us']:.0f} µs)")
+    rows += [(f"speed-up at batch {row['batch']}, {label}", speed_text(row, row[way]))
              for row in report["speed"] for way, label in SPEED_WAYS.items()]
     return rows
+
+
+def spread_percent(iqr_us: float | None, median_us: float) -> str:
+    """An IQR as a percentage of its median: '3 %', '? %' when unknown."""
+    if iqr_us is None or median_us <= 0:
+        return "? %"
+    return f"{iqr_us / median_us * 100:.0f} %"
+
+
+def spreads(pair: dict) -> str:
+    """'IQR 3 %, 2 %': the spread of the unfolded and the folded median."""
+    return (f"IQR {spread_percent(pair.get('unfolded_iqr_us'), pair['unfolded_us'])}, "
+            f"{spread_percent(pair.get('folded_iqr_us'), pair['folded_us'])}")
+
+
+def speed_text(row: dict, pair: dict) -> str:
+    """A speed-up with its times, spreads and threads; marked unreliable, without the figure, when a median's
+    spread exceeds SPREAD_LIMIT (a busy machine's noise, not what folding buys)."""
+    times = f"{pair['unfolded_us']:.0f} → {pair['folded_us']:.0f} µs"
+    threads = f"{row['threads']} thread(s)" if "threads" in row else ""
+    if not pair.get("reliable", True):
+        return f"unreliable: a median's spread exceeds {SPREAD_LIMIT:.0%} ({spreads(pair)}; {times}; {threads})"
+    return f"{pair['speedup']:.2f}x ({times}; {spreads(pair)}; {threads})"
+
+
+def md_cell(value: object) -> str:
+    """A value as the text of a markdown table cell: a '|' inside it escaped, so it does not end the cell."""
+    return str(value).replace("|", "\\|")
+
+
+def md_row(*cells: object) -> str:
+    return "| " + " | ".join(md_cell(c) for c in cells) + " |"
 
 
 def summary_table(report: dict) -> str:
@@ -163,7 +197,7 @@ def markdown(report: dict, figures: dict[str, str]) -> str:
         "",
         "| quantity | value |",
         "| --- | --- |",
-        *[f"| {k} | {v} |" for k, v in summary_rows(report)],
+        *[md_row(k, v) for k, v in summary_rows(report)],
         "",
         "## E01: zero init trains only the output bias",
         "",
@@ -178,11 +212,16 @@ def markdown(report: dict, figures: dict[str, str]) -> str:
         "Speed is measured two ways, all four timed interleaved: the nets called as modules, and each",
         "net's eval ops run as a frozen chain (no module calls). The first speed-up also counts the",
         "module calls that folding removes; the second is what folding buys in the ops alone.",
+        "Each time is a median with its spread, the interquartile range (IQR) as a share of it; a",
+        f"speed-up whose medians spread by more than {SPREAD_LIMIT:.0%} is noise (a busy machine), marked",
+        "unreliable rather than given as a figure. Small batches run on one thread.",
         "",
-        "| batch | way | unfolded µs | folded µs | speed-up |",
-        "| ---: | --- | ---: | ---: | ---: |",
-        *[f"| {r['batch']} | {label} | {r[way]['unfolded_us']:.1f} | {r[way]['folded_us']:.1f} "
-          f"| {r[way]['speedup']:.2f}x |" for r in report["speed"] for way, label in SPEED_WAYS.items()],
+        "| batch | way | threads | unfolded µs | folded µs | spread (IQR) | speed-up |",
+        "| ---: | --- | ---: | ---: | ---: | --- | ---: |",
+        *[md_row(r["batch"], label, r.get("threads", "?"), f"{r[way]['unfolded_us']:.1f}",
+                 f"{r[way]['folded_us']:.1f}", spreads(r[way]).removeprefix("IQR "),
+                 f"{r[way]['speedup']:.2f}x" if r[way].get("reliable", True) else "unreliable")
+          for r in report["speed"] for way, label in SPEED_WAYS.items()],
         "",
     ]
     for title, name in figures.items():

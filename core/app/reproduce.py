@@ -1,8 +1,8 @@
 """`bnfold reproduce`: E01 and E02 end to end with the notebook's recipe, then report.json, report.md and plots."""
 
+import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,7 +15,7 @@ from core.makemore.layers import Tanh
 from core.makemore.model import e01_mlp
 from core.makemore.train import train
 from core.perf.chain import FrozenChain
-from core.perf.timing import call_with, interleaved_medians
+from core.perf.timing import Timing, call_with, interleaved_timings, threads_for, torch_threads
 
 SPEED_BATCHES = (1, 64, 4096)  # and the whole dev set
 ALIVE_SCHEMES = ("kaiming(5/3)", "zeros", "constant(0.5)", "zero_last(5/3)", "zero_weights_random_bias")
@@ -26,16 +26,6 @@ PROBE_ROWS = 512
 TRAIN_THREADS = 1
 
 LayerValues = dict[str, dict[str, torch.Tensor]]  # init scheme -> layer label -> values
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def probe_tanh_layers(splits: Splits, seed: int) -> tuple[LayerValues, LayerValues]:
@@ -67,9 +57,16 @@ def alive_by_scheme(splits: Splits, seed: int, steps: int) -> dict[str, dict[str
     return result
 
 
-def speed_pair(unfolded_s: float, folded_s: float) -> dict[str, float]:
-    """One way of running both nets: median µs per eval forward of each, and the speed-up unfolded / folded."""
-    return {"unfolded_us": unfolded_s * 1e6, "folded_us": folded_s * 1e6, "speedup": unfolded_s / folded_s}
+def speed_pair(unfolded: Timing, folded: Timing) -> dict[str, float | bool | None]:
+    """One way of running both nets: median µs per eval forward of each and its IQR (None when unknown), the
+    speed-up unfolded / folded, and whether both medians are reliable (spread within SPREAD_LIMIT): a speed-up
+    built on noise is reported as such, not as a figure."""
+    def iqr_us(t: Timing) -> float | None:
+        return None if math.isnan(t.iqr) else t.iqr * 1e6
+
+    return {"unfolded_us": unfolded.median * 1e6, "folded_us": folded.median * 1e6,
+            "unfolded_iqr_us": iqr_us(unfolded), "folded_iqr_us": iqr_us(folded),
+            "speedup": unfolded.median / folded.median, "reliable": unfolded.reliable and folded.reliable}
 
 
 @torch.inference_mode()
@@ -77,7 +74,8 @@ def measure_speed(unfolded: nn.Module, folded: nn.Module, dev_X: torch.Tensor, d
     """Per batch size, both nets' eval forward as modules and as frozen chains, all four timed interleaved in one run.
 
     The modules' speed-up includes Module.__call__ and attribute look-ups, which folding also
-    removes (fewer layers); the frozen chains' speed-up is what folding buys in the ops alone.
+    removes (fewer layers); the frozen chains' speed-up is what folding buys in the ops alone. On the CPU a small
+    batch (timing.SMALL_BATCH_ROWS) runs on one thread, a larger one on torch's count; each row records its threads.
     """
     unfolded.eval(), folded.eval()
     nets: dict[str, Callable[[torch.Tensor], object]] = {
@@ -87,10 +85,12 @@ def measure_speed(unfolded: nn.Module, folded: nn.Module, dev_X: torch.Tensor, d
     for batch in (*SPEED_BATCHES, dev_X.shape[0]):
         x = dev_X[:batch].to(device)
         cases = {name: call_with(net, x) for name, net in nets.items()}
-        medians = interleaved_medians(cases, device=device)
-        rows.append({"batch": batch,
-                     "modules": speed_pair(medians["unfolded module"], medians["folded module"]),
-                     "frozen_chains": speed_pair(medians["unfolded frozen"], medians["folded frozen"])})
+        threads = threads_for(x.shape[0], None) if device.type == "cpu" else torch.get_num_threads()
+        with torch_threads(threads):
+            timed = interleaved_timings(cases, device=device)
+        rows.append({"batch": batch, "threads": threads,
+                     "modules": speed_pair(timed["unfolded module"], timed["folded module"]),
+                     "frozen_chains": speed_pair(timed["unfolded frozen"], timed["folded frozen"])})
     return rows
 
 

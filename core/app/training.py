@@ -25,7 +25,7 @@ def check_init(arch: str, init: str | None) -> str:
         return "zeros"
     from core.makemore.init import parse_scheme
 
-    with naming_option(before=f"--init {init}: ", errors=(ModelError,)):
+    with naming_option(before=f"--init {init}: " if init else "--init: ", errors=(ModelError,)):
         parse_scheme(init)
     return init
 
@@ -38,12 +38,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     scheme = check_init(args.arch, args.init)
     device = check_device(args.device) if args.device is not None else None
 
-    from core.makemore.data import Split, dataset_chunks, file_sha256, load_split, resolve_names_path
+    from core.makemore.data import Split, dataset_chunks, load_split, resolve_names_path
 
     check_output_file(args.out, "--out", {"the names file": resolve_names_path(args.names, fetch=False)})
     path = resolve_names_path(args.names)
     split = Split(args.seed)
-    _, parts = load_split(path, split)
+    names_file, parts = load_split(path, split)
 
     import torch
 
@@ -62,6 +62,6 @@ def cmd_train(args: argparse.Namespace) -> None:
         history = train(model, X, Y, args.steps, batch_size=args.batch_size, lr=args.lr, generator=g, device=device,
                         check_every=DIVERGENCE_CHECK_EVERY)
     model.eval()
-    save(model.cpu(), args.out, split=split, names_sha256=file_sha256(path))
+    save(model.cpu(), args.out, split=split, names_sha256=names_file.sha256)
     print(f"trained {args.arch} for {args.steps} steps in {history.wall_time:.1f}s "
           f"(last loss {history.losses[-1]:.4f}); saved {one_line(args.out)}")

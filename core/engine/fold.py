@@ -19,7 +19,7 @@ from core.engine.adapters import adapter_for
 from core.engine.algebra import AFTER
 from core.engine.bound.pair import pair_factor
 from core.engine.bound.rounding import convolves, unit_roundoff
-from core.engine.graph import attribute, refuse_hooked_root
+from core.engine.graph import attribute, refuse_unusable
 from core.engine.kinds import fan_in
 from core.engine.plan import Plan, plan_folds
 
@@ -85,7 +85,7 @@ def fold(model: nn.Module) -> tuple[nn.Module, FoldReport]:
     with torch.inference_mode(False):  # ordinary tensors even when called under inference mode
         adapter = adapter_for(model)
         if adapter is not None:
-            refuse_hooked_root(model)
+            refuse_unusable(model)  # the wrapper's own hooks and tensors (the inner module is checked when traced)
             folded_inner, report = fold(adapter.inner(model))
             return adapter.wrap(model, folded_inner), report
         plan = plan_folds(model)

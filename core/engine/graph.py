@@ -7,12 +7,26 @@ import inspect
 import operator
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import is_lazy
+from torch.nn.utils import parametrize
+from torch.nn.utils.prune import BasePruningMethod
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
-from core.engine.kinds import KINDS, affine_kind, hooked, is_batchnorm, kind_types, norm_kind
+from core.engine.kinds import (
+    KINDS,
+    affine_kind,
+    forward_pre_hooks,
+    hooked,
+    is_batchnorm,
+    kind_types,
+    norm_kind,
+)
 from core.errors import FoldError
 
 
@@ -27,6 +41,11 @@ class LayerTracer(fx.Tracer):
 
 def unfoldable(layer: nn.Module) -> str | None:
     """Why a layer cannot take part in a fold (calling it may differ from its kind's map), or None."""
+    if parametrize.is_parametrized(layer):
+        names = [str(name) for name in cast(nn.ModuleDict, layer.parametrizations)]
+        return (f"is parametrized (torch.nn.utils.parametrize computes its {', '.join(map(repr, names))} at every "
+                f"call), so it holds no fixed tensor to fold (torch.nn.utils.parametrize.remove_parametrizations("
+                f"module, {names[0]!r}) would let it fold)")
     if type(layer) not in KINDS:
         base = next((t for t in type(layer).__mro__ if t in KINDS), None)
         if base is None:
@@ -44,6 +63,70 @@ def refuse_hooked_root(model: nn.Module) -> None:
         raise FoldError(f"{type(model).__name__} has a hook registered on the model itself, which torch.fx does not "
                         f"trace, so its fold would compute without it: remove the hook, fold, and register it on the "
                         f"folded model")
+
+
+def refuse_unusable(model: nn.Module) -> None:
+    """FoldError for a model fold cannot read as it is called: hooks on the model itself (`refuse_hooked_root`), or
+    a tensor it can neither read nor copy (`refuse_unreadable`)."""
+    refuse_hooked_root(model)
+    refuse_unreadable(model)
+
+
+# Old-style reparametrisations: a forward pre-hook recomputes a tensor of the module at every call, as a plain
+# attribute (with autograd history after a forward outside torch.no_grad, so it cannot be deep-copied).
+# (hook type, what applied it, where the tensor comes from, the call that removes it)
+REPARAMETRISATIONS: tuple[tuple[type, str, str, str], ...] = (
+    (WeightNorm, "torch.nn.utils.weight_norm", "'{0}_g' and '{0}_v'",
+     "torch.nn.utils.remove_weight_norm(module, '{0}')"),
+    (SpectralNorm, "torch.nn.utils.spectral_norm", "'{0}_orig' and its power-iteration vectors",
+     "torch.nn.utils.remove_spectral_norm(module, '{0}')"),
+    (BasePruningMethod, "torch.nn.utils.prune", "'{0}_orig' times '{0}_mask'",
+     "torch.nn.utils.prune.remove(module, '{0}')"),
+)
+
+
+def refuse_unreadable(model: nn.Module) -> None:
+    """FoldError for a model holding a tensor that fold can neither read nor copy, naming the module, the tensor and
+    the fix: a tensor on the meta device (shapes, no values); an uninitialised one, or a lazy module that has not run
+    (its type and hooks change at its first call, even after load_state_dict); a tensor an old-style
+    reparametrisation hook recomputes at every call (weight_norm, spectral_norm, pruning); a tensor a layer of the
+    kind table holds as a plain attribute (no Parameter or buffer: state_dict, .to() and .double() do not see it);
+    and a plain tensor attribute with autograd history (which cannot be copied)."""
+    for name, module in model.named_modules():
+        who = f"{type(module).__name__} '{name}'" if name else f"the model ({type(module).__name__})"
+        for hook in forward_pre_hooks(module):
+            for hook_type, applied, source, remove in REPARAMETRISATIONS:
+                if isinstance(hook, hook_type):
+                    target = str(getattr(hook, "name", getattr(hook, "_tensor_name", "weight")))
+                    raise FoldError(f"{who} has {applied} applied to its '{target}', which a forward pre-hook "
+                                    f"recomputes from {source.format(target)} at every call, so fold can neither "
+                                    f"copy nor fold it: remove it with {remove.format(target)} before folding (the "
+                                    f"tensor keeps its current value)")
+        plain = [(attribute, value) for attribute, value in vars(module).items() if isinstance(value, torch.Tensor)]
+        tensors: list[tuple[str, torch.Tensor]] = [*module.named_parameters(recurse=False),
+                                                   *module.named_buffers(recurse=False), *plain]
+        for attribute, tensor in tensors:
+            if is_lazy(tensor):
+                raise FoldError(f"{who} has an uninitialised {attribute} (a lazy module that has not run yet): run "
+                                f"the model once on an example input to initialise it (after load_state_dict, if you "
+                                f"load one) before folding")
+            if tensor.is_meta:
+                raise FoldError(f"{who} has its {attribute} on the meta device, which holds shapes but no values: "
+                                f"load the values first (model.load_state_dict(state_dict, assign=True), or "
+                                f"model.to_empty(device=...) then load_state_dict) before folding")
+        if isinstance(module, LazyModuleMixin):
+            raise FoldError(f"{who} is a lazy module that has not run yet: its type and hooks change at its first "
+                            f"call, so run the model once on an example input before folding")
+        for attribute, tensor in plain:
+            if type(module) in KINDS:
+                raise FoldError(f"{who} holds its {attribute} as a plain tensor attribute, not a Parameter or "
+                                f"buffer, so state_dict, .to() and .double() do not see it: register it "
+                                f"(module.{attribute} = torch.nn.Parameter(module.{attribute}.detach())) before "
+                                f"folding")
+            if tensor.grad_fn is not None:
+                raise FoldError(f"{who} holds the tensor '{attribute}' as a plain attribute computed with autograd "
+                                f"history (not a Parameter or buffer), which cannot be copied: compute it under "
+                                f"torch.no_grad(), or register it as a buffer, before folding")
 
 
 def flattens_from_1(node: fx.Node, module: nn.Module | None) -> bool:
@@ -82,7 +165,9 @@ class FoldGraph:
         it cannot be traced."""
         root = nn.Sequential(model) if isinstance(model, kind_types()) or is_batchnorm(model) else model
         if root is model:
-            refuse_hooked_root(model)
+            refuse_unusable(model)
+        else:
+            refuse_unreadable(root)
         try:
             graph = LayerTracer().trace(root)
         except Exception as e:  # torch.fx raises TraceError, TypeError, RuntimeError, ... on untraceable code

@@ -297,6 +297,12 @@ def hooked(module: nn.Module) -> bool:
     return any(getattr(module, name, None) != {} for name in HOOK_ATTRIBUTES)
 
 
+def forward_pre_hooks(module: nn.Module) -> list[Any]:
+    """The forward pre-hooks registered on the module, read where `hooked` reads them ([] if they cannot be seen)."""
+    hooks = getattr(module, "_forward_pre_hooks", None)
+    return list(hooks.values()) if isinstance(hooks, dict) else []
+
+
 def affine_kind(layer: nn.Module) -> AffineKind:
     """The entry of an affine layer (one `affine_types` holds)."""
     kind = KINDS[type(layer)]

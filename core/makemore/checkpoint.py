@@ -15,7 +15,7 @@ import torch
 from core.atomic import atomic_write_bytes
 from core.errors import CheckpointError, os_error_text
 from core.limits import MAX_SEED
-from core.makemore.data import Split
+from core.makemore.data import Split, open_once
 from core.makemore.layers import ACTIVATIONS, layer_from_spec
 from core.makemore.model import VOCAB_SIZE, CharMLP
 
@@ -246,29 +246,37 @@ MAX_CHECKPOINT_BYTES = 2**30  # bnfold's checkpoints are well under a megabyte
 
 
 def _read_payload(path):
+    """The checkpoint's payload, from one open of `path`: the file whose type and size are checked is the one torch
+    reads (never a second open that could find another file), and a FIFO is refused without waiting for a writer."""
+    if not os.fspath(path):
+        raise CheckpointError("the checkpoint path is empty; give a checkpoint file such as model.pt")
     try:
-        info = os.stat(path)
+        fd, info = open_once(path)
     except FileNotFoundError as e:
         raise CheckpointError(f"{path}: no such checkpoint; check the path or create one with `bnfold train`") from e
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read the checkpoint ({os_error_text(e)})") from e
-    if stat.S_ISDIR(info.st_mode):
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint; give the .pt file inside it")
-    if not stat.S_ISREG(info.st_mode):
-        raise CheckpointError(f"{path}: is not a regular file (a device, pipe or socket); give a checkpoint file")
-    if info.st_size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path}: {info.st_size} bytes is far larger than any bnfold checkpoint; "
-                              f"check the path")
     try:
-        with warnings.catch_warnings():
+        if stat.S_ISDIR(info.st_mode):
+            raise CheckpointError(f"{path}: is a directory, not a checkpoint; give the .pt file inside it")
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"{path}: is not a regular file (a device, pipe or socket); give a checkpoint file")
+        if info.st_size > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"{path}: {info.st_size} bytes is far larger than any bnfold checkpoint; "
+                                  f"check the path")
+        with os.fdopen(os.dup(fd), "rb") as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols on stderr
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(fh, map_location="cpu", weights_only=True)
     except OSError as e:
         if e.errno != errno.EINVAL:
             raise CheckpointError(f"{path}: cannot read the checkpoint ({os_error_text(e)})") from e
         raise _unreadable(path, "the file is truncated or corrupted") from e  # torch's zip reader, cut short
+    except CheckpointError:
+        raise
     except Exception as e:  # the unpickler raises many kinds on damaged or hostile bytes
         raise _unreadable(path, _unpickling_failure(e)) from e
+    finally:
+        os.close(fd)
 
 
 def _unreadable(path, reason: str) -> CheckpointError:

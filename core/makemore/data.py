@@ -10,6 +10,8 @@ import math
 import os
 import random
 import re
+import select
+import stat
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +32,7 @@ MAX_DOWNLOAD_BYTES = 16 * 2**20  # a download larger than this is cut off and re
 DOWNLOAD_DEADLINE_S = 120.0  # the whole download, however slowly the server sends
 CHUNK_ROWS = 65536  # rows per chunk when a split is evaluated piece by piece
 _NOT_A_Z = re.compile(rb"[^a-z]")
+_NOT_A_Z_TEXT = re.compile(r"[^a-z]")
 
 if TYPE_CHECKING:
     import torch
@@ -58,25 +61,100 @@ class Vocab:
         return "".join(self.itos[int(i)] for i in ids)
 
 
+def open_once(path: PathLike) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of `path` and its fstat, opened without waiting: open() of a FIFO that no process
+    writes to would block forever, so the descriptor is non-blocking (made blocking again for a regular file).
+    Whatever the caller checks with the stat is the file it then reads: nothing is opened twice. OSError as open
+    raises it."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def read_at_most(fd: int, limit: int) -> bytes:
+    """Up to `limit` bytes from `fd` until its end. On a non-blocking pipe whose writer has not written yet, waits
+    for data or for the writer to close (a pipe with no writer at all ends at once)."""
+    pieces, size = [], 0
+    while size < limit:
+        try:
+            piece = os.read(fd, min(limit - size, 1 << 20))
+        except BlockingIOError:  # a writer is there, with nothing written yet
+            poller = select.poll()
+            poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+            poller.poll()
+            continue
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)
+
+
 def read_names_bytes(path: PathLike, limit: int = MAX_NAMES_BYTES) -> bytes:
-    """The bytes of a names file, refusing (DataError) one that cannot be read or holds more than `limit` bytes."""
+    """The bytes of a names file, read once: a regular file, or a pipe (`--names <(zcat names.gz)`). Refuses
+    (DataError) one that cannot be read, a directory or device, a pipe that gives nothing, and more than `limit`
+    bytes."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(limit + 1)
+        fd, info = open_once(path)
+        try:
+            if stat.S_ISDIR(info.st_mode):
+                raise DataError(f"{path}: is a directory, not a names file; give the names file inside it, such as "
+                                f"{path / 'names.txt'}")
+            pipe = stat.S_ISFIFO(info.st_mode) or stat.S_ISSOCK(info.st_mode)
+            if not (pipe or stat.S_ISREG(info.st_mode)):
+                raise DataError(f"{path}: is a device, not a names file; give a file (or a pipe) of names")
+            raw = read_at_most(fd, limit + 1)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise DataError(f"{path}: cannot read names file ({os_error_text(e)}); give a names file that can be "
                         f"read") from e
     if len(raw) > limit:
         raise DataError(f"{path}: the names file is larger than {limit // 2**20} MiB, the most bnfold reads; "
                         f"give a smaller names file")
+    if pipe and not raw:
+        raise DataError(f"{path}: is a pipe that gave no data (no process was writing to it, or the writer wrote "
+                        f"nothing); start the writer first, or give a names file")
     return raw
 
 
-def load_names(path: PathLike) -> list[str]:
-    """One lowercase a-z name per line; CRLF and a missing final newline are fine, nothing is skipped."""
-    path = Path(path)
-    lines = read_names_bytes(path).split(b"\n")
+BOM = "\ufeff"
+
+
+def _bad_character(path: PathLike, lineno: int, line: bytes, first_bad: int) -> DataError:
+    """The error for the first character outside a-z of a line whose byte `first_bad` is not a-z: the character
+    itself and its code point where the line is UTF-8 up to it, else the byte that is not UTF-8; the column counts
+    characters."""
+    try:
+        text = line.decode("utf-8")
+        invalid = None
+    except UnicodeDecodeError as e:
+        text, invalid = line[: e.start].decode("utf-8"), e.start
+    bad = _NOT_A_Z_TEXT.search(text)
+    if bad is None:  # every character before the invalid byte is a-z
+        assert invalid is not None
+        return DataError(f"{path}:{lineno}:{len(text) + 1}: byte 0x{line[invalid]:02x} is not UTF-8 text; names are "
+                         f"lowercase a-z only")
+    char, column = bad.group(), bad.start() + 1
+    if char == BOM and lineno == 1 and column == 1:
+        return DataError(f"{path}:1:1: the file starts with a byte order mark (BOM, U+FEFF), which some editors put "
+                         f"at the start of UTF-8 files; names are lowercase a-z only: save the file as UTF-8 without "
+                         f"a BOM")
+    return DataError(f"{path}:{lineno}:{column}: character {char!r} (U+{ord(char):04X}) is not in a-z; names are "
+                     f"lowercase a-z only")
+
+
+def parse_names(raw: bytes, path: PathLike) -> list[str]:
+    """One lowercase a-z name per line of `raw` (the bytes of the file at `path`, which errors name); CRLF and a
+    missing final newline are fine, nothing is skipped."""
+    lines = raw.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
     if not lines:
@@ -88,13 +166,30 @@ def load_names(path: PathLike) -> list[str]:
             raise DataError(f"{path}:{lineno}: blank line; every line must hold one name")
         bad = _NOT_A_Z.search(line)
         if bad:
-            byte = line[bad.start()]
-            shown = chr(byte) if 32 <= byte < 127 else f"\\x{byte:02x}"
-            raise DataError(
-                f"{path}:{lineno}:{bad.start() + 1}: character {shown!r} is not in a-z; names are lowercase a-z only"
-            )
+            raise _bad_character(path, lineno, line, bad.start())
         names.append(line.decode("ascii"))
     return names
+
+
+@dataclass(frozen=True)
+class NamesFile:
+    """A names file as read once: its names, and the sha256 of the very bytes they were parsed from."""
+
+    path: Path
+    names: list[str]
+    sha256: str
+
+
+def read_names(path: PathLike) -> NamesFile:
+    """The names of a names file and their bytes' sha256, from one read (a pipe can be read only once, and a file
+    that changes between two reads would give names and a checksum of different contents)."""
+    raw = read_names_bytes(path)
+    return NamesFile(Path(path), parse_names(raw, path), hashlib.sha256(raw).hexdigest())
+
+
+def load_names(path: PathLike) -> list[str]:
+    """One lowercase a-z name per line; CRLF and a missing final newline are fine, nothing is skipped."""
+    return read_names(path).names
 
 
 def split_sizes(n: int, fractions: Fractions = DEFAULT_FRACTIONS) -> tuple[int, int, int]:
@@ -158,11 +253,11 @@ class Split:
         return f"seed {self.seed}, {'/'.join(f'{f:g}' for f in self.fractions)}"
 
 
-def load_split(path: PathLike, split: Split) -> tuple[list[str], dict[str, list[str]]]:
-    """(names, {'train'|'dev'|'test': names}) of a names file, refusing one too small for `split`."""
-    names = load_names(path)
-    require_enough_names(len(names), path, split.fractions)
-    return names, split.parts(names)
+def load_split(path: PathLike, split: Split) -> tuple[NamesFile, dict[str, list[str]]]:
+    """(the names file read once, {'train'|'dev'|'test': names}), refusing a file too small for `split`."""
+    names = read_names(path)
+    require_enough_names(len(names.names), path, split.fractions)
+    return names, split.parts(names.names)
 
 
 def _code_table(vocab: Vocab) -> "torch.Tensor":

@@ -9,9 +9,12 @@ The inference variants all include the embedding lookup C[X], so each maps int64
 """
 
 import json
+import math
+import os
 import re
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import stat
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import cast
 
@@ -20,23 +23,27 @@ import torch
 from core import notebook
 from core.atomic import atomic_write_text
 from core.engine.fold import fold
-from core.errors import BnfoldError
-from core.makemore.data import build_dataset, random_rows, split_names
+from core.errors import BnfoldError, os_error_text
+from core.makemore.data import build_dataset, open_once, random_rows, read_at_most, split_names
 from core.makemore.experiments import trained_e02
 from core.makemore.model import CharMLP, e02_mlp
 from core.makemore.torchnn import to_torch_nn
 from core.makemore.train import train
 from core.perf import bench_models
-from core.perf.cells import ratio_cell, target_cell, time_cell
+from core.perf.cells import RATIO_MARKS, TIMING_WIDTH, ratio_cell, target_cell, timing_cell
 from core.perf.chain import Forward, FrozenChain, capture, minimal_chain
 from core.perf.fused import availability, compiled_variants, fused_variants
 from core.perf.timing import (
     ROUNDS,
     SAMPLE_S,
+    SPREAD_LIMIT,
+    Timing,
     call_with,
     cpu_name,
-    interleaved_medians,
+    interleaved_timings,
     machine_info,
+    threads_for,
+    torch_threads,
 )
 
 FORMAT = "bnfold.bench/1"
@@ -88,10 +95,13 @@ class Settings:
     train_steps: int = 20  # training steps per timed call
     build_rounds: int = 5  # build_dataset's loop takes about a second on names.txt
     names_limit: int | None = None  # build_dataset on this many names (None: all)
+    threads: int | None = None  # torch CPU threads for every set; None: one for small batches, torch's own above
+    quick: bool = False  # a smoke run: the torchvision rows are bench_models.QUICK's too
+    torchvision_rounds: int | None = None  # rounds of the torchvision rows (None: their own default)
 
 
 QUICK = Settings(rounds=3, batch_sizes=(1, 64), cuda_batch_sizes=(1, 64), stats_steps=20,
-                 train_steps=3, build_rounds=2, names_limit=300)
+                 train_steps=3, build_rounds=2, names_limit=300, quick=True)
 
 INFERENCE_RATIOS = [  # (label, ours, reference)
     ("folded module / torch fused", "folded module", "torch fused"),
@@ -114,6 +124,7 @@ OTHER_RATIOS = [  # CPU only, keyed without a batch size
     ("build_dataset vectorised / loop", "build_dataset vectorised", "build_dataset loop"),
 ]
 LARGE_BATCH = 2**21  # where the CUDA graph must at least match the eager chain's throughput
+TRAIN_BATCH_ROWS = 64  # the rows of one timed training step (train's default batch): a small batch
 
 CPU_TARGETS = {  # at every batch size
     "folded module / torch fused": 1.00,
@@ -152,14 +163,18 @@ def measure(names: list[str], settings: Settings = Settings(), devices: tuple[st
     log(f"training the E02 net for {settings.stats_steps} steps for realistic BatchNorm statistics")
     model = trained_e02(X, Y, settings.stats_steps, g)
     folded = cast(CharMLP, fold(model)[0])  # fold returns a net of its input's type
-    medians: dict[str, float] = {}
+    timings: dict[str, Timing] = {}
     ratios: dict[str, float] = {}
     targets: dict[str, float] = {}
     rows: dict[str, int] = {}
+    threads: dict[str, int] = {}  # the torch threads each set ran on
+    unreliable: list[str] = []
 
     def add(device: str, batch: Batch | None, label: str, ours: str, ref: str) -> None:
         key = ratio_key(device, batch, label)
-        ratios[key] = medians[ours] / medians[ref]
+        ratios[key] = timings[ours].median / timings[ref].median
+        if not (timings[ours].reliable and timings[ref].reliable):
+            unreliable.append(key)
         bound = target(device, batch, label)
         if bound is not None:
             targets[key] = bound
@@ -177,9 +192,11 @@ def measure(names: list[str], settings: Settings = Settings(), devices: tuple[st
                 runs[GRAPH_RATIO[1]] = capture(variants["folded frozen"], Xb)
                 runs.update(fused_runs(folded_d, Xb, compiled=batch == LARGE_BATCH))
             cases = {name: call_with(fn, Xb) for name, fn in runs.items()}
-            with torch.inference_mode():
-                timed = interleaved_medians(cases, dev, settings.rounds, settings.sample_s)
-            medians.update({f"{device} B={batch}: {name}": t for name, t in timed.items()})
+            n = threads_for(Xb.shape[0], settings.threads) if dev.type == "cpu" else torch.get_num_threads()
+            threads[f"{device} B={batch}"] = n
+            with torch.inference_mode(), torch_threads(n):
+                timed = interleaved_timings(cases, dev, settings.rounds, settings.sample_s)
+            timings.update({f"{device} B={batch}: {name}": t for name, t in timed.items()})
             for label, ours, ref in INFERENCE_RATIOS + ([GRAPH_RATIO] + FUSED_RATIOS if dev.type == "cuda" else []):
                 if ours in runs and ref in runs:
                     add(device, batch, label, f"{device} B={batch}: {ours}", f"{device} B={batch}: {ref}")
@@ -191,33 +208,49 @@ def measure(names: list[str], settings: Settings = Settings(), devices: tuple[st
     notebook_net = notebook.Net(ours_model)
     g_ours, g_notebook = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
     steps = settings.train_steps
-    timed = interleaved_medians({
-        "train step ours": lambda: train(ours_model, X, Y, steps, generator=g_ours, progress=False),
-        "train step notebook": lambda: notebook.train(notebook_net, X, Y, steps, generator=g_notebook),
-    }, rounds=settings.rounds, sample_s=settings.sample_s)
-    medians.update({f"cpu: {name}": t / steps for name, t in timed.items()})
+    n = threads["cpu: train step"] = threads_for(TRAIN_BATCH_ROWS, settings.threads)
+    with torch_threads(n):
+        timed = interleaved_timings({
+            "train step ours": lambda: train(ours_model, X, Y, steps, generator=g_ours, progress=False),
+            "train step notebook": lambda: notebook.train(notebook_net, X, Y, steps, generator=g_notebook),
+        }, rounds=settings.rounds, sample_s=settings.sample_s)
+    timings.update({f"cpu: {name}": Timing(t.median / steps, t.iqr / steps) for name, t in timed.items()})
 
     some = names[:settings.names_limit] if settings.names_limit else names
     log(f"cpu: build_dataset on {len(some)} names")
-    timed = interleaved_medians({
-        "build_dataset vectorised": lambda: build_dataset(some, 4),
-        "build_dataset loop": lambda: notebook.prepare_data(some, 4),
-    }, rounds=settings.build_rounds, sample_s=0.0)
-    medians.update({f"cpu: {name}": t for name, t in timed.items()})
+    n = threads["cpu: build_dataset"] = settings.threads or torch.get_num_threads()
+    with torch_threads(n):
+        timed = interleaved_timings({
+            "build_dataset vectorised": lambda: build_dataset(some, 4),
+            "build_dataset loop": lambda: notebook.prepare_data(some, 4),
+        }, rounds=settings.build_rounds, sample_s=0.0)
+    timings.update({f"cpu: {name}": t for name, t in timed.items()})
     for label, ours, ref in OTHER_RATIOS:
         add("cpu", None, label, f"cpu: {ours}", f"cpu: {ref}")
 
     result = {"format": FORMAT, "machine": machine_info(),
               "settings": {**asdict(settings), "devices": list(devices), "rows": rows, "names": len(names)},
-              "medians_s": medians, "ratios": ratios, "targets": targets}
+              "threads": threads, **timing_fields(timings), "ratios": ratios, "targets": targets,
+              "unreliable": unreliable}
     return torchvision_rows(result, settings, log)
+
+
+def timing_fields(timings: dict[str, Timing]) -> dict[str, dict[str, float | None]]:
+    """A result's medians_s and spread_s (the IQR of each median; None where a single sample gives none)."""
+    return {"medians_s": {k: t.median for k, t in timings.items()},
+            "spread_s": {k: None if math.isnan(t.iqr) else t.iqr for k, t in timings.items()}}
 
 
 # torchvision rows (core.perf.bench_models): resnet18 and mobilenet_v2 on the CPU, unfolded / folded / torch.fx fused.
 
 def torchvision_rows(result: dict, settings: Settings, log: Log | None) -> dict:
-    quick = settings.rounds <= QUICK.rounds
-    return bench_models.extend(result, bench_models.QUICK if quick else bench_models.Settings(), log)
+    """The torchvision rows (bench_models), with the run's thread count and rounds where they were chosen."""
+    rows = bench_models.QUICK if settings.quick else bench_models.Settings()
+    if settings.threads:
+        rows = replace(rows, threads=settings.threads)
+    if settings.torchvision_rounds:
+        rows = replace(rows, rounds=settings.torchvision_rounds)
+    return bench_models.extend(result, rows, log)
 
 
 def _batch(X_dev: torch.Tensor, batch: Batch, generator: torch.Generator) -> torch.Tensor:
@@ -231,37 +264,49 @@ def _batch(X_dev: torch.Tensor, batch: Batch, generator: torch.Generator) -> tor
 # Reporting, saving, comparing.
 
 def format_table(result: dict) -> str:
-    """Per device a grid of medians and one of ratios (columns: batch sizes), then the CPU's other ratios."""
+    """Per device a grid of medians with their spreads and one of ratios (columns: batch sizes), with the threads
+    each column ran on, then the CPU's other ratios."""
     s, m = result["settings"], result["machine"]
     medians, ratios, targets = result["medians_s"], result["ratios"], result["targets"]
+    spreads, threads = result.get("spread_s", {}), result.get("threads", {})
     dev_rows = f"; B=dev is {s['rows']['dev']} rows" if "dev" in s["rows"] else ""
     gpu = f", {m['cuda']}" if "cuda" in m else ""
-    lines = [(f"bnfold bench: torch {m['torch']}, {m['cpu']}{gpu}, {m['threads']} thread(s), {s['rounds']} rounds, "
-              f"medians{dev_rows}; * misses its target")]
+    lines = [(f"bnfold bench: torch {m['torch']}, {m['cpu']}{gpu}, {s['rounds']} rounds, medians ± IQR / median"
+              f"{dev_rows}"), RATIO_MARKS]
     for device in s["devices"]:
         batches = s["cuda_batch_sizes"] if device == "cuda" else s["batch_sizes"]
+        time_head = "".join(f"{'B=' + str(b):>{TIMING_WIDTH}}" for b in batches)
         head = "".join(f"{'B=' + str(b):>11}" for b in batches)
         prefix = f"{device} B={batches[0]}: "
-        lines += ["", f"{device + ' inference, time per call':<36}{head}"]
+        lines += ["", f"{device + ' inference, time per call':<36}{time_head}"]
+        if device == "cpu" and threads:
+            lines.append(f"  {'threads':<34}" + "".join(f"{threads.get(f'{device} B={b}', '-'):>{TIMING_WIDTH}}"
+                                                         for b in batches))
         for name in (k[len(prefix):] for k in medians if k.startswith(prefix)):
-            lines.append(f"  {name:<34}" + "".join(time_cell(medians, f"{device} B={b}: {name}") for b in batches))
+            lines.append(f"  {name:<34}" + "".join(timing_cell(medians, spreads, f"{device} B={b}: {name}")
+                                                   for b in batches))
         lines.append(f"{device + ' ratios, lower is better':<36}{head}  target")
         for label in (k[len(prefix):] for k in ratios if k.startswith(prefix)):
             keys = [ratio_key(device, b, label) for b in batches]
             cells = "".join(ratio_cell(result, k) for k in keys)
             lines.append(f"  {label:<34}{cells}  {target_cell(targets, keys, batches)}")
-    lines += ["", f"{'cpu, per call':<36}{'ours':>11}{'reference':>11}{'ratio':>11}  target"]
+    lines += ["", f"{'cpu, per call':<36}{'ours':>{TIMING_WIDTH}}{'reference':>{TIMING_WIDTH}}{'ratio':>11}  target"]
     for label, ours, ref in OTHER_RATIOS:
         key = ratio_key("cpu", None, label)
         if key not in ratios:
             continue
         bound = f"<= {targets[key]:.2f}" if key in targets else ""
-        times = time_cell(medians, f"cpu: {ours}") + time_cell(medians, f"cpu: {ref}")
-        lines.append(f"  {label:<34}{times}{ratio_cell(result, key)}  {bound}")
-    return "\n".join(lines) + bench_models.format_rows(result)  # the torchvision rows, when the run has them
+        group = "train step" if ours.startswith("train step") else "build_dataset"
+        on = f", {threads[f'cpu: {group}']} thread(s)" if f"cpu: {group}" in threads else ""
+        times = timing_cell(medians, spreads, f"cpu: {ours}") + timing_cell(medians, spreads, f"cpu: {ref}")
+        lines.append(f"  {label:<34}{times}{ratio_cell(result, key)}  {bound}{on}")
+    rows = bench_models.format_rows(result)  # the torchvision rows, when the run has them
+    return "\n".join(lines) + ("\n" + rows if rows else "")
 
 
 def ratios_path(name: str) -> Path:
+    if not name:
+        raise BnfoldError("the bench name is empty; give a name such as base")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise BnfoldError(f"bench name {name!r}: use letters, digits, '.', '_' and '-' only")
     return BENCH_DIR / f"ratios-{name}.json"
@@ -275,17 +320,56 @@ def save(result: dict, name: str) -> Path:
     return path
 
 
+MAX_SAVED_BYTES = 16 * 2**20  # a saved run is a few kilobytes
+
+
 def load(name: str) -> dict:
+    """The saved run `name`, its schema checked before anything is measured: the format, a "machine" object, and
+    at least one ratio, each a positive finite number (a ratio of two times). A file that fails any of these is
+    refused with what is wrong in it; nothing later trips over it."""
     path = ratios_path(name)
-    if not path.exists():
-        raise BnfoldError(f"{path}: no saved ratios named {name!r}; save a run under that name first")
+    again = "save a run under that name again"
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BnfoldError(f"{path}: unreadable ({e}); save a run under that name again") from e
+        fd, info = open_once(path)  # one open: no check of one file and read of another, no wait on a FIFO
+        try:
+            if not stat.S_ISREG(info.st_mode):
+                raise BnfoldError(f"{path}: is not a regular file; {again}")
+            raw = read_at_most(fd, MAX_SAVED_BYTES + 1)
+        finally:
+            os.close(fd)
+    except FileNotFoundError as e:
+        raise BnfoldError(f"{path}: no saved ratios named {name!r}; save a run under that name first") from e
+    except OSError as e:
+        raise BnfoldError(f"{path}: unreadable ({os_error_text(e)}); {again}") from e
+    if len(raw) > MAX_SAVED_BYTES:
+        raise BnfoldError(f"{path}: larger than {MAX_SAVED_BYTES // 2**20} MiB, far more than a saved run; {again}")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BnfoldError(f"{path}: unreadable ({e}); {again}") from e
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("ratios"), dict):
-        raise BnfoldError(f"{path}: not a {FORMAT} file; save a run under that name again")
+        raise BnfoldError(f"{path}: not a {FORMAT} file; {again}")
+    if not isinstance(data.get("machine"), dict):
+        what = "has no" if "machine" not in data else f"has {json.dumps(data['machine'])[:40]} as its"
+        raise BnfoldError(f"{path}: {what} \"machine\" object (the CPU and torch version it was timed on); {again}")
+    if not data["ratios"]:
+        raise BnfoldError(f"{path}: holds no ratios, so a comparison would compare nothing; {again}")
+    for key, value in data["ratios"].items():
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and value > 0):
+            raise BnfoldError(f"{path}: ratio {key!r} is {json.dumps(value)[:40]}; a ratio of two times is a "
+                              f"positive finite number; {again}")
     return data
+
+
+def ratio_device(key: str) -> str:
+    """The device a ratio key was timed on: 'cpu' for 'cpu B=1: ...', 'cpu: ...' and 'cpu/torchvision B=1: ...'."""
+    return re.split(r"[ :/]", key, maxsplit=1)[0]
+
+
+def comparable(saved: dict[str, float], devices: tuple[str, ...]) -> list[str]:
+    """The saved ratio keys a run on `devices` can measure again (the CPU's torchvision rows need torchvision)."""
+    return [key for key in saved if ratio_device(key) in devices]
 
 
 DEFAULT_THRESHOLD = 0.10  # the growth of a ratio that a comparison marks as regressed unless told otherwise
@@ -318,12 +402,17 @@ def compare(saved: dict, now: dict, threshold: float) -> tuple[list[Change], lis
     return changes, [key for key in saved if key not in now]
 
 
-def format_comparison(name: str, saved: dict, changes: list[Change], missing: list[str], threshold: float) -> str:
+def format_comparison(name: str, saved: dict, changes: list[Change], missing: list[str], threshold: float,
+                      unreliable: Collection[str] = ()) -> str:
+    """The comparison, a line per ratio; a ratio whose new value rests on a median too spread to trust
+    (`unreliable`) says so beside its status."""
     machine = saved["machine"]
     lines = [(f"against {ratios_path(name)} (saved on {machine.get('cpu', '?')}, torch {machine.get('torch', '?')}); "
               f"regressed: grew by more than {threshold * 100:g}%")]
     for c in changes:
         status = "REGRESSED" if c.regressed else "ok"
+        if c.key in unreliable:
+            status += f" (unreliable now: a median's spread exceeds {SPREAD_LIMIT:.0%})"
         lines.append(f"  {c.key:<60}{c.saved:>8.3f} -> {c.now:<8.3f}{c.percent:+7.1f}%  {status}")
     lines += [f"  {key:<60}not measured in this run" for key in missing]
     if machine.get("cpu") != cpu_name() or machine.get("torch") != torch.__version__:

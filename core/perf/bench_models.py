@@ -15,6 +15,7 @@ time on resnet50 (tracing included) is recorded beside them, with its target of 
 """
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,9 +26,9 @@ from torch import nn
 from core import vision
 from core.engine.fold import fold
 from core.errors import MissingDependency
-from core.perf.cells import ratio_cell, time_cell
+from core.perf.cells import TIMING_WIDTH, ratio_cell, time_cell, timing_cell
 from core.perf.layout import channels_last
-from core.perf.timing import call_with, interleaved_medians
+from core.perf.timing import Timing, call_with, interleaved_timings
 
 DEVICE = "cpu/torchvision"  # the device part of every key here
 FOLD_TIME_MODEL = "resnet50"
@@ -66,15 +67,21 @@ def variants(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def speed(model: nn.Module, image_size: int, batch_sizes: Iterable[int], rounds: int,
-          seed: int = 0) -> dict[int, dict[str, float]]:
-    """{batch: {variant: median seconds per call}}, the variants timed interleaved under inference mode."""
+          seed: int = 0) -> dict[int, dict[str, Timing]]:
+    """{batch: {variant: median seconds per call and its IQR}}, the variants timed interleaved under inference mode
+    on images drawn from the seed's stream number `batch` (vision.sub_seed)."""
     timed = {}
     for batch in batch_sizes:
-        X = vision.images(batch, image_size, seed + batch, next(model.parameters()).dtype)
+        X = vision.images(batch, image_size, vision.sub_seed(seed, batch), next(model.parameters()).dtype)
         cases = {name: call_with(m, X) for name, m in variants(model).items()}
         with torch.inference_mode():
-            timed[batch] = interleaved_medians(cases, rounds=rounds)
+            timed[batch] = interleaved_timings(cases, rounds=rounds)
     return timed
+
+
+def ratio_reliable(timed: dict[str, Timing], ours: str, reference: str) -> bool:
+    """Whether the ratio ours / reference rests on two medians whose spreads are within the limit."""
+    return timed[ours].reliable and timed[reference].reliable
 
 
 def fold_time(name: str = FOLD_TIME_MODEL, runs: int = 5, image_size: int = 32) -> float:
@@ -112,13 +119,18 @@ def extend(result: dict, settings: Settings = Settings(), log: Callable[[str], N
 
 def _extend(result: dict, settings: Settings, log: Callable[[str], None]) -> None:
     medians, ratios, targets = result["medians_s"], result["ratios"], result["targets"]
+    spreads, unreliable = result.setdefault("spread_s", {}), result.setdefault("unreliable", [])
     for name in settings.models:
         log(f"cpu: {name} unfolded / folded / torch.fx fused, {settings.image_size}² images")
         model = vision.build(name, image_size=min(settings.image_size, 64))
         for batch, timed in speed(model, settings.image_size, settings.batch_sizes, settings.rounds).items():
-            medians.update({key(batch, f"{name} {variant}"): t for variant, t in timed.items()})
+            medians.update({key(batch, f"{name} {variant}"): t.median for variant, t in timed.items()})
+            spreads.update({key(batch, f"{name} {variant}"): None if math.isnan(t.iqr) else t.iqr
+                            for variant, t in timed.items()})
             for label, ours, reference in RATIOS:
-                ratios[key(batch, f"{name} {label}")] = timed[ours] / timed[reference]
+                ratios[key(batch, f"{name} {label}")] = timed[ours].median / timed[reference].median
+                if not ratio_reliable(timed, ours, reference):
+                    unreliable.append(key(batch, f"{name} {label}"))
                 if label in TARGETS:
                     targets[key(batch, f"{name} {label}")] = TARGETS[label]
     if settings.fold_runs:
@@ -132,23 +144,27 @@ def _extend(result: dict, settings: Settings, log: Callable[[str], None]) -> Non
 
 
 def format_rows(result: dict) -> str:
-    """The torchvision rows of a bench result as a table ('' when it has none); * marks a missed target."""
+    """The torchvision rows of a bench result as a table ('' when it has none): times with their spreads, then
+    ratios, * marking a missed target and ? a ratio on medians too spread to trust."""
     medians, ratios, targets = result["medians_s"], result["ratios"], result["targets"]
     keys = [k for k in ratios if k.startswith(DEVICE + " ")]
     if not keys:
         return ""
     batches = list(dict.fromkeys(k.split(":")[0].split("B=")[1] for k in keys))
     labels = list(dict.fromkeys(k.split(": ", 1)[1] for k in keys))
-    head = "".join(f"{'B=' + b:>11}" for b in batches)
-    size = result.get("settings", {}).get("torchvision", {}).get("image_size", "?")
+    head = "".join(f"{'B=' + b:>{TIMING_WIDTH}}" for b in batches)
+    tv = result.get("settings", {}).get("torchvision", {})
+    size, threads = tv.get("image_size", "?"), tv.get("threads", "?")
     names = list(dict.fromkeys(k.split(": ", 1)[1] for k in medians if k.startswith(DEVICE + " ")))
     fold_label = f"fold() {FOLD_TIME_MODEL}, tracing included"
     width = max(len(text) for text in [*names, *labels, fold_label])
-    lines = ["", f"{'torchvision on cpu (' + str(size) + '² images)':<{width + 2}}{head}  target"]
+    spreads = result.get("spread_s", {})
+    lines = ["", f"{f'torchvision on cpu ({size}² images, {threads} thread(s))':<{width + 2}}{head}  target"]
     for name in names:
-        lines.append(f"  {name:<{width}}" + "".join(time_cell(medians, f"{DEVICE} B={b}: {name}") for b in batches))
-    for label in labels:
-        cells = "".join(ratio_cell(result, f"{DEVICE} B={b}: {label}") for b in batches)
+        lines.append(f"  {name:<{width}}" + "".join(timing_cell(medians, spreads, f"{DEVICE} B={b}: {name}")
+                                                    for b in batches))
+    for label in labels:  # ratio cells right-aligned under the timing cells' columns
+        cells = "".join(f"{ratio_cell(result, f'{DEVICE} B={b}: {label}'):>{TIMING_WIDTH}}" for b in batches)
         bound = targets.get(f"{DEVICE} B={batches[0]}: {label}")
         lines.append(f"  {label:<{width}}{cells}  {f'<= {bound:.2f}' if bound is not None else ''}")
     seconds = medians.get(f"{DEVICE}: fold() {FOLD_TIME_MODEL}")

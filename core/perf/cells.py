@@ -1,7 +1,11 @@
-"""The cells of the timing tables (`bnfold bench`, its torchvision rows, the GPU check): a time in its unit, a ratio
-marked when it misses its target, the targets of a row."""
+"""The cells of the timing tables (`bnfold bench`, its torchvision rows, the GPU check): a time in its unit (with
+its spread), a ratio marked when it misses its target or rests on medians too spread to trust, the targets of a
+row."""
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+
+from core.perf.timing import SPREAD_LIMIT
 
 UNITS = (("s", 1.0), ("ms", 1e-3), ("us", 1e-6))  # the largest unit a time reaches, microseconds below that
 
@@ -12,7 +16,7 @@ def scaled(seconds: float) -> tuple[float, str]:
     return seconds / scale, unit
 
 
-def time_cell(medians: dict[str, float], key: str) -> str:
+def time_cell(medians: Mapping[str, float], key: str) -> str:
     """The median at `key`, 11 characters wide ('-' when there is none)."""
     seconds = medians.get(key)
     if seconds is None:
@@ -21,11 +25,38 @@ def time_cell(medians: dict[str, float], key: str) -> str:
     return f"{value:>8.3g} {unit:<2}"
 
 
+TIMING_WIDTH = 18  # a timing cell: a time cell and its spread
+
+
+def spread_text(spread: float) -> str:
+    """IQR / median as a percentage, 5 characters at most: '4%', '>999%', '?' when unknown."""
+    if math.isnan(spread):
+        return "?"
+    return f"{spread * 100:.0f}%" if spread * 100 < 999.5 else ">999%"
+
+
+def timing_cell(medians: Mapping[str, float], spreads: Mapping[str, float | None], key: str) -> str:
+    """The median at `key` and its spread (IQR / median) beside it, TIMING_WIDTH characters: '  2.1 ms ±   4%'."""
+    if key not in medians:
+        return f"{'-':>{TIMING_WIDTH}}"
+    iqr = spreads.get(key)
+    median = medians[key]
+    spread = math.nan if iqr is None else (iqr / median if median > 0 else (0.0 if iqr == 0 else math.inf))
+    return f"{time_cell(medians, key)} ±{spread_text(spread):>5}"
+
+
+RATIO_MARKS = (f"* misses its target; ? rests on a median whose spread (IQR) exceeds {SPREAD_LIMIT:.0%} of it: "
+               f"noise, not a measurement")
+
+
 def ratio_cell(result: dict, key: str) -> str:
-    """The ratio at `key` of a bench result, 11 characters wide, '*' after it when it is above its target."""
+    """The ratio at `key` of a bench result, 11 characters wide: '?' after it when it rests on a median too spread
+    to trust (result['unreliable']), else '*' when it is above its target."""
     value, bound = result["ratios"].get(key), result["targets"].get(key)
     if value is None:
         return f"{'-':>10} "
+    if key in result.get("unreliable", ()):
+        return f"{value:>10.3f}?"
     return f"{value:>10.3f}{'*' if bound is not None and value > bound else ' '}"
 
 

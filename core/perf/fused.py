@@ -75,9 +75,13 @@ accumulation, the GPU branches of the dot, libdevice (the interpreter uses float
 rounded once, within 1 ulp) or code generation; tests compile the GPU kernel for sm_90a without a
 device, and `python -m core.perf.gpu_check` measures and certifies on a GPU.
 
-Launches are CUDA-graph friendly: no host syncs, the output is allocated the same way every call or
-passed as `out=`; `core.perf.chain.capture(fn, example)` records one launch and replays it. docs/fused.md has the
-launch configurations and their reasoning.
+Character ids are checked on the host before each launch, as the eager CharMLP's embedding checks
+them: an id outside [0, vocab) raises UnsupportedInput naming it and its row. On CUDA that check is one
+min/max over the ids read back to the host, a sync before the launch; it is skipped while a CUDA graph
+is captured, so replays of a captured FusedMLP are unchecked, and there an id out of range gives a NaN
+row (the kernel never reads outside the table). Launches are otherwise CUDA-graph friendly: the output is
+allocated the same way every call or passed as `out=`; `core.perf.chain.capture(fn, example)` records one
+launch and replays it. docs/fused.md has the launch configurations and their reasoning.
 """
 
 import copy
@@ -290,7 +294,8 @@ def fused_error_bound(model: nn.Module, X: torch.Tensor, precision: str) -> torc
 # The kernel's host side.
 
 class FusedMLP:
-    """X -> logits for a folded net in one Triton launch; a CharMLP takes int ids (B, context_length),
+    """X -> logits for a folded net in one Triton launch; a CharMLP takes int ids (B, context_length) in
+    [0, vocab) (UnsupportedInput for another id; on CUDA the check is a host sync: module docstring),
     an nn.Sequential float32 rows (B, fan_in). Certified by `fused_error_bound` (module docstring).
 
     Weights are packed once: frozen like core.perf.chain.FrozenChain, so later changes to the model
@@ -412,6 +417,22 @@ class FusedMLP:
                                 or out.device != self.device or (out.shape[0] > 0 and out.stride(1) != 1)):
             raise UnsupportedInput(f"out must be a float32 tensor of shape ({X.shape[0]}, {self.out_features}) on "
                                    f"{self.device} with unit stride along its rows, or None")
+        if self.embedded:
+            self._check_ids(X)  # last: on CUDA the one check that waits for the GPU
+
+    def _check_ids(self, X: torch.Tensor) -> None:
+        """UnsupportedInput naming the first id of X (row by row) outside [0, vocab), as the eager CharMLP refuses
+        one (an IndexError of its embedding). One min/max over X; on CUDA reading it back waits for the GPU (a host
+        sync). Skipped while a CUDA graph is being captured, where no sync is allowed: a captured FusedMLP's
+        replays are not checked, and an id out of range there gives a NaN row (the kernel never reads outside C)."""
+        if X.numel() == 0 or (X.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            return
+        low, high = (int(v) for v in X.aminmax())
+        if low < 0 or high >= self.vocab:
+            row, column = (int(i) for i in ((X < 0) | (X >= self.vocab)).nonzero()[0])
+            raise UnsupportedInput(f"X holds the character id {int(X[row, column])} at row {row}, column {column}, "
+                                   f"outside [0, {self.vocab}): the embedding has {self.vocab} rows, so ids run from "
+                                   f"0 to {self.vocab - 1}")
 
     def launch(self, X: torch.Tensor, out: torch.Tensor) -> tuple[tuple[int], dict[str, Any], dict[str, Any],
                                                                   dict[str, Any]]:
@@ -435,7 +456,8 @@ class FusedMLP:
         return (self.programs(rows, cfg),), args, constexprs, options
 
     def __call__(self, X: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The logits (B, fan_out), float32, written into `out` when given. One launch, no host sync."""
+        """The logits (B, fan_out), float32, written into `out` when given. One launch; for character ids on CUDA,
+        one host sync before it (the id check), none while a CUDA graph is captured."""
         self._check_input(X, out)
         if out is None:
             out = torch.empty(X.shape[0], self.out_features, dtype=torch.float32, device=self.device)

@@ -1,4 +1,11 @@
-"""Timing: interleaved medians of several cases, and what a timing records about the machine it ran on."""
+"""Timing: interleaved medians of several cases with their spread, the threads they ran on, and what a timing
+records about the machine it ran on.
+
+A median is reported with its spread, the interquartile range (IQR) of its samples. Where the IQR exceeds
+SPREAD_LIMIT of the median, the samples disagree by more than the differences the tables are read for (a fold
+buys a few percent to a few tens of percent), so the median is marked unreliable, and so is every ratio built on
+it: on a busy machine, where threads wait on each other, times vary by factors, not percent.
+"""
 
 import math
 import os
@@ -6,7 +13,9 @@ import platform
 import random
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -14,7 +23,60 @@ import torch
 
 ROUNDS = 51
 SAMPLE_S = 0.002  # short samples: on a busy machine most fall between preemptions, and medians keep those
+SPREAD_LIMIT = 0.10  # IQR / median above which a median is noise, not a measurement
+# Batches of at most this many rows are timed on one thread unless a thread count is chosen: a forward of a few
+# dozen rows is a chain of tiny ops, and several OpenMP threads then pay a synchronisation per op, and on a busy
+# machine wait for each other (a B = 1 forward of tens of µs was measured at 24 ms with two other jobs running).
+SMALL_BATCH_ROWS = 64
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The median seconds per call of one case and the interquartile range of its samples (nan with fewer than
+    two samples: no spread known)."""
+
+    median: float
+    iqr: float
+
+    @property
+    def spread(self) -> float:
+        """IQR / median; inf for a median of 0 with samples that differ, nan when unknown."""
+        if math.isnan(self.iqr) or self.iqr == 0:
+            return self.iqr
+        return self.iqr / self.median if self.median > 0 else math.inf
+
+    @property
+    def reliable(self) -> bool:
+        """The spread is known and at most SPREAD_LIMIT of the median."""
+        return self.spread <= SPREAD_LIMIT  # False for nan
+
+
+def summarize(samples: Sequence[float]) -> Timing:
+    """The median and the interquartile range (inclusive quartiles) of `samples` (at least one)."""
+    if len(samples) < 2:
+        return Timing(statistics.median(samples), math.nan)
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return Timing(statistics.median(samples), q3 - q1)
+
+
+def threads_for(rows: int, chosen: int | None) -> int:
+    """The torch threads to time a batch of `rows` rows on: the chosen count, else one for a small batch
+    (SMALL_BATCH_ROWS), else torch's current count."""
+    if chosen:
+        return chosen
+    return 1 if rows <= SMALL_BATCH_ROWS else torch.get_num_threads()
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` in the block, and restored after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def call_with(fn: Callable[[T], object], X: T) -> Callable[[], object]:
@@ -24,7 +86,14 @@ def call_with(fn: Callable[[T], object], X: T) -> Callable[[], object]:
 
 def interleaved_medians(cases: Mapping[str, Callable[[], object]], device: torch.device | str | None = None,
                         rounds: int = ROUNDS, sample_s: float = SAMPLE_S) -> dict[str, float]:
-    """Median seconds per call of each zero-argument case, sampled once per round so drift hits all alike.
+    """Median seconds per call of each zero-argument case: interleaved_timings without the spreads."""
+    return {name: t.median for name, t in interleaved_timings(cases, device, rounds, sample_s).items()}
+
+
+def interleaved_timings(cases: Mapping[str, Callable[[], object]], device: torch.device | str | None = None,
+                        rounds: int = ROUNDS, sample_s: float = SAMPLE_S) -> dict[str, Timing]:
+    """Median seconds per call of each zero-argument case and its IQR, sampled once per round so drift hits all
+    alike.
 
     Each round runs the cases in a fresh order (a fixed seed), never one case twice in a row: what ran just
     before a case changes its time by a few percent on a model of several MB (caches warm from itself, or
@@ -53,7 +122,7 @@ def interleaved_medians(cases: Mapping[str, Callable[[], object]], device: torch
         for _ in range(n):
             fn()
         samples[name].append((now() - start) / n)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return {name: summarize(s) for name, s in samples.items()}
 
 
 def sample_order(names: list[str], rounds: int, seed: int = 0) -> list[str]:

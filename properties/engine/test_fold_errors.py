@@ -1,17 +1,22 @@
 """Every FoldError case: the fold refuses, and the message names the layer and what to do."""
 
 import re
+from dataclasses import replace
 
 import pytest
 import torch
-from hypothesis import example, given
+import torch.nn.utils.prune
+from hypothesis import assume, example, given, note
 from hypothesis import strategies as st
 
 from core.engine.algebra import fold_pair
 from core.engine.bound.propagation import error_bound
+from core.engine.certify import certify
 from core.engine.fold import fold
 from core.engine.kinds import KINDS, NormTerms
+from core.engine.plan import plan_folds
 from core.errors import FoldError
+from properties.strategies.nets import MODELLED_BLOCKS, net_cases
 from properties.strategies.pairs import (
     BN_TYPES,
     ConvPairCase,
@@ -239,3 +244,148 @@ def test_an_unbatched_conv1d_pair_is_refused_by_the_bound():
     assert str(info.value).startswith(
         "BatchNorm1d '1' normalises dim 1 of a 2-D tensor here, but Conv1d '0' keeps its channels in "
         "dim 1 only of 3-D tensors (N, C, ...): fold(model) folded them as if it did")
+
+
+def steps_from(value: torch.Tensor, k: int) -> torch.Tensor:
+    """The value k steps of one ulp away from `value`, in its own dtype (k < 0: downwards)."""
+    toward = torch.tensor(float("inf") if k > 0 else -float("inf"), dtype=value.dtype)
+    for _ in range(abs(k)):
+        value = torch.nextafter(value, toward)
+    return value
+
+
+ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+@given(pair_cases(dtypes=ALL_DTYPES, max_fan=8, max_batch=2), st.integers(-3, 3), units, prefixes)
+@example(PairCase(dtype=torch.float32, eps=1e-5), 0, 0, 0)
+@example(PairCase(dtype=torch.float16, eps=1e-5), 0, 0, 0)
+@example(PairCase(dtype=torch.bfloat16, eps=1e-5), 0, 0, 0)
+@example(PairCase(dtype=torch.float16, eps=1e-8), 0, 0, 0)
+@example(PairCase(dtype=torch.float64, eps=1e-5, direction="before"), 1, 0, 1)
+def test_variance_plus_eps_is_judged_as_torch_computes_it(case, k, unit, prefix):
+    """torch's eval BN(μ)_j = nan ⇔ FoldError("… 'i' has running_var + eps <= 0 at unit j …"), in every dtype.
+
+    torch's eval BatchNorm adds ε rounded to the precision it computes in (the BatchNorm's dtype, float32 for
+    float16 and bfloat16): with v_j = −fl(ε) it divides by √0 (or by √ of a negative number) and outputs nan at
+    z = μ, though in float64 v_j + ε may be a tiny positive number from which the fold would compute a finite layer.
+    Conversely, where that sum is positive the map is finite, even when v_j + ε rounds to 0 in float16 itself. v_j is
+    drawn k ulps from −fl(ε) in the BatchNorm's dtype (the other units hold v = 1).
+    """
+    linear, bn, _ = case.build()
+    j = unit % len(bn.running_var)
+    with torch.no_grad():
+        bn.running_var.fill_(1)
+        bn.running_var[j] = steps_from(-torch.tensor(case.eps, dtype=case.dtype), k)
+        undefined = bool(bn(bn.running_mean[None])[0, j].isnan())  # torch's own eval map at z = μ
+    note(f"v_j {bn.running_var[j].item()!r}, eps {bn.eps!r}: torch's BN(μ)_j is nan: {undefined}")
+    model, i = in_model(case, linear, bn, prefix)
+    try:
+        fold(model)
+        refusal = ""
+    except FoldError as e:
+        refusal = str(e)
+    refused = "has running_var + eps <= 0" in refusal
+    assert refused == undefined, refusal
+    if refused:
+        assert f"'{i}' has running_var + eps <= 0 at unit {j}" in refusal and "raise eps" in refusal, refusal
+
+
+@given(pair_cases(dtypes=ALL_DTYPES, max_fan=8, max_batch=2), prefixes, st.sampled_from(["gamma", "beta"]),
+       st.sampled_from([float("nan"), float("inf"), -float("inf")]), units)
+@example(PairCase(dtype=torch.float64), 0, "gamma", float("nan"), 0)
+@example(PairCase(kind="torch", dtype=torch.float64, direction="before"), 1, "beta", float("inf"), 0)
+def test_non_finite_scale_or_shift_is_refused_naming_it(case, prefix, which, value, unit):
+    """γ_j or β_j ∉ ℝ ⇒ FoldError("… 'i' has a non-finite scale γ '<attr>' (<value> at unit j) …"), in every dtype.
+
+    Such a BatchNorm outputs nan or inf at unit j whatever its input, and the fold would spread it into the layer (a
+    whole column after it, every output before it): the refusal names the tensor as the layer holds it ('weight' and
+    'bias' in torch, 'gamma' and 'beta' in the notebook's layers) rather than the overflow it would cause.
+    """
+    case = replace(case, affine=True)
+    linear, bn, _ = case.build()
+    j = unit % len(bn.running_var)
+    attribute = {("torch", "gamma"): "weight", ("torch", "beta"): "bias"}.get((case.kind, which), which)
+    with torch.no_grad():
+        getattr(bn, attribute)[j] = value
+    model, i = in_model(case, linear, bn, prefix)
+    role = "scale γ" if which == "gamma" else "shift β"
+    refused(model, re.escape(f"'{i}' has a non-finite {role} '{attribute}' ({value} at unit {j})"),
+            "load finite parameters")
+
+
+@given(pair_cases(dtypes=ALL_DTYPES, max_fan=8, max_batch=2), prefixes, st.sampled_from(["weight", "bias"]),
+       st.sampled_from([float("nan"), float("inf"), -float("inf")]), st.integers(0, 63))
+@example(PairCase(dtype=torch.float64), 0, "weight", float("nan"), 0)
+@example(PairCase(kind="torch", dtype=torch.float64, direction="before", fan_in=2), 0, "bias", float("inf"), 0)
+def test_non_finite_weight_or_bias_of_the_layer_is_refused_naming_it(case, prefix, which, value, flat):
+    """W_ij or b_j ∉ ℝ in a folding layer ⇒ FoldError("Linear 'k' has a non-finite <attr> (<v> at index [i, j])").
+
+    A nan or inf term makes some output of the layer nan or inf whatever its input (0·inf = nan): no fold of it is
+    certified, and the folded layer would carry it on. A bias names its unit j, a weight its index in the tensor's own
+    layout (torch's Linear holds W as (fan_out, fan_in), the notebook's as (fan_in, fan_out)).
+    """
+    case = replace(case, bias=True)
+    linear, bn, _ = case.build()
+    with torch.no_grad():
+        bn.running_var.fill_(1)  # v + ε > 0 in every dtype: the layer's term is what is refused
+    tensor = getattr(linear, which)
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat % tensor.numel()), tensor.shape))
+    with torch.no_grad():
+        tensor[index] = value
+    model, i = in_model(case, linear, bn, prefix)
+    k = i - 1 if case.direction == "after" else i + 1
+    where = f"unit {index[0]}" if which == "bias" else f"index [{index[0]}, {index[1]}]"
+    refused(model, re.escape(f"Linear '{k}' has a non-finite {which} ({value} at {where})"), "load finite parameters")
+
+
+BREAKS = ("meta", "weight_norm", "spectral_norm", "prune", "plain")
+
+
+def broken(module: torch.nn.Module, how: str) -> str:
+    """Make `module` hold a weight fold can neither read nor copy; returns the phrase its refusal must hold."""
+    if how == "meta":
+        module.to("meta")
+        return "on the meta device"
+    if how == "weight_norm":
+        torch.nn.utils.weight_norm(module)
+        return r"torch\.nn\.utils\.remove_weight_norm\(module, 'weight'\)"
+    if how == "spectral_norm":
+        with torch.random.fork_rng(devices=[]):  # spectral_norm draws its first vectors from the global RNG
+            torch.manual_seed(0)
+            torch.nn.utils.spectral_norm(module)
+        return r"torch\.nn\.utils\.remove_spectral_norm\(module, 'weight'\)"
+    if how == "prune":
+        torch.nn.utils.prune.l1_unstructured(module, "weight", amount=0.5)
+        return r"torch\.nn\.utils\.prune\.remove\(module, 'weight'\)"
+    weight = module.weight.detach().clone()
+    del module.weight
+    module.weight = weight
+    return "holds its weight as a plain tensor attribute"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
+@given(net_cases(max_blocks=3, blocks=MODELLED_BLOCKS), st.integers(0, 31), st.sampled_from(BREAKS),
+       st.sampled_from(["fold", "plan_folds", "error_bound", "certify"]))
+def test_a_weight_fold_cannot_read_is_refused_naming_the_layer_by_every_entry_point(case, pick, how, entry):
+    """weight on meta, under weight_norm/spectral_norm/prune, or plain ⇒ every entry point's FoldError names the layer.
+
+    fold, plan_folds, error_bound and certify each refuse, naming the layer and the fix (the call that removes the
+    hook, the load that gives the values, the registration).
+
+    A meta tensor holds no values; an old-style reparametrisation recomputes the weight at every call, as a plain
+    attribute that cannot be deep-copied once computed with autograd; a plain tensor escapes state_dict, .to() and
+    .double(). Each used to escape as torch's own NotImplementedError or RuntimeError, or only from certify; now the
+    model is refused before anything runs, wherever the layer sits and whether or not a BatchNorm folds into it.
+    """
+    model, X, _ = case.build()
+    named = [(name, m) for name, m in model.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)]
+    assume(named)  # a net of pools only holds no weight
+    name, module = named[pick % len(named)]
+    phrase = broken(module, how)
+    calls = {"fold": lambda: fold(model), "plan_folds": lambda: plan_folds(model),
+             "error_bound": lambda: error_bound(model, X), "certify": lambda: certify(model, model, X)}
+    with pytest.raises(FoldError) as info:
+        calls[entry]()
+    message = str(info.value)
+    assert f"{type(module).__name__} '{name}'" in message and re.search(phrase, message), message

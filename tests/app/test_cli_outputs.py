@@ -161,15 +161,15 @@ def test_longest_legal_name_is_written(tmp_path, small_names):
 
 def test_stale_temporaries_are_cleaned_and_live_ones_kept(tmp_path, small_names):
     out = tmp_path / "m.pt"
-    old_style = tmp_path / ".m.pt.k2j4x_9q.tmp"  # what an interrupted save of an older version left
-    dead_writer = tmp_path / ".m.pt.999999999-00aa.tmp"  # our form, its writer's pid long gone
+    old_style = tmp_path / ".m.pt.k2j4x_9q.tmp"  # not our exact form: it could be a user's file, so it stays
+    dead_writer = tmp_path / f".m.pt.999999999-{'00aa' * 4}.tmp"  # our form, its writer's pid long gone
     live_writer = temp_path(out)  # our form, this very process: a save in progress
     other_file = tmp_path / ".m.pt.old.123-ab.tmp"  # a temporary of m.pt.old, not of m.pt
     for path in (old_style, dead_writer, live_writer, other_file):
         path.write_bytes(b"partial")
-    assert set(stale_temps(out)) == {old_style, dead_writer}
+    assert set(stale_temps(out)) == {dead_writer}
     assert train_to(out, small_names).code == 0
-    assert listing(tmp_path) == sorted(["m.pt", live_writer.name, other_file.name])
+    assert listing(tmp_path) == sorted(["m.pt", live_writer.name, other_file.name, old_style.name])
 
 
 # Interruptions, full disks and closed pipes.

@@ -17,8 +17,8 @@ CONTRACT = {
             "loss_bound"},
     "env": {"torch", "device", "threads", "seed", "steps"},
 }
-SPEED_ROW = {"batch", "modules", "frozen_chains"}  # folded vs unfolded, timed both ways
-SPEED_PAIR = {"unfolded_us", "folded_us", "speedup"}
+SPEED_ROW = {"batch", "threads", "modules", "frozen_chains"}  # folded vs unfolded, timed both ways
+SPEED_PAIR = {"unfolded_us", "folded_us", "unfolded_iqr_us", "folded_iqr_us", "speedup", "reliable"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -42,6 +42,8 @@ def test_report_contract(short_run):
             pair = row[way]
             assert set(pair) == SPEED_PAIR
             assert pair["speedup"] == pytest.approx(pair["unfolded_us"] / pair["folded_us"], rel=1e-12)
+            assert isinstance(pair["reliable"], bool)
+        assert row["threads"] == (1 if row["batch"] <= 64 else torch.get_num_threads())
     assert report["e02"]["bn_left"] == 0
 
 

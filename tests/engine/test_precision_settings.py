@@ -88,8 +88,8 @@ class DenseResidual(nn.Module):
 
 def test_the_bound_reads_the_precision_of_each_layer(bfloat16_cpu_convolutions):
     """With float32 CPU convolutions allowed in bfloat16, error_bound of a Linear model (with an add, whose rule
-    reads the matmul setting too) is the IEEE one bit for bit, and that of a conv model ≥ 2¹⁷·(1 − 10⁻⁶) times the
-    IEEE one.
+    reads the matmul setting too) is the IEEE one bit for bit, and that of a conv model, and of a conv/BatchNorm pair
+    alone, ≥ 2¹⁷·(1 − 10⁻⁶) times the IEEE one.
 
     Each pair bound and each rule reads the precision setting of the op it models (matmul or conv): u = 2⁻⁷ (twice
     bfloat16's) against 2⁻²⁴. Every term grows at least as fast as u (γ(k) = ku/(1 − ku) faster) but the underflow
@@ -97,9 +97,11 @@ def test_the_bound_reads_the_precision_of_each_layer(bfloat16_cpu_convolutions):
     """
     dense = with_statistics(DenseResidual())
     convolutional = with_statistics(nn.Sequential(conv(2, 3), nn.BatchNorm2d(3), nn.ReLU(), conv(3, 2)))
-    X = torch.randn(2, 4, generator=g), torch.randn(2, 2, 5, 5, generator=g)
-    bf16 = [error_bound(model, x) for model, x in zip((dense, convolutional), X)]
+    pair = with_statistics(nn.Sequential(conv(2, 3), nn.BatchNorm2d(3)))  # the pair bound alone, nothing after it
+    models = (dense, convolutional, pair)
+    X = torch.randn(2, 4, generator=g), torch.randn(2, 2, 5, 5, generator=g), torch.randn(2, 2, 5, 5, generator=g)
+    bf16 = [error_bound(model, x) for model, x in zip(models, X)]
     torch.backends.mkldnn.conv.fp32_precision = "ieee"  # the fixture restores the setting
-    ieee = [error_bound(model, x) for model, x in zip((dense, convolutional), X)]
+    ieee = [error_bound(model, x) for model, x in zip(models, X)]
     assert torch.equal(bf16[0], ieee[0])
-    assert (bf16[1] >= 2**17 * (1 - 1e-6) * ieee[1]).all()
+    assert all((b >= 2**17 * (1 - 1e-6) * i).all() for b, i in zip(bf16[1:], ieee[1:]))

@@ -1,9 +1,11 @@
 """The cells of the timing tables (core.perf.cells): times in their unit, ratios marked against their targets."""
 
+import math
+
 import pytest
 
 from core.perf import bench
-from core.perf.cells import ratio_cell, scaled, target_cell, time_cell
+from core.perf.cells import TIMING_WIDTH, ratio_cell, scaled, spread_text, target_cell, time_cell, timing_cell
 
 
 @pytest.mark.parametrize("seconds, value, unit", [
@@ -35,3 +37,19 @@ def test_target_column_names_the_batch_size_a_target_holds_at():
     assert target_cell({keys[0]: 0.7}, keys, (1, 64)) == "<= 0.70 at B=1"
     assert target_cell({keys[0]: 1.0, keys[1]: 1.0}, keys, (1, 64)) == "<= 1.00"
     assert target_cell({}, keys, (1, 64)) == ""
+
+
+def test_a_ratio_on_a_spread_median_is_marked_unreliable_before_any_target():
+    result = {"ratios": {"over": 1.2, "free": 5.0}, "targets": {"over": 1.0}, "unreliable": ["over", "free"]}
+    assert ratio_cell(result, "over") == "     1.200?"
+    assert ratio_cell(result, "free") == "     5.000?"
+
+
+def test_timing_cells_give_the_spread_beside_the_time():
+    medians = {"a": 0.0021, "b": 4.2e-6, "c": 1.0, "d": 0.0, "e": 0.0}
+    spreads = {"a": 0.000042, "b": None, "c": 20.0, "d": 0.0, "e": 1e-9}
+    cells = [timing_cell(medians, spreads, key) for key in ("a", "b", "c", "d", "e", "missing")]
+    assert cells == ["     2.1 ms ±   2%", "     4.2 us ±    ?", "       1 s  ±>999%", "       0 us ±   0%",
+                     "       0 us ±>999%", "                 -"]
+    assert {len(cell) for cell in cells} == {TIMING_WIDTH}
+    assert spread_text(math.nan) == "?" and spread_text(0.1) == "10%" and spread_text(9.994) == "999%"

@@ -164,17 +164,47 @@ def test_out_buffer_and_empty_batch(e02):
         FusedMLP(sequential((3, 2), (None,)))(torch.zeros(1, 3, dtype=torch.float64, device=DEVICE))
 
 
-def test_out_of_range_ids_give_nan_rows(e02):
-    """An id outside [0, 27) reads nothing out of bounds: its row is NaN, the other rows are unchanged."""
+def test_out_of_range_ids_are_refused_as_the_eager_net_refuses_them(e02):
+    """An id outside [0, 27) raises UnsupportedInput naming the first bad id, its row and column, as the eager
+    CharMLP raises (an IndexError of its embedding), in both input modes; the same FusedMLP then runs valid ids."""
     _, folded = e02
     X = ids(6)
-    bad = X.clone()
-    bad[2, 1], bad[4, 3] = 27, -1
-    for mode in ("table", "gather"):
-        fused = FusedMLP(folded, input_mode=mode)
-        good, out = fused(X), fused(bad)
-        assert out[[2, 4]].isnan().all()
-        assert torch.equal(out[[0, 1, 3, 5]], good[[0, 1, 3, 5]])
+    good = {mode: FusedMLP(folded, input_mode=mode)(X) for mode in ("table", "gather")}
+    for (row, column), value in (((2, 1), 27), ((4, 3), -1), ((0, 0), 10**6)):
+        bad = X.clone()
+        bad[row, column] = value
+        bad[5, 2] = 28  # a later row, also out of range: the first one in row order is named
+        with pytest.raises(IndexError):
+            folded(bad)
+        for mode in ("table", "gather"):
+            fused = FusedMLP(folded, input_mode=mode)
+            with pytest.raises(UnsupportedInput, match=rf"character id {value} at row {row}, column {column}, "
+                                                       r"outside \[0, 27\): .* ids run from 0 to 26"):
+                fused(bad)
+            assert torch.equal(fused(X), good[mode])
+
+
+@given(st.lists(st.lists(st.integers(-3, 29), min_size=4, max_size=4), min_size=1, max_size=3))
+@example([[0, 26, 13, 1]])
+@example([[27, 0, 0, 0]])
+@example([[0, 1, 2, 3], [0, 0, 0, -1]])
+def test_fused_refuses_exactly_the_ids_the_eager_net_refuses(e02, rows):
+    """FusedMLP(folded)(X) raises UnsupportedInput ⇔ folded(X) raises IndexError: some id ∉ [0, 27).
+
+    Both read C[x]: the eager embedding checks its indices, FusedMLP checks them on the host before the launch (the
+    kernel itself would give a NaN row). Otherwise the fused logits lie within the evaluation bound of the eager ones.
+    """
+    _, folded = e02
+    X = torch.tensor(rows, device=DEVICE)
+    fused = FusedMLP(folded)
+    try:
+        expected = eager(folded, X)
+    except IndexError:
+        with pytest.raises(UnsupportedInput, match="outside \\[0, 27\\)"):
+            fused(X)
+        return
+    bound = evaluation_bound(folded, X, "fp32")
+    assert ((fused(X).double().cpu() - expected).abs() <= bound).all()
 
 
 @pytest.mark.parametrize("make, precision, message", [

@@ -184,9 +184,9 @@ def one_tensor(args: tuple[Any, ...], arg_D: tuple[Bound, ...], name: str) -> tu
 
 def joined_bounds(joined: fx.node.Argument, env: dict[fx.Node, Any], Ds: dict[fx.Node, Bound]) -> list[Bound]:
     """The bounds of the inputs of a join (cat, stack): one per input, 0 where an input does not differ. The inputs
-    are a list of nodes, or one node whose value is a tuple or list (torch.cat(x.chunk(2)))."""
+    are a list of nodes, or one node whose value is a tuple or list (torch.cat(x.chunk(2))), which then carries the
+    bound (a join is bounded only when one of its inputs is)."""
     if isinstance(joined, fx.Node):
-        D = Ds.get(joined)
-        return list(zeros_like_bound(env[joined]) if D is None else D)
+        return list(Ds[joined])
     nodes = cast(Sequence[fx.Node], joined)
     return [zeros_like_bound(env[a]) if Ds.get(a) is None else Ds[a] for a in nodes]

@@ -12,7 +12,7 @@ from core.engine.bound.graph_rules import propagate_node, zeros_like_bound
 from core.engine.bound.magnitudes import magnitudes_kept
 from core.engine.bound.pair import pair_bound
 from core.engine.bound.rounding import SAFETY, TINY64
-from core.engine.graph import FoldGraph, refuse_hooked_root
+from core.engine.graph import FoldGraph, refuse_unusable
 from core.engine.kinds import Bound, affine_kind
 from core.engine.plan import Plan, Step, plan_folds
 from core.errors import FoldError
@@ -40,7 +40,7 @@ def inner_and_inputs(model: nn.Module, X: Any) -> tuple[nn.Module, tuple[Any, ..
     (a tuple for a model of several inputs)."""
     adapter = adapter_for(model)
     if adapter is not None:
-        refuse_hooked_root(model)
+        refuse_unusable(model)
         return adapter.inner(model), adapter.inputs(model, X)
     return model, X if isinstance(X, tuple) else (X,)
 
