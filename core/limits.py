@@ -14,3 +14,5 @@ SAMPLE_CHUNK = 1000  # names drawn per batch; output is written (and a closed pi
 MAX_ROUNDS = 100_000  # interleaved timing rounds (bench, fold --torchvision)
 MAX_THREADS = 1024  # torch CPU threads (bench, fold --torchvision)
 MAX_IMAGE_SIZE = 4096  # pixels a side of the images fold --torchvision times and bounds on
+MAX_INPUT_DIMS = 8  # dims of the example input fold --model and --weights draw (--input-shape)
+MAX_INPUT_ELEMENTS = 2**28  # values of that input: 1 GiB of float32

@@ -3,6 +3,7 @@ checkpoints are, and their default input shapes; each refusal one ModelError nam
 are made here: nothing is downloaded."""
 
 import pickle
+import sys
 
 import pytest
 import torch
@@ -51,12 +52,7 @@ def test_timm_models_build_through_timm_and_know_their_input_size():
 
 
 def test_timm_missing_names_the_extra(monkeypatch):
-    import core.models
-
-    def missing(name):
-        raise ImportError(name)
-
-    monkeypatch.setattr(core.models.importlib, "import_module", missing)
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
     with pytest.raises(MissingDependency, match=r"timm:resnet18d needs the package timm.*pip install 'bnfold\[timm\]'"):
         timm_model("resnet18d")
 

@@ -11,6 +11,8 @@ from core.app.process import EXIT_BAD_INPUT, one_line
 from core.limits import (
     MAX_BATCH_SIZE,
     MAX_IMAGE_SIZE,
+    MAX_INPUT_DIMS,
+    MAX_INPUT_ELEMENTS,
     MAX_LR,
     MAX_ROUNDS,
     MAX_SAMPLES,
@@ -80,3 +82,16 @@ samples_arg = integer_in(1, MAX_SAMPLES, "a count of names")
 rounds_arg = integer_in(1, MAX_ROUNDS, "a count of rounds")
 threads_arg = integer_in(1, MAX_THREADS, "a thread count")
 image_size_arg = integer_in(1, MAX_IMAGE_SIZE, "an image size")
+
+
+def input_shape_arg(text: str) -> tuple[int, ...]:
+    """'1,3,224,224' -> (1, 3, 224, 224): 1..MAX_INPUT_DIMS positive integers, at most MAX_INPUT_ELEMENTS values."""
+    parts = [_integer(part) for part in text.split(",")]
+    if not 1 <= len(parts) <= MAX_INPUT_DIMS or any(p is None or p < 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_INPUT_DIMS} positive integers separated by commas, "
+                                         f"such as 1,3,224,224, got {shown(text)}")
+    shape = tuple(p for p in parts if p is not None)
+    if math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise argparse.ArgumentTypeError(f"holds {math.prod(shape)} values, more than the {MAX_INPUT_ELEMENTS} "
+                                         f"bnfold draws as an example input, got {shown(text)}")
+    return shape

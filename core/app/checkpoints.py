@@ -6,11 +6,11 @@ import math
 import sys
 from typing import TYPE_CHECKING, cast
 
-from core.app.errors import UsageError
+from core.app.errors import UsageError, naming_option
 from core.app.outputs import check_output_file
 from core.app.process import one_line, print_result, warn
 from core.atomic import StrPath
-from core.errors import CheckpointError
+from core.errors import CheckpointError, ExportError
 from core.limits import SAMPLE_CHUNK
 
 CERTIFY_ROWS = 4096  # dev rows the certificate checks every fold on
@@ -112,8 +112,13 @@ def cmd_fold(args: argparse.Namespace) -> None:
         if value is not None:  # refused, not ignored
             raise UsageError(f"{option} applies to fold --torchvision only; a checkpoint is folded and certified on "
                              f"its dev names, with no images and no timing: drop {option}")
-    check_output_file(args.out, "-o", {"the checkpoint being folded": args.checkpoint,
-                                       "the names file": resolve_names_path(args.names, fetch=False)})
+    protected = {"the checkpoint being folded": args.checkpoint,
+                 "the names file": resolve_names_path(args.names, fetch=False)}
+    check_output_file(args.out, "-o", protected)
+    if args.onnx is not None:
+        if not str(args.onnx).endswith(".onnx"):
+            raise UsageError(f"--onnx {args.onnx}: --onnx writes an .onnx file; give a path ending in .onnx")
+        check_output_file(args.onnx, "--onnx", {**protected, "the folded checkpoint": args.out})
 
     from core.engine.certify import certify
     from core.engine.fold import fold
@@ -141,10 +146,18 @@ def cmd_fold(args: argparse.Namespace) -> None:
     if not certificate.holds:
         print_result({"report": report.as_dict(), "certificate": certificate.as_dict()}, text, args.json)
         certificate.require()  # nothing is saved
-    save(cast("CharMLP", folded), args.out, split=checkpoint.split if checkpoint.split_recorded else None,
-         names_sha256=checkpoint.names_sha256)  # fold returns a net of its input's type
     data = {"report": report.as_dict(), "certificate": certificate.as_dict(), "certified_rows": X.shape[0],
             "dev": {"loss_unfolded": dev.loss_unfolded, "loss_folded": dev.loss_folded, "loss_bound": dev.loss_bound,
                     "max_abs_logit_diff": dev.max_abs_logit_diff, "max_bound": dev.max_bound, "rows": dev.rows},
             "saved": str(args.out)}
+    if args.onnx is not None:  # written first: if ONNX Runtime does not compute the fold, nothing is written
+        from core.deploy import export
+
+        with naming_option(before=f"--onnx {args.onnx}: ", errors=(ExportError,)):
+            check = export(folded, X, args.onnx)
+        assert check is not None
+        text += f"\nwrote {one_line(args.onnx)}: {check}"
+        data["onnx"] = {"path": str(args.onnx), "holds": check.holds, "max_abs_diff": check.observed}
+    save(cast("CharMLP", folded), args.out, split=checkpoint.split if checkpoint.split_recorded else None,
+         names_sha256=checkpoint.names_sha256)  # fold returns a net of its input's type
     print_result(data, f"{text}\nsaved {one_line(args.out)}", args.json)

@@ -16,6 +16,7 @@ from core.app.arguments import (
     OneLineParser,
     batch_size_arg,
     image_size_arg,
+    input_shape_arg,
     lr_arg,
     rounds_arg,
     samples_arg,
@@ -25,6 +26,7 @@ from core.app.arguments import (
 )
 from core.app.checkpoints import cmd_eval, cmd_fold, cmd_sample
 from core.app.errors import UsageError
+from core.app.fold_model import chosen, cmd_fold_model
 from core.app.fold_torchvision import BOUND_SIZE, IMAGE_SIZE, ROUNDS, cmd_fold_torchvision
 from core.app.names import cmd_data
 from core.app.process import (
@@ -53,8 +55,18 @@ def add_json_arg(p: argparse.ArgumentParser) -> None:
 
 
 def fold_command(args: argparse.Namespace) -> None:
-    """`fold CHECKPOINT -o OUT`, or `fold --torchvision NAME`."""
+    """`fold --model SPEC` or `fold --torchvision NAME --weights FILE` (a model of your own), `fold --torchvision NAME`
+    (random weights, timed), or `fold CHECKPOINT -o OUT`."""
+    if chosen(args):
+        cmd_fold_model(args)
+        return
+    if args.input_shape is not None:
+        raise UsageError("--input-shape applies to fold --model or --weights: drop it (a checkpoint is certified on "
+                         "its dev rows, --torchvision on random images of --bound-size)")
     if args.torchvision is not None:
+        if args.onnx is not None:
+            raise UsageError("--onnx writes a model of your own (fold --model, or --torchvision NAME --weights FILE) "
+                             "or a checkpoint's fold: drop --onnx here")
         cmd_fold_torchvision(args)
     else:
         cmd_fold(args)
@@ -98,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fold", help="fold every foldable BatchNorm into its Linear and save the folded checkpoint")
     p.add_argument("checkpoint", nargs="?")
-    p.add_argument("-o", "--out", help="folded checkpoint path (never the input checkpoint)")
+    p.add_argument("-o", "--out", help="where the fold goes: a checkpoint for a checkpoint, a .pt2 torch.export "
+                                         "program for --model or --weights")
     p.add_argument("--seed", type=seed_arg, default=None, help=seed_help)
     add_names_arg(p)
     p.add_argument("--torchvision", metavar="NAME", help="fold torchvision's NAME (e.g. resnet18) with random weights "
@@ -110,7 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=rounds_arg, default=None,
                    help=f"with --torchvision: interleaved timing rounds (default {ROUNDS})")
     p.add_argument("--threads", type=threads_arg, default=None,
-                   help="with --torchvision: torch CPU threads (default: torch's own)")
+                   help="with --torchvision or --model: torch CPU threads (default: torch's own)")
+    p.add_argument("--model", metavar="SPEC", help="fold the model package.module:factory returns (a function of no "
+                                                    "arguments), or timm:NAME (needs timm)")
+    p.add_argument("--weights", metavar="FILE", help="with --torchvision NAME or --model: load this state_dict "
+                                                      "(torch.save(model.state_dict(), FILE)) before folding")
+    p.add_argument("--input-shape", type=input_shape_arg, default=None, metavar="SHAPE",
+                   help="with --model or --weights: the example input, e.g. 1,3,224,224 (default: a torchvision or "
+                        "timm model's documented size)")
+    p.add_argument("--onnx", metavar="FILE", help="also write the folded model as ONNX (needs the onnx extra), once "
+                                                   "ONNX Runtime computes it layer by layer")
     add_json_arg(p)
     p.set_defaults(func=fold_command)
 
@@ -125,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time folded vs unfolded inference, training and data prep; print ratios")
     p.add_argument("--quick", action="store_true", help="a few seconds, small batches (a smoke run, not a measurement)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also time resnet18 and mobilenet_v2 in ONNX Runtime, unfolded and folded, optimisations "
+                        "off/basic/all (needs the onnx extra)")
     p.add_argument("--rounds", type=rounds_arg, default=None, help="interleaved rounds per set (default 51, quick 3)")
     p.add_argument("--threads", type=threads_arg, default=None, help="torch CPU threads (default: torch's own)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),

@@ -66,6 +66,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
             path = bench.ratios_path(args.save)
         check_output_dir(path.parent, "--save", None, path.name,
                          purpose=f"bench saves its ratios in the directory {path.parent}: move that file away")
+    if args.onnx:  # its packages are checked now, not after the run
+        from core.deploy import optional
+
+        for package in ("onnx", "onnxscript", "onnxruntime"):
+            optional(package, "bench --onnx")
     path = resolve_names_path(args.names, fetch=False)
     chosen = args.names is not None or bool(os.environ.get("BNFOLD_NAMES"))
     if chosen or path.exists():  # a names file asked for is read (or refused), never replaced by synthetic names
@@ -86,6 +91,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.rounds:  # every set, the torchvision rows too
         settings = dataclasses.replace(settings, rounds=args.rounds, torchvision_rounds=args.rounds)
     result = bench.measure(names, settings, devices, log=lambda msg: print(msg, file=sys.stderr))
+    if args.onnx:
+        from core.perf import bench_onnx
+
+        rows = bench_onnx.QUICK if args.quick else bench_onnx.Settings()
+        rows = dataclasses.replace(rows, threads=args.threads or rows.threads, rounds=args.rounds or rows.rounds)
+        bench_onnx.extend(result, rows, log=lambda msg: print(msg, file=sys.stderr))
     print(bench.format_table(result))
     if args.save is not None:
         print(f"saved {bench.save(result, args.save)}")

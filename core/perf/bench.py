@@ -29,7 +29,7 @@ from core.makemore.experiments import trained_e02
 from core.makemore.model import CharMLP, e02_mlp
 from core.makemore.torchnn import to_torch_nn
 from core.makemore.train import train
-from core.perf import bench_models
+from core.perf import bench_models, bench_onnx
 from core.perf.cells import RATIO_MARKS, TIMING_WIDTH, ratio_cell, target_cell, timing_cell
 from core.perf.chain import Forward, FrozenChain, capture, minimal_chain
 from core.perf.fused import availability, compiled_variants, fused_variants
@@ -300,8 +300,8 @@ def format_table(result: dict) -> str:
         on = f", {threads[f'cpu: {group}']} thread(s)" if f"cpu: {group}" in threads else ""
         times = timing_cell(medians, spreads, f"cpu: {ours}") + timing_cell(medians, spreads, f"cpu: {ref}")
         lines.append(f"  {label:<34}{times}{ratio_cell(result, key)}  {bound}{on}")
-    rows = bench_models.format_rows(result)  # the torchvision rows, when the run has them
-    return "\n".join(lines) + ("\n" + rows if rows else "")
+    extra = [rows for rows in (bench_models.format_rows(result), bench_onnx.format_rows(result)) if rows]
+    return "\n".join([*lines, *extra])  # the torchvision and ONNX Runtime rows, when the run has them
 
 
 def ratios_path(name: str) -> Path:

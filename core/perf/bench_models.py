@@ -26,7 +26,7 @@ from torch import nn
 from core import vision
 from core.engine.fold import fold
 from core.errors import MissingDependency
-from core.perf.cells import TIMING_WIDTH, ratio_cell, time_cell, timing_cell
+from core.perf.cells import batch_table, time_cell
 from core.perf.layout import channels_last
 from core.perf.timing import Timing, call_with, interleaved_timings
 
@@ -146,27 +146,13 @@ def _extend(result: dict, settings: Settings, log: Callable[[str], None]) -> Non
 def format_rows(result: dict) -> str:
     """The torchvision rows of a bench result as a table ('' when it has none): times with their spreads, then
     ratios, * marking a missed target and ? a ratio on medians too spread to trust."""
-    medians, ratios, targets = result["medians_s"], result["ratios"], result["targets"]
-    keys = [k for k in ratios if k.startswith(DEVICE + " ")]
-    if not keys:
-        return ""
-    batches = list(dict.fromkeys(k.split(":")[0].split("B=")[1] for k in keys))
-    labels = list(dict.fromkeys(k.split(": ", 1)[1] for k in keys))
-    head = "".join(f"{'B=' + b:>{TIMING_WIDTH}}" for b in batches)
     tv = result.get("settings", {}).get("torchvision", {})
-    size, threads = tv.get("image_size", "?"), tv.get("threads", "?")
-    names = list(dict.fromkeys(k.split(": ", 1)[1] for k in medians if k.startswith(DEVICE + " ")))
+    title = f"torchvision on cpu ({tv.get('image_size', '?')}² images, {tv.get('threads', '?')} thread(s))"
     fold_label = f"fold() {FOLD_TIME_MODEL}, tracing included"
-    width = max(len(text) for text in [*names, *labels, fold_label])
-    spreads = result.get("spread_s", {})
-    lines = ["", f"{f'torchvision on cpu ({size}² images, {threads} thread(s))':<{width + 2}}{head}  target"]
-    for name in names:
-        lines.append(f"  {name:<{width}}" + "".join(timing_cell(medians, spreads, f"{DEVICE} B={b}: {name}")
-                                                    for b in batches))
-    for label in labels:  # ratio cells right-aligned under the timing cells' columns
-        cells = "".join(f"{ratio_cell(result, f'{DEVICE} B={b}: {label}'):>{TIMING_WIDTH}}" for b in batches)
-        bound = targets.get(f"{DEVICE} B={batches[0]}: {label}")
-        lines.append(f"  {label:<{width}}{cells}  {f'<= {bound:.2f}' if bound is not None else ''}")
+    lines, width = batch_table(result, DEVICE, title, (fold_label,))
+    if not lines:
+        return ""
+    medians = result["medians_s"]
     seconds = medians.get(f"{DEVICE}: fold() {FOLD_TIME_MODEL}")
     if seconds is not None:
         star = "*" if seconds > FOLD_TIME_TARGET_S else " "

@@ -68,3 +68,28 @@ def target_cell(targets: dict[str, float], keys: Sequence[str], batches: Sequenc
     if len(held) == len(keys) and len({t for _, t in held}) == 1:
         return f"<= {held[0][1]:.2f}"
     return ", ".join(f"<= {t:.2f} at B={b}" for b, t in held)
+
+
+def batch_table(result: dict, device: str, title: str, extra_labels: Sequence[str] = ()) -> tuple[list[str], int]:
+    """(the rows of a bench result whose keys read '<device> B=<b>: <label>', width of their label column): a head,
+    the times with their spreads, then the ratios with their targets; none when the result has no such ratio.
+    `extra_labels` widen the label column for rows the caller adds."""
+    medians, ratios, targets = result["medians_s"], result["ratios"], result["targets"]
+    keys = [k for k in ratios if k.startswith(device + " ")]
+    if not keys:
+        return [], 0
+    batches = list(dict.fromkeys(k.split(":")[0].split("B=")[1] for k in keys))
+    labels = list(dict.fromkeys(k.split(": ", 1)[1] for k in keys))
+    names = list(dict.fromkeys(k.split(": ", 1)[1] for k in medians if k.startswith(device + " ")))
+    width = max(len(text) for text in [*names, *labels, *extra_labels])
+    spreads = result.get("spread_s", {})
+    head = "".join(f"{'B=' + b:>{TIMING_WIDTH}}" for b in batches)
+    lines = ["", f"{title:<{width + 2}}{head}  target"]
+    for name in names:
+        lines.append(f"  {name:<{width}}" + "".join(timing_cell(medians, spreads, f"{device} B={b}: {name}")
+                                                    for b in batches))
+    for label in labels:  # ratio cells right-aligned under the timing cells' columns
+        cells = "".join(f"{ratio_cell(result, f'{device} B={b}: {label}'):>{TIMING_WIDTH}}" for b in batches)
+        bound = targets.get(f"{device} B={batches[0]}: {label}")
+        lines.append(f"  {label:<{width}}{cells}  {f'<= {bound:.2f}' if bound is not None else ''}")
+    return lines, width

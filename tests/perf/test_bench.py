@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import sys
 
 import pytest
 import torch
@@ -392,3 +393,28 @@ def test_a_comparison_names_a_ratio_that_rests_on_noise():
     changes, missing = compare(saved["ratios"], {SAVED_KEY: 1.5}, 0.1)
     text = bench.format_comparison("base", saved, changes, missing, 0.1, unreliable=[SAVED_KEY])
     assert "REGRESSED (unreliable now: a median's spread exceeds 10%)" in text
+
+
+def test_the_onnx_rows_time_both_exports_at_each_level_and_say_their_ratios():
+    """bench --onnx's rows (quick settings): six sessions per batch, three ratios each, the target on the one that says
+    whether folding needs ONNX Runtime's optimiser for Conv + BatchNorm; the table prints them. No time is asserted."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torchvision")
+    from core.perf import bench_onnx
+
+    result = bench_onnx.extend({"medians_s": {}, "ratios": {}, "targets": {}}, bench_onnx.QUICK)
+    assert sorted(k.split(": ")[1] for k in result["medians_s"] if "B=1:" in k) == sorted(
+        f"resnet18 {v}, {level}" for v in ("unfolded", "folded") for level in bench_onnx.LEVELS)
+    assert sorted(result["ratios"]) == sorted(f"cpu/onnxruntime B={b}: resnet18 {label}" for b in (1, 8)
+                                              for label, _, _ in bench_onnx.RATIOS)
+    assert result["targets"] == {f"cpu/onnxruntime B={b}: resnet18 folded, off / unfolded, basic": 1.05
+                                 for b in (1, 8)}
+    table = bench_onnx.format_rows(result)
+    assert "onnxruntime" in table and "resnet18 folded, off / unfolded, basic" in table and "<= 1.05" in table
+
+
+def test_bench_onnx_without_its_packages_is_refused_before_the_run(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert main(["bench", "--onnx", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bench --onnx needs the package onnxruntime" in err
