@@ -32,6 +32,7 @@ def test_a_torch_export_program_computes_the_folded_model_bit_for_bit(tmp_path):
         assert torch.equal(program.module()(X), folded(X))
 
 
+@pytest.mark.slow
 def test_an_onnx_file_computes_the_folded_model_layer_by_layer(tmp_path):
     """Every conv and the Linear of resnet18, and its outputs, within the bound of their own rounding in ONNX
     Runtime; the check says so, with the largest |Δ| end to end."""
@@ -53,6 +54,7 @@ def test_a_charmlp_exports_and_checks_through_its_adapter(tmp_path):
     assert check.holds and [c.name for c in check.layers] == ["Linear '0'", "Linear '2'", "Linear '4'", "the outputs"]
 
 
+@pytest.mark.slow
 def test_an_onnx_file_that_differs_from_the_model_fails_naming_the_layer(tmp_path):
     """An ONNX file whose first conv's weight is off by 10⁻³ (as a broken export would be): that conv's check fails,
     and require() names it."""
@@ -103,6 +105,7 @@ def test_a_missing_onnx_package_names_the_extra(monkeypatch, tmp_path):
         export(folded, X, tmp_path / "folded.onnx")
 
 
+@pytest.mark.slow
 def test_an_onnx_export_that_fails_its_check_writes_nothing(tmp_path, monkeypatch):
     """An ONNX file that does not compute the model (here the Linear's bias is all ones) is refused before it replaces
     anything, naming the layer: the old file stays."""

@@ -50,6 +50,7 @@ def resnet_weights(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_a_torchvision_state_dict_folds_certifies_and_writes_both_files(resnet_weights, tmp_path):
     pytest.importorskip("onnxruntime")
     program, onnx = tmp_path / "r18.pt2", tmp_path / "r18.onnx"
@@ -75,6 +76,7 @@ def test_a_factory_model_folds_and_reports_as_json(tmp_path):
     assert data["input_shape"] == [2, 3, 8, 8] and data["written"][str(onnx)]["holds"] and onnx.exists()
 
 
+@pytest.mark.slow
 def test_a_timm_model_folds_through_timm_at_its_default_size_or_the_one_given(tmp_path):
     pytest.importorskip("timm")
     result = run_main("fold", "--model", "timm:resnet18d", "--input-shape", "1,3,32,32", "-o", tmp_path / "t.pt2")
