@@ -161,7 +161,6 @@ def check_norm(bn: nn.Module, name: str) -> None:
             raise FoldError(f"{name} has a non-finite {role} '{tensor_name(bn, tensor, default)}' ({bad[1]} at "
                             f"unit {bad[0][0]}), so it outputs nan or inf at that unit whatever its input: load finite "
                             f"parameters (retrain, or a checkpoint saved before training diverged) before folding")
-    eps = cast(float, eps)  # a number, an int if given one
     for dtype, total in variance_sums(var, eps):
         undefined = (total <= 0).nonzero()
         if len(undefined):

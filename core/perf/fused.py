@@ -82,6 +82,12 @@ is captured, so replays of a captured FusedMLP are unchecked, and there an id ou
 row (the kernel never reads outside the table). Launches are otherwise CUDA-graph friendly: the output is
 allocated the same way every call or passed as `out=`; `core.perf.chain.capture(fn, example)` records one
 launch and replays it. docs/fused.md has the launch configurations and their reasoning.
+
+Triton releases. The kernels are compiled for sm_90a and checked on Triton 3.6 and 3.8 (SUPPORTED_TRITON); another
+release is refused (FusedUnavailable naming those two). On either, every precision, both input modes and the
+float input compile at the block sizes and warp counts of COMPILED_BLOCK_M and COMPILED_WARPS; other overrides are
+refused before anything is compiled. A failure of Triton to compile or launch the kernel at a call becomes a
+FusedUnavailable naming the Triton release, the configuration, the configurations to try instead and the fallback.
 """
 
 import copy
@@ -121,6 +127,13 @@ MAX_LINEARS = 4
 MAX_WIDTH = 128  # padded widths above this do not fit one program's registers and shared memory
 MIN_DOT = 16  # tl.dot needs every block dimension ≥ 16
 FALLBACK = ("use core.perf.chain.FrozenChain(folded) (the minimal eager chain) or call the folded module itself")
+# Triton releases (major.minor) whose kernels are compiled for sm_90a and checked (docs/fused.md, "Triton releases"):
+# 3.6 (torch 2.11's; it installs beside torch 2.13 too) and 3.8 (torch 2.14's).
+SUPPORTED_TRITON = ("3.6", "3.8")
+# Every precision, both input modes and the float input compile on each supported Triton at these block sizes and
+# warp counts (docs/fused.md); larger blocks overflow shared memory on some (256 rows of tf32: 240 KiB on Triton 3.6).
+COMPILED_BLOCK_M = (16, 32, 64, 128)
+COMPILED_WARPS = (4, 8)
 
 
 @dataclass(frozen=True)
@@ -144,8 +157,8 @@ INTERPRETER_PROGRAMS = 2  # under the interpreter: few programs, so the persiste
 
 
 class FusedUnavailable(BnfoldError, RuntimeError):
-    """FusedMLP cannot run here: no Triton, or neither CUDA nor the Triton interpreter (the message names the
-    fallback)."""
+    """FusedMLP cannot run here: no Triton, a Triton release it is not checked on, neither CUDA nor the Triton
+    interpreter, or Triton failed to compile or launch the kernel (the message names the fallback)."""
 
 
 def interpreting() -> bool:
@@ -153,10 +166,45 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-def availability() -> str | None:
-    """None when FusedMLP can run here; otherwise why not and what to use instead."""
+def triton_release() -> str:
+    """The installed Triton's major.minor release ("3.8" for 3.8.0 or 3.8.0+git1234)."""
+    return ".".join(str(getattr(triton, "__version__", "unknown")).split("+")[0].split(".")[:2])
+
+
+def triton_support() -> str | None:
+    """None when Triton is installed in a release FusedMLP is checked on; otherwise why not and what to use instead."""
     if triton is None:
         return f"FusedMLP needs Triton, which this torch build lacks (CPU-only builds ship without it): {FALLBACK}"
+    if triton_release() not in SUPPORTED_TRITON:
+        return (f"FusedMLP's kernels are compiled and checked on Triton {' and '.join(SUPPORTED_TRITON)} only; this is "
+                f"Triton {triton.__version__}: install Triton 3.8 (it comes with torch 2.14) or 3.6 (with "
+                f"torch 2.11), or {FALLBACK}")
+    return None
+
+
+def _numpy_release_text() -> str:
+    try:
+        import numpy
+    except ImportError:
+        return "none"
+    return str(numpy.__version__)
+
+
+def _numpy_release() -> tuple[int, ...]:
+    """NumPy's (major, minor), or () without NumPy."""
+    parts = _numpy_release_text().split(".")[:2]
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else ()
+
+
+def availability() -> str | None:
+    """None when FusedMLP can run here; otherwise why not and what to use instead."""
+    reason = triton_support()
+    if reason is not None:
+        return reason
+    if interpreting() and triton_release() == "3.6" and _numpy_release() >= (2, 4):
+        return (f"Triton 3.6's interpreter fails on NumPy 2.4 and later (it converts one-element arrays to Python "
+                f"ints), and this is NumPy {_numpy_release_text()}: install numpy<2.4 or Triton 3.8 for the "
+                f"interpreter, or {FALLBACK}")
     if not interpreting() and not torch.cuda.is_available():
         return (f"FusedMLP needs a CUDA device (or TRITON_INTERPRET=1 for Triton's slow CPU interpreter, "
                 f"for tests): {FALLBACK}")
@@ -244,6 +292,18 @@ def linear_step(D: torch.Tensor, x: torch.Tensor, W: torch.Tensor, b: torch.Tens
     return ((1 + rho) * D + both * x.abs()) @ W.abs() + 4 * W.shape[0] * eta + both * b.abs()
 
 
+def _check_launch_overrides(overrides: dict[str, Any]) -> None:
+    """UnsupportedModel for a block_m or num_warps outside what every supported Triton compiles (COMPILED_BLOCK_M,
+    COMPILED_WARPS): refused before anything is compiled or launched."""
+    for name, value, compiled in (("block_m", overrides["block_m"], COMPILED_BLOCK_M),
+                                  ("num_warps", overrides["num_warps"], COMPILED_WARPS)):
+        if value is not None and value not in compiled:
+            version = "no Triton" if triton is None else f"Triton {triton.__version__}"
+            raise UnsupportedModel(f"FusedMLP's kernels compile on Triton {' and '.join(SUPPORTED_TRITON)} with "
+                                   f"{name} in {compiled}; got {name}={value!r} (here: {version}): take one of "
+                                   f"those, or leave {name} None for the default configuration")
+
+
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise UnsupportedModel(f"FusedMLP has no precision {precision!r}: precision must be one of {PRECISIONS}")
@@ -300,7 +360,10 @@ class FusedMLP:
 
     Weights are packed once: frozen like core.perf.chain.FrozenChain, so later changes to the model
     are not seen. `programs`, `block_m`, `num_warps`, `input_mode` override the launch configuration
-    (LARGE, or SMALL for batches ≤ SMALL_ROWS); `input_mode` "table" or "gather" (CharMLP only).
+    (LARGE, or SMALL for batches ≤ SMALL_ROWS); `input_mode` "table" or "gather" (CharMLP only), `block_m`
+    one of COMPILED_BLOCK_M, `num_warps` one of COMPILED_WARPS (UnsupportedModel otherwise, before any launch).
+    FusedUnavailable on a Triton release outside SUPPORTED_TRITON, and when Triton fails to compile or launch
+    the kernel at a call (the message names the configuration, the ones to try instead and the fallback).
     """
 
     kernels: dict[str, Any] | None  # fused_kernel.kernels; None for a description that is never launched
@@ -354,6 +417,7 @@ class FusedMLP:
         if mode is not None and (C is None or mode not in ("table", "gather")):
             raise UnsupportedModel(f"input_mode is 'table' or 'gather', for a CharMLP only; got {mode!r} for a "
                                    f"{type(folded).__name__}: leave input_mode None to take the default")
+        _check_launch_overrides(overrides)
         self.embedded = C is not None
         self.in_features = widths[0] if context is None else context
         self.out_features = widths[-1]
@@ -468,7 +532,11 @@ class FusedMLP:
                                    "build one with FusedMLP(folded, precision)")
         grid, args, constexprs, options = self.launch(X, out)
         helpers = {name: fn for name, fn in self.kernels.items() if name != "kernel"}
-        self.kernels["kernel"][grid](**args, **constexprs, **helpers, **({} if self.interpreted else options))
+        try:
+            self.kernels["kernel"][grid](**args, **constexprs, **helpers, **({} if self.interpreted else options))
+        except Exception as error:  # Triton compiles at the first launch; its failures come as many types
+            raise FusedUnavailable(compile_failure(self.precision, self.config(X.shape[0]), self.embedded,
+                                                   error)) from error
         return out
 
     def capture(self, example: torch.Tensor, warmup: int = 3) -> Forward:
@@ -481,14 +549,34 @@ class FusedMLP:
                 f"padded widths {widths}, {'interpreter' if self.interpreted else self.device})")
 
 
+def compile_failure(precision: str, config: LaunchConfig, embedded: bool, error: BaseException) -> str:
+    """The message of the FusedUnavailable that stands for a failure of Triton to compile or launch a kernel: the
+    Triton release, the configuration, Triton's own first line, the configurations to try instead and the fallback.
+    """
+    version = "no Triton" if triton is None else f"Triton {triton.__version__}"
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    others = []
+    if embedded:
+        other_mode = "table" if config.input_mode == "gather" else "gather"
+        others.append(f"FusedMLP(folded, {precision!r}, input_mode={other_mode!r})")
+    others += [f"FusedMLP(folded, {p!r})" for p in PRECISIONS if p != precision]
+    return (f"{version} failed to compile or launch FusedMLP's {precision} kernel ({config.input_mode} input, "
+            f"{config.block_m} rows, {config.num_warps} warps): {type(error).__name__}: {first or 'no message'}; "
+            f"try {' or '.join(others)}, or {FALLBACK}")
+
+
 def compile_for_gpu(folded: nn.Module, precision: str, rows: int, arch: int = 90, **overrides: Any) -> Any:
     """The kernel FusedMLP(folded, precision) launches for `rows` rows, compiled ahead of time for sm_`arch`.
 
     Needs Triton's NVIDIA backend but no GPU, and a process in which TRITON_INTERPRET was never set
     (Triton builds its own helpers for the interpreter at import). Returns Triton's compiled kernel
     (`.asm["ptx"]`, `.asm["cubin"]`, `.metadata.shared`): on a machine without a GPU, the check that
-    the GPU branches of the kernel compile.
+    the GPU branches of the kernel compile. FusedUnavailable for a Triton release FusedMLP is not checked on, or
+    when Triton fails to compile the kernel (naming the configuration and what to try instead).
     """
+    reason = triton_support()
+    if reason is not None:
+        raise FusedUnavailable(reason)
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -502,7 +590,10 @@ def compile_for_gpu(folded: nn.Module, precision: str, rows: int, arch: int = 90
     signature = {name: types[v.dtype] if isinstance(v, torch.Tensor) else "i32" for name, v in args.items()}
     signature.update({name: "constexpr" for name in constexprs})
     source = ASTSource(fn=kernels(False)["kernel"], signature=signature, constexprs=constexprs)
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    try:
+        return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
+    except Exception as error:  # Triton's failures come as many types (CompilationError, RuntimeError, ...)
+        raise FusedUnavailable(compile_failure(precision, fused.config(rows), fused.embedded, error)) from error
 
 
 # Bench integration.

@@ -153,8 +153,11 @@ def fused_mlp(x_ptr: tl.tensor, out_ptr: tl.tensor, n_rows: tl.tensor, stride_x:
                 idx = tl.load(x_ptr + rows[:, None] * stride_x + (rk // E)[None, :] * stride_xk, mask=used,
                               other=0).to(tl.int64)
                 ok = (idx >= 0) & (idx < VOCAB)
-                x = tl.load(t_ptr + idx * E + (rk % E)[None, :], mask=used & ok, other=0.0)
-                x = tl.where(used & ~ok, float("nan"), x)
+                # The NaN of an id out of range is the load's `other`, not a select after the load: Triton 3.6
+                # moves such a select into the dot operand's layout, its boolean mask through shared memory,
+                # which it cannot lower (docs/fused.md, "Triton releases").
+                x = tl.load(t_ptr + idx * E + (rk % E)[None, :], mask=used & ok,
+                            other=tl.where(used, float("nan"), 0.0))
             else:
                 x = tl.load(x_ptr + rows[:, None] * stride_x + rk[None, :] * stride_xk, mask=used, other=0.0)
             h = DENSE(x, w1, b1, OPERAND, EMULATE, ROUND)

@@ -23,6 +23,7 @@ from core.engine.bound.loss import loss_bound
 from core.engine.bound.magnitudes import absolute, magnitudes_kept
 from core.engine.bound.pair import pair_bound, pair_factor, pair_magnitude, pair_underflow
 from core.engine.bound.propagation import error_bound, propagate_graph
+from core.engine.bound.rounding import rounding_bound
 from core.engine.bound.rules import adaptive_window
 from core.engine.kinds import KINDS, ConvKind
 from properties.engine.test_bound_rules import GRAPH_OPS, RULE_TYPES, rule_name, traced
@@ -463,3 +464,15 @@ def test_absolute_is_computed_once_per_tensor_while_magnitudes_are_kept():
     with magnitudes_kept():
         first = absolute(w)
         assert torch.equal(first, w.double().abs()) and absolute(w) is first
+
+
+@given(k=st.integers(0, 2**30), e=st.integers(1, 60))
+@example(k=2**24, e=24)  # k·u = 1 exactly: no bound
+@example(k=2**24 - 1, e=24)  # just below: the largest finite γ of float32
+def test_gamma_is_its_formula_and_infinite_where_k_u_reaches_one(k, e):
+    """γ(k) = k·u/(1 − k·u) for k·u < 1, and ∞ for k·u ≥ 1 (k roundings of relative size u then bound nothing).
+
+    Higham's Lemma 3.1 needs k·u < 1; at and beyond it the product of the (1 + δ) factors can be anything."""
+    u = 2.0**-e
+    expected = k * u / (1 - k * u) if k * u < 1 else math.inf
+    assert rounding_bound(k, u) == expected

@@ -35,23 +35,29 @@ def rounding_bound(k: float, u: float) -> float:
     return k * u / (1 - k * u) if k * u < 1 else math.inf
 
 
-REDUCED = {"tf32": 2.0**-10, "bf16": 2.0**-7}  # 2u of TF32 and of bfloat16
-LEGACY_MATMUL = {"high": "tf32", "medium": "bf16"}  # torch.set_float32_matmul_precision's names
+TF32, BF16, FULL = "tf32", "bf16", "ieee"  # the formats a float32 product may run in; FULL: float32's own
+REDUCED = {TF32: 2.0**-10, BF16: 2.0**-7}  # 2u of TF32 and of bfloat16
+LEGACY_MATMUL = {"high": TF32, "medium": BF16}  # torch.set_float32_matmul_precision's names
 
 
 def _setting(read: Callable[[], str]) -> str:
-    """A float32 precision setting read by `read`, or "none" where torch refuses to read it: a process that sets
+    """A float32 precision setting read by `read`, or FULL where torch refuses to read it: a process that sets
     both torch's legacy flags (allow_tf32, set_float32_matmul_precision) and the per-backend fp32_precision gets
     a RuntimeError from the legacy getters, and the per-backend settings then say what runs."""
     try:
         return read()
     except RuntimeError:
-        return "none"
+        return FULL
 
 
 def _fp32_precision(backend: str, op: str) -> str:
-    """torch.backends.<backend>.<op>.fp32_precision where this torch has it ('none' otherwise)."""
-    return getattr(getattr(getattr(torch.backends, backend, None), op, None), "fp32_precision", "none")
+    """torch.backends.<backend>.<op>.fp32_precision where this torch has it (FULL otherwise)."""
+    return getattr(getattr(getattr(torch.backends, backend, None), op, None), "fp32_precision", FULL)
+
+
+def _allows_tf32(flag: Callable[[], bool]) -> str:
+    """TF32 where a legacy allow_tf32 flag is set (and torch lets it be read), else FULL."""
+    return _setting(lambda: TF32 if flag() else FULL)
 
 
 def unit_roundoff(dtype: torch.dtype, device: Device = None, conv: bool = False) -> float:
@@ -71,12 +77,12 @@ def unit_roundoff(dtype: torch.dtype, device: Device = None, conv: bool = False)
     if conv:
         settings = [_fp32_precision("cudnn" if cuda else "mkldnn", "conv")]
         if cuda:
-            settings.append(_setting(lambda: "tf32" if torch.backends.cudnn.allow_tf32 else "none"))
+            settings.append(_allows_tf32(lambda: torch.backends.cudnn.allow_tf32))
     else:
         settings = [_fp32_precision("cuda" if cuda else "mkldnn", "matmul"),
-                    _setting(lambda: LEGACY_MATMUL.get(torch.get_float32_matmul_precision(), "none"))]
+                    _setting(lambda: LEGACY_MATMUL.get(torch.get_float32_matmul_precision(), FULL))]
         if cuda:
-            settings.append(_setting(lambda: "tf32" if torch.backends.cuda.matmul.allow_tf32 else "none"))
+            settings.append(_allows_tf32(lambda: torch.backends.cuda.matmul.allow_tf32))
     return max([u] + [REDUCED[s] for s in settings if s in REDUCED])
 
 
