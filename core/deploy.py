@@ -33,12 +33,13 @@ SUFFIXES = {".pt2": "a torch.export program", ".onnx": "an ONNX file"}
 ONNX_EXTRA = "pip install 'bnfold[onnx]'"
 
 
-def optional(module: str, purpose: str) -> Any:
+def optional(module: str, purpose: str, extra: str = ONNX_EXTRA) -> Any:
     """The optional package `module`, or MissingDependency naming it and the extra that brings it."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingDependency(f"{purpose} needs the package {module}, which is not installed: {ONNX_EXTRA}") from e
+        raise MissingDependency(f"{purpose} needs the package {module.split('.')[0]}, which is not installed: "
+                                f"{extra}") from e
 
 
 def arguments(example: Any) -> tuple[Any, ...]:
@@ -83,12 +84,14 @@ def program_bytes(model: nn.Module, example: Any) -> bytes:
 
 
 def onnx_model(model: nn.Module, example: Any) -> Any:
-    """The ONNX model proto torch's exporter makes of `model` on `example`."""
+    """The ONNX model proto torch's exporter makes of `model` on `example`, as exported: torch.onnx's own optimizer
+    (onnxscript's, `optimize=True`) is left off, so the file holds the model's layers one for one, and an unfolded
+    model's BatchNorms stay BatchNorms."""
     for package in ("onnx", "onnxscript"):
         optional(package, "an ONNX export")
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            program = torch.onnx.export(model, arguments(example), dynamo=True, verbose=False)
+            program = torch.onnx.export(model, arguments(example), dynamo=True, optimize=False, verbose=False)
     except Exception as e:  # the exporter raises many types for code it cannot capture or translate
         raise ExportError(f"torch.onnx cannot export {type(model).__name__} ({type(e).__name__}: "
                           f"{first_line(e)})") from e

@@ -1,4 +1,4 @@
-"""`bnfold` (= `python -m core`): data, train, eval, sample, fold, reproduce and bench.
+"""`bnfold` (= `python -m core`): data, train, eval, sample, fold, reproduce, bench and conform.
 
 Every input is checked before any work starts: numbers, devices, init schemes, and output paths
 (a write is proven possible before training). Any failure ends with one line on stderr, no
@@ -25,6 +25,7 @@ from core.app.arguments import (
     threads_arg,
 )
 from core.app.checkpoints import cmd_eval, cmd_fold, cmd_sample
+from core.app.conform import add_conform_parser
 from core.app.errors import UsageError
 from core.app.fold_model import chosen, cmd_fold_model
 from core.app.fold_torchvision import BOUND_SIZE, IMAGE_SIZE, ROUNDS, cmd_fold_torchvision
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "synthetic names if it is missing; bench never downloads)")
     p.set_defaults(func=cmd_bench)
 
+    add_conform_parser(sub)
     return parser
 
 

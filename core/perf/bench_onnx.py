@@ -1,6 +1,7 @@
 """`bnfold bench --onnx`: what folding buys at deployment in ONNX Runtime on the CPU. resnet18 and mobilenet_v2 are
-exported unfolded and folded (core.deploy), each run with ONNX Runtime's graph optimisations off, basic and all, the
-six sessions timed interleaved at each batch size.
+exported unfolded and folded (core.deploy: torch.onnx without its own optimizer, so the unfolded export keeps its
+BatchNorms), each run with ONNX Runtime's graph optimisations off, basic and all, the six sessions timed interleaved at
+each batch size.
 
 ORT's basic level already folds Conv + BatchNorm itself; its all level adds layout and activation fusions. The ratio
 that says whether folding needs no optimiser for that step: folded, off / unfolded, basic (target ≤ 1.05). Beside

@@ -103,8 +103,10 @@ def test_a_graph_report_names_layers_and_reasons():
 def test_why_a_bn_before_a_zero_padded_conv_is_kept():
     """Folding it anyway is exact inside and wrong at the border: there the conv saw 0, not the BN's shift."""
     bn, padded = with_statistics(nn.BatchNorm2d(2)), conv(2, 3).eval()
-    with torch.no_grad():
+    with torch.no_grad():  # a shift t = 5 on every channel and W ≥ 0: the border misses 5·Σ|W| over its padded taps
+        bn.running_mean.zero_()
         bn.bias.fill_(5.0)
+        padded.weight.abs_()
     model = nn.Sequential(bn, padded).eval()
     naive = fold_pair(padded, bn, BEFORE)
     x = torch.randn(1, 2, 5, 5, generator=g)

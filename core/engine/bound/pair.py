@@ -19,10 +19,16 @@ from core.engine.bound.rounding import (
 from core.engine.kinds import KINDS, ConvKind, affine_kind
 
 
-def pair_factor(n: int, direction: str, u: float) -> float:
-    """ρ = γ(n + c) + (1 + γ₆₄(k))(1 + γ(n + 2)) − 1, k = 6 (+ n before): |unfolded_j − folded_j| ≤ ρ·M_j."""
-    k = FOLD_ROUNDINGS + (n if direction != AFTER else 0)
-    return rounding_bound(n + BOUND_C, u) + (1 + rounding_bound(k, U64)) * (1 + rounding_bound(n + 2, u)) - 1
+def pair_factor(n: int, direction: str, u: float, fold_unit: float = U64,
+                fold_roundings: int = FOLD_ROUNDINGS) -> float:
+    """ρ = γ(n + c) + (1 + γ_f(k))(1 + γ(n + 2)) − 1, k = 6 (+ n before): |unfolded_j − folded_j| ≤ ρ·M_j.
+
+    γ_f is γ at the unit roundoff `fold_unit` of the arithmetic the fold is computed in, and k = `fold_roundings`
+    (+ n before) the roundings it puts on any term of W' and b': bnfold's, float64 and 6, by default; a folder that
+    computes W' and b' in float32 (float16, ...) with k roundings passes that unit and k (docs/design-conv.md §11).
+    """
+    k = fold_roundings + (n if direction != AFTER else 0)
+    return rounding_bound(n + BOUND_C, u) + (1 + rounding_bound(k, fold_unit)) * (1 + rounding_bound(n + 2, u)) - 1
 
 
 def channelwise(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -77,9 +83,11 @@ def pair_underflow(linear: nn.Module, bn: nn.Module, x: torch.Tensor) -> float:
     return underflow(x.dtype) * (2 * n * (2 + s) + 2 * BN_ROUNDINGS * (1 + rows) + n * largest + 1)
 
 
-def pair_bound(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor) -> torch.Tensor:
-    """ρ·M_j + A: the bound on |unfolded_j − folded_j| for one pair at input x."""
+def pair_bound(linear: nn.Module, bn: nn.Module, direction: str, x: torch.Tensor, fold_unit: float = U64,
+               fold_roundings: int = FOLD_ROUNDINGS) -> torch.Tensor:
+    """ρ·M_j + A: the bound on |unfolded_j − folded_j| for one pair at input x, the fold computed with
+    `fold_roundings` roundings at unit roundoff `fold_unit` (`pair_factor`)."""
     n = affine_kind(linear).terms(linear)
     u = unit_roundoff(x.dtype, x.device, convolves(linear))
-    return pair_factor(n, direction, u) * pair_magnitude(linear, bn, direction, x) \
+    return pair_factor(n, direction, u, fold_unit, fold_roundings) * pair_magnitude(linear, bn, direction, x) \
         + pair_underflow(linear, bn, x)

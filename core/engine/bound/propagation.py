@@ -11,7 +11,7 @@ from core.engine.algebra import AFTER
 from core.engine.bound.graph_rules import propagate_node, zeros_like_bound
 from core.engine.bound.magnitudes import magnitudes_kept
 from core.engine.bound.pair import pair_bound
-from core.engine.bound.rounding import SAFETY, TINY64
+from core.engine.bound.rounding import FOLD_ROUNDINGS, SAFETY, TINY64, U64
 from core.engine.graph import FoldGraph, refuse_unusable
 from core.engine.kinds import Bound, affine_kind
 from core.engine.plan import Plan, Step, plan_folds
@@ -47,7 +47,8 @@ def inner_and_inputs(model: nn.Module, X: Any) -> tuple[nn.Module, tuple[Any, ..
 
 @torch.no_grad()
 @magnitudes_kept()
-def error_bound(model: nn.Module, X: Any, plan: Plan | None = None) -> Any:
+def error_bound(model: nn.Module, X: Any, plan: Plan | None = None, fold_unit: float = U64,
+                fold_roundings: int = FOLD_ROUNDINGS) -> Any:
     """Certified elementwise bound B (float64, CPU) with |model(X) − fold(model)[0](X)| ≤ B, both in eval.
 
     The folds apply one at a time, and consecutive models M_{k−1}, M_k differ in one pair only, so
@@ -56,7 +57,8 @@ def error_bound(model: nn.Module, X: Any, plan: Plan | None = None) -> Any:
     nodes elsewhere compute the same values in both. The bound is itself computed in float64; the factor
     1 + 2⁻³⁰ covers that rounding. X is the input (a tuple for a model of several inputs); the result has
     the structure of the output. `plan` is the one fold applied (`fold(model)[1].plan`), else the model is planned
-    here, once. Derivation: docs/design.md, docs/design-conv.md.
+    here, once. `fold_unit` and `fold_roundings` describe the arithmetic of the folds' W' and b' (`pair_factor`):
+    bnfold's own, float64 with 6 roundings, by default. Derivation: docs/design.md, docs/design-conv.md.
     """
     inner, inputs = inner_and_inputs(model, X)
     if plan is None:
@@ -76,7 +78,7 @@ def error_bound(model: nn.Module, X: Any, plan: Plan | None = None) -> Any:
         else:
             start, x, at_layer = step.layer, env[step.bn.args[0]], env[step.layer.args[0]]
         check_rank(graph, step, at_layer)
-        D = {start: pair_bound(layer, bn, step.direction, x)}
+        D = {start: pair_bound(layer, bn, step.direction, x, fold_unit, fold_roundings)}
         out = propagate_graph(graph, modules, env, D)
         total = out if total is None else _add_bounds(total, out)
         modules[str(step.layer.target)] = folded_layer
