@@ -17,7 +17,7 @@ from core.conform.folder import PEER_FOLD_ROUNDINGS, Folded, Folder, TorchFolded
 from core.conform.laws import BOUND, within_bound
 from core.conform.strategies import cases
 from core.engine.algebra import AFTER, BEFORE
-from core.engine.bound.pair import pair_factor
+from core.engine.bound.pair import pair_bound, pair_factor, pair_magnitude, pair_underflow
 from core.engine.bound.rounding import FOLD_ROUNDINGS, U32, U64, ieee_unit_roundoff
 
 
@@ -38,6 +38,22 @@ def test_pair_factor_with_a_fold_arithmetic_is_its_formula(n, direction, fold_un
         assert pair_factor(n, direction, u) == pair_factor(n, direction, u, U64, FOLD_ROUNDINGS)
         if fold_unit <= u and direction == AFTER:
             assert pair_factor(n, direction, u, fold_unit, k) <= 2 * gamma(n + 9, u)  # the ceiling of §11
+
+
+@pytest.mark.parametrize("fold_unit, k", [(U32, PEER_FOLD_ROUNDINGS), (2.0**-11, 9)])
+def test_pair_bound_holds_the_fold_arithmetic_it_is_given(fold_unit, k):
+    """pair_bound at (u_f, k_f) = ρ_f·M + A with ρ_f of that arithmetic (the formula above), not bnfold's own."""
+    case = pair_case()
+    conv, bn = case.build()
+    x = case.example()
+    n = conv.weight[0].numel()
+    u = ieee_unit_roundoff(torch.float64)
+    rho = gamma(n + 9, u) + (1 + gamma(k, fold_unit)) * (1 + gamma(n + 2, u)) - 1
+    expected = rho * pair_magnitude(conv, bn, AFTER, x) + pair_underflow(conv, bn, x)
+    got = pair_bound(conv, bn, AFTER, x, fold_unit, k)
+    # Both sides are the same few float64 operations on non-negative terms, at most 8 each: 2⁻⁵⁰ = 8·u₆₄ relative.
+    assert torch.allclose(got, expected, rtol=2.0**-50, atol=0)
+    assert not torch.allclose(got, pair_bound(conv, bn, AFTER, x), rtol=2.0**-50, atol=0)
 
 
 class FoldIn(Folder):
