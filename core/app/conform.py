@@ -2,6 +2,7 @@
 DIR/conformance.md and DIR/conformance.json (docs/ by default), atomically. Exit 1 if bnfold fails a law."""
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -25,8 +26,6 @@ def add_conform_parser(sub: Any) -> None:
 
 
 def cmd_conform(args: argparse.Namespace) -> None:
-    import os
-
     md = check_output_file(os.path.join(args.out, MARKDOWN), "--out")
     js = check_output_file(os.path.join(args.out, JSON), "--out")
     from core.conform.adapters import KEYS, folders
