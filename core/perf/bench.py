@@ -402,19 +402,23 @@ def compare(saved: dict, now: dict, threshold: float) -> tuple[list[Change], lis
     return changes, [key for key in saved if key not in now]
 
 
+KEY_WIDTH = 60  # the comparison's key column; a longer key widens it
+
+
 def format_comparison(name: str, saved: dict, changes: list[Change], missing: list[str], threshold: float,
                       unreliable: Collection[str] = ()) -> str:
     """The comparison, a line per ratio; a ratio whose new value rests on a median too spread to trust
     (`unreliable`) says so beside its status."""
     machine = saved["machine"]
+    width = max([KEY_WIDTH, *(len(c.key) + 1 for c in changes), *(len(key) + 1 for key in missing)])
     lines = [(f"against {ratios_path(name)} (saved on {machine.get('cpu', '?')}, torch {machine.get('torch', '?')}); "
               f"regressed: grew by more than {threshold * 100:g}%")]
     for c in changes:
         status = "REGRESSED" if c.regressed else "ok"
         if c.key in unreliable:
             status += f" (unreliable now: a median's spread exceeds {SPREAD_LIMIT:.0%})"
-        lines.append(f"  {c.key:<60}{c.saved:>8.3f} -> {c.now:<8.3f}{c.percent:+7.1f}%  {status}")
-    lines += [f"  {key:<60}not measured in this run" for key in missing]
+        lines.append(f"  {c.key:<{width}}{c.saved:>8.3f} -> {c.now:<8.3f}{c.percent:+7.1f}%  {status}")
+    lines += [f"  {key:<{width}}not measured in this run" for key in missing]
     if machine.get("cpu") != cpu_name() or machine.get("torch") != torch.__version__:
         lines.append("  note: saved on another CPU or torch version; ratios travel better than times, "
                      "but not perfectly")

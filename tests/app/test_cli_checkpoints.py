@@ -10,7 +10,7 @@ from core.makemore.checkpoint import load_checkpoint
 from core.makemore.data import Split, synthetic_names
 from core.makemore.model import CharMLP
 from tests.app.cli_runner import assert_one_line_error, run_cli, run_main
-from tests.makemore.test_checkpoint import RunsCode
+from tests.makemore.pickles import RunsCode
 
 
 def strict_json(text: str):

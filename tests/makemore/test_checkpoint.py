@@ -11,6 +11,7 @@ from core.errors import CheckpointError, WriteError
 from core.makemore.checkpoint import load, load_checkpoint, save
 from core.makemore.data import Split
 from core.makemore.model import e01_mlp, e02_mlp, nonfinite_tensors
+from tests.makemore.pickles import RunsCode
 
 
 def models():
@@ -29,16 +30,6 @@ def test_round_trip(model, tmp_path):
     X = torch.randint(0, 27, (16, 4), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded(X), model(X))
-
-
-class RunsCode:
-    """Unpickling this runs `touch marker`, unless the unpickler refuses it."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_pickled_code_is_refused_without_running(tmp_path):

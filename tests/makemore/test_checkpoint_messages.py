@@ -16,7 +16,7 @@ from core.makemore.checkpoint import load, load_checkpoint, save
 from core.makemore.data import Split
 from core.makemore.layers import BatchNorm1d, Linear, Tanh
 from core.makemore.model import CharMLP, e01_mlp, e02_mlp
-from tests.makemore.test_checkpoint import RunsCode
+from tests.makemore.pickles import RunsCode
 
 FIX = "the file is damaged or was not written by this bnfold: re-create it with `bnfold train`"
 

@@ -395,6 +395,17 @@ def test_a_comparison_names_a_ratio_that_rests_on_noise():
     assert "REGRESSED (unreliable now: a median's spread exceeds 10%)" in text
 
 
+def test_a_comparison_keeps_its_columns_for_keys_longer_than_its_key_column():
+    """Every row's saved value starts in the same column, however long its key: the column widens to the longest."""
+    long_key = "cpu/onnxruntime B=8: mobilenet_v2 folded, off / unfolded, basic"
+    assert len(long_key) > bench.KEY_WIDTH
+    saved = result({SAVED_KEY: 1.0, long_key: 2.0, "gone": 3.0})
+    changes, missing = compare(saved["ratios"], {SAVED_KEY: 1.0, long_key: 2.0}, 0.1)
+    rows = bench.format_comparison("base", saved, changes, missing, 0.1).splitlines()[1:4]
+    arrows = [row.index(" -> ") for row in rows[:2]]  # the saved value, 8 wide, stands just before its arrow
+    assert arrows[0] == arrows[1] and rows[2].index("not measured") == arrows[0] - 8
+
+
 def test_the_onnx_rows_time_both_exports_at_each_level_and_say_their_ratios():
     """bench --onnx's rows (quick settings): six sessions per batch, three ratios each, the target on the one that says
     whether folding needs ONNX Runtime's optimiser for Conv + BatchNorm; the table prints them. No time is asserted."""
