@@ -25,6 +25,7 @@ from torch import fx, nn
 from core.atomic import atomic_path, atomic_write_bytes
 from core.engine.bound.graph_rules import propagate_node, zeros_like_bound
 from core.engine.bound.propagation import inner_and_inputs
+from core.engine.certify import WithinBound, measure
 from core.engine.graph import FoldGraph, Stage
 from core.engine.kinds import affine_types
 from core.errors import ExportError, MissingDependency
@@ -106,7 +107,7 @@ def first_line(error: BaseException) -> str:
 
 
 @dataclass(frozen=True)
-class LayerCheck:
+class LayerCheck(WithinBound):
     """One exposed value of the ONNX file against the model's own on the same inputs: the largest |Δ|, the bound
     there, and the slack max_j |Δ_j| / bound_j."""
 
@@ -114,10 +115,6 @@ class LayerCheck:
     observed: float
     bound: float
     slack: float
-
-    @property
-    def holds(self) -> bool:
-        return self.slack <= 1
 
 
 @dataclass(frozen=True)
@@ -231,15 +228,7 @@ class Resynced(Stage):
 
 def check(name: str, ours: list[torch.Tensor], theirs: list[Any], bounds: list[Any]) -> LayerCheck:
     """The largest |Δ| of ours against theirs, the largest bound, and the slack max_j |Δ_j| / bound_j."""
-    observed, largest, slack = 0.0, 0.0, 0.0
-    for a, b, B in zip(ours, theirs, bounds):
-        diff = (a.double().cpu() - torch.as_tensor(b).double()).abs()
-        if not diff.numel():
-            continue
-        ratio = torch.where(diff == 0, 0.0, diff / B)
-        observed, largest = max(observed, diff.max().item()), max(largest, B.max().item())
-        slack = max(slack, ratio.max().item())
-    return LayerCheck(name, observed, largest, slack)
+    return LayerCheck(name, *measure(ours, theirs, bounds))
 
 
 def leaves(value: Any) -> list[Any]:

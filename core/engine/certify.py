@@ -34,8 +34,32 @@ from core.engine.plan import Plan, Step, plan_steps
 from core.errors import BoundError, CertificateError, FoldError
 
 
+class WithinBound:
+    """A comparison measured against its bound (`measure`): it holds where its slack is at most 1."""
+
+    slack: float
+
+    @property
+    def holds(self) -> bool:
+        return self.slack <= 1
+
+
+def measure(expected: list[Any], actual: list[Any], bounds: list[torch.Tensor]) -> tuple[float, float, float]:
+    """(largest |Δ|, largest bound, slack max_j |Δ_j| / bound_j) over pairs of tensors (or arrays) and their
+    bounds: a Δ_j of 0 has slack 0 whatever its bound; pairs without elements count for nothing."""
+    observed, largest, slack = 0.0, 0.0, 0.0
+    for e, a, B in zip(expected, actual, bounds):
+        diff = (torch.as_tensor(e).double().cpu() - torch.as_tensor(a).double().cpu()).abs()
+        if not diff.numel():
+            continue
+        ratio = torch.where(diff == 0, 0.0, diff / B)
+        observed, largest = max(observed, diff.max().item()), max(largest, B.max().item())
+        slack = max(slack, ratio.max().item())
+    return observed, largest, slack
+
+
 @dataclass(frozen=True)
-class PairCheck:
+class PairCheck(WithinBound):
     """One folded layer checked on its real input: the BatchNorms folded into it (in the order they apply), the
     largest |original − folded| over its outputs, the bound there, and the slack max_j observed_j / bound_j."""
 
@@ -45,10 +69,6 @@ class PairCheck:
     observed: float
     bound: float
     slack: float
-
-    @property
-    def holds(self) -> bool:
-        return self.slack <= 1
 
     def describe(self) -> str:
         arrow = "into" if self.direction == AFTER else "before, into"
@@ -322,12 +342,8 @@ def check_fold(fold: Fold, original: FoldGraph, target: FoldGraph, match: dict[f
     folded_layer = target.modules[str(match[fold.layer].target)]
     expected = pair(x)
     got = folded_layer(x.flatten(1) if fold.flatten else x)
-    bound = error_bound(pair, x)
-    diff = (expected.double() - got.double()).abs().cpu()
-    ratio = torch.where(diff == 0, 0.0, diff / bound)
     return PairCheck(str(fold.layer.target), tuple(str(bn.target) for bn in fold.bns), fold.direction,
-                     diff.max().item() if diff.numel() else 0.0, bound.max().item() if bound.numel() else 0.0,
-                     ratio.max().item() if ratio.numel() else 0.0)
+                     *measure([expected], [got], [error_bound(pair, x)]))
 
 
 def same_state(a: nn.Module, b: nn.Module) -> bool:
