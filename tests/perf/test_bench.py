@@ -244,10 +244,19 @@ def test_a_saved_run_with_a_bad_schema_is_refused_when_loaded(in_tmp, name):
     assert message in str(err.value) and str(err.value).startswith(str(bench.ratios_path("bad")))
 
 
+def saved_with_ratio(key: str, constant: str) -> str:
+    """A saved run as text whose one ratio is the JSON constant given; only that ratio's text is replaced (the
+    machine's load average may read 1.0… too)."""
+    ratio = f"{json.dumps(key)}: 1.0"
+    text = json.dumps(result({key: 1.0}))
+    assert text.count(ratio) == 1
+    return text.replace(ratio, f"{json.dumps(key)}: {constant}")
+
+
 @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
 def test_a_saved_non_finite_ratio_is_refused(in_tmp, constant):
     """json reads NaN and Infinity; a ratio of two times is neither."""
-    text = json.dumps(result({SAVED_KEY: 1.0})).replace(": 1.0", f": {constant}")
+    text = saved_with_ratio(SAVED_KEY, constant)
     write_saved(in_tmp, "bad", text)
     with pytest.raises(bench.BnfoldError, match=re.escape(f"ratio {SAVED_KEY!r} is {constant};")):
         bench.load("bad")
@@ -256,7 +265,7 @@ def test_a_saved_non_finite_ratio_is_refused(in_tmp, constant):
 @pytest.mark.parametrize("name", [*BAD_SAVED, "a NaN"])
 def test_a_bad_saved_run_fails_the_command_before_any_timing(in_tmp, names_file, monkeypatch, capsys, name):
     if name == "a NaN":
-        write_saved(in_tmp, "bad", json.dumps(result({SAVED_KEY: 1.0})).replace(": 1.0", ": NaN"))
+        write_saved(in_tmp, "bad", saved_with_ratio(SAVED_KEY, "NaN"))
     else:
         data = {**result({SAVED_KEY: 1.0}), **BAD_SAVED[name][0]}
         write_saved(in_tmp, "bad", {k: v for k, v in data.items() if v is not None})
